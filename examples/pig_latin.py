@@ -1,0 +1,182 @@
+"""Fine-tune a model to speak Pig Latin through the Tinker API, end to end.
+
+This is the project's main job on the embedded default: it starts a
+``tinker serve`` in the background (unless ``--base-url`` points at a running
+server), fine-tunes ``HuggingFaceTB/SmolLM2-135M-Instruct`` with LoRA through the
+public SDK, and shows greedy samples before and after training together with the
+``tinker://`` paths of the checkpoints it saved.
+
+    python examples/pig_latin.py                 # what `make demo` runs
+    python examples/pig_latin.py --base-url http://127.0.0.1:8000 --steps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import tinker
+from tinker import types
+
+BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# (English, Pig Latin): the training set, and a few held-out prompts to compare.
+TRAIN = [
+    ("hello world", "ellohay orldway"),
+    ("good morning", "oodgay orningmay"),
+    ("the cat sat", "ethay atcay atsay"),
+    ("open the door", "openway ethay oorday"),
+    ("banana split", "ananabay itsplay"),
+    ("pig latin is fun", "igpay atinlay isway unfay"),
+    ("thank you very much", "ankthay ouyay eryvay uchmay"),
+    ("see you later", "eesay ouyay aterlay"),
+]
+PROMPTS = ["hello world", "banana split", "see you later"]
+
+console = Console()
+
+
+def prompt_text(english: str) -> str:
+    return f"English: {english}\nPig Latin:"
+
+
+def make_datum(tokenizer, english: str, pig_latin: str) -> types.Datum:
+    """Prompt tokens get weight 0, completion tokens weight 1; targets are shifted by one."""
+    prompt = tokenizer.encode(prompt_text(english), add_special_tokens=False)
+    completion = tokenizer.encode(f" {pig_latin}\n", add_special_tokens=False)
+    tokens = prompt + completion
+    weights = [0.0] * len(prompt) + [1.0] * len(completion)
+    return types.Datum(
+        model_input=types.ModelInput.from_ints(tokens[:-1]),
+        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
+    )
+
+
+def greedy_samples(sampler: tinker.SamplingClient, tokenizer) -> list[str]:
+    params = types.SamplingParams(max_tokens=20, temperature=0.0, stop=["\n"])
+    futures = [
+        sampler.sample(
+            types.ModelInput.from_ints(tokenizer.encode(prompt_text(p), add_special_tokens=False)),
+            num_samples=1,
+            sampling_params=params,
+        )
+        for p in PROMPTS
+    ]
+    return [tokenizer.decode(f.result().sequences[0].tokens).strip() for f in futures]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def background_server(home: Path) -> Iterator[str]:
+    """Start `tinker serve` on a free loopback port; yield its base URL; stop it on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = home / "demo-server.log"
+    home.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tinker_server", "--port", str(port), "--home", str(home), "--model", BASE_MODEL],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"the server exited early (code {proc.returncode}); see {log_path}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/api/v1/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the server did not become ready in 120 s; see {log_path}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run(base_url: str, steps: int, rank: int, learning_rate: float) -> None:
+    service = tinker.ServiceClient(base_url=base_url, api_key=os.environ.get("TINKER_API_KEY", "tinker-local"))
+    with console.status(f"Loading {BASE_MODEL} and creating a LoRA adapter (rank {rank})..."):
+        trainer = service.create_lora_training_client(base_model=BASE_MODEL, rank=rank, seed=0)
+        tokenizer = trainer.get_tokenizer()
+        before = greedy_samples(service.create_sampling_client(base_model=BASE_MODEL), tokenizer)
+    console.print(f"Training run [bold]{trainer.model_id}[/bold] on {len(TRAIN)} examples")
+
+    data = [make_datum(tokenizer, en, pl) for en, pl in TRAIN]
+    n_tokens = sum(sum(d.loss_fn_inputs["weights"].data) for d in data)
+    losses: list[float] = []
+    progress = Progress(
+        TextColumn("[bold]SFT"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss/token {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    with progress:
+        task = progress.add_task("train", total=steps, loss="   -  ")
+        for _ in range(steps):
+            fb = trainer.forward_backward(data, "cross_entropy")
+            step = trainer.optim_step(types.AdamParams(learning_rate=learning_rate))
+            loss = fb.result().metrics["loss:sum"] / n_tokens
+            step.result()
+            losses.append(loss)
+            progress.update(task, advance=1, loss=f"{loss:6.3f}")
+
+    state = trainer.save_state("pig-latin-final").result()
+    weights = trainer.save_weights_for_sampler("pig-latin-final").result()
+    after = greedy_samples(trainer.save_weights_and_get_sampling_client(), tokenizer)
+
+    table = Table(title="Greedy samples, before and after fine-tuning")
+    table.add_column("English")
+    table.add_column("before")
+    table.add_column("after")
+    for prompt, b, a in zip(PROMPTS, before, after):
+        table.add_row(prompt, b, a, end_section=False)
+    console.print(table)
+    console.print(f"loss per token: {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps")
+    console.print(f"training state : [cyan]{state.path}[/cyan]")
+    console.print(f"sampler weights: [cyan]{weights.path}[/cyan]")
+    console.print("List them later with: [bold]tinker checkpoint list[/bold] (while `tinker serve` runs)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", help="use a running server instead of starting one")
+    parser.add_argument("--home", type=Path, default=Path(os.environ.get("TINKER_HOME", Path.home() / ".tinker")))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    args = parser.parse_args()
+    if args.base_url:
+        run(args.base_url, args.steps, args.rank, args.learning_rate)
+        return
+    console.print(f"Starting a tinker server in the background (TINKER_HOME={args.home})...")
+    with background_server(args.home) as url:
+        run(url, args.steps, args.rank, args.learning_rate)
+
+
+if __name__ == "__main__":
+    main()

