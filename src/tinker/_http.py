@@ -135,7 +135,7 @@ class HTTPClient:
         timeout: float | httpx.Timeout | None | NotGiven = NOT_GIVEN,
         max_retries: int = DEFAULT_MAX_RETRIES,
         default_headers: dict[str, str] | None = None,
-        default_query: dict[str, object] | None = None,
+        default_query: dict[str, Any] | None = None,
         http_client: httpx.AsyncClient | None = None,
         timings: Timings | None = None,
     ) -> None:
@@ -242,7 +242,7 @@ class HTTPClient:
                     retries_taken += 1
                     continue
                 raise APITimeoutError(request) from exc
-            except httpx.TransportError as exc:
+            except httpx.HTTPError as exc:  # transport failures, redirect loops, bad encodings
                 if retries_left > 0:
                     await self._backoff(retries_taken, None)
                     retries_taken += 1

@@ -6,7 +6,7 @@ explicit ``None`` (which, for a timeout, means "no timeout").
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 import httpx
 from typing_extensions import override
@@ -47,6 +47,6 @@ class RequestOptions(TypedDict, total=False):
     headers: dict[str, str | Omit]
     max_retries: int
     timeout: float | Timeout | None
-    params: dict[str, object]
+    params: dict[str, Any]
     idempotency_key: str
     follow_redirects: bool

@@ -87,6 +87,10 @@ from ._checkpoints import (
     WeightsInfoRequest as WeightsInfoRequest,
     WeightsInfoResponse as WeightsInfoResponse,
 )
+from ._tokenizer import (
+    TokenizerFilesRequest as TokenizerFilesRequest,
+    TokenizerFilesResponse as TokenizerFilesResponse,
+)
 from ._telemetry import (
     EventType as EventType,
     GenericEvent as GenericEvent,
@@ -171,6 +175,8 @@ __all__ = [
     "TelemetrySendRequest",
     "TensorData",
     "TensorDtype",
+    "TokenizerFilesRequest",
+    "TokenizerFilesResponse",
     "TrainingRun",
     "TrainingRunsResponse",
     "TryAgainResponse",

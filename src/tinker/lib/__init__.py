@@ -1,0 +1,1 @@
+"""Upstream import paths (``tinker.lib...``), kept as thin re-exports."""
