@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ._options import State, get_state, shared_options
+from ._root import SHARED_OPTIONS
 
 __all__ = ["api_command"]
 
@@ -34,6 +35,10 @@ def api_command(
                 emit(result, state.output_format)
 
         make = group.command if group is not None else click.command
-        return make(name, **attrs)(shared_options(callback, connection=connection))
+        command = make(name, **attrs)(shared_options(callback, connection=connection))
+        # The command's own parameters first, the shared options after them.
+        shared = {attr for attr, *_ in SHARED_OPTIONS}
+        command.params.sort(key=lambda param: param.name in shared)
+        return command
 
     return decorator

@@ -27,7 +27,12 @@ class CliError(click.ClickException):
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"{click.style('Error:', fg='red', bold=True)} {self.message}", err=True)
         if self.detail:
-            click.echo(self.detail, err=True)
+            import textwrap
+
+            detail = textwrap.fill(
+                self.detail, width=79, break_long_words=False, break_on_hyphens=False
+            )
+            click.echo(detail, err=True)
 
 
 def _details(exc: BaseException) -> str:

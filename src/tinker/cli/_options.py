@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import click
 
+from ._root import DEFAULT_API_KEY, DEFAULT_BASE_URL, SHARED_OPTIONS
+
 __all__ = [
     "DEFAULT_API_KEY",
     "DEFAULT_BASE_URL",
@@ -28,9 +30,6 @@ __all__ = [
     "get_state",
     "shared_options",
 ]
-
-DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-DEFAULT_API_KEY = "tinker-local"
 
 _TRUTHY = {"1", "true", "yes", "on"}
 
@@ -60,7 +59,11 @@ class State:
 
     @property
     def resolved_api_key(self) -> str:
-        return self.api_key or os.environ.get("TINKER_API_KEY") or DEFAULT_API_KEY
+        """The key to send; an explicit ``--api-key`` wins even when empty (an
+        error later), an empty ``TINKER_API_KEY`` counts as unset."""
+        if self.api_key is not None:
+            return self.api_key
+        return os.environ.get("TINKER_API_KEY") or DEFAULT_API_KEY
 
     @property
     def show_traceback(self) -> bool:
@@ -83,47 +86,28 @@ def _store(attr: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     return callback
 
 
+def _option(attr: str, decls: tuple[str, ...], metavar: str, text: str) -> Callable[[F], F]:
+    kwargs: dict[str, Any] = {
+        "expose_value": False,
+        "callback": _store(attr),
+        "help": text,
+    }
+    if attr == "format":
+        kwargs["type"] = click.Choice(["table", "json"])
+    elif metavar:
+        kwargs["metavar"] = metavar
+    else:
+        kwargs["is_flag"] = True
+    return click.option(*decls, **kwargs)
+
+
 def shared_options(func: F, *, connection: bool = True) -> F:
-    """Add ``-f/--format`` and ``--debug``; with ``connection``, also
-    ``--base-url`` and ``--api-key``."""
-    decorators = [
-        click.option(
-            "-f",
-            "--format",
-            type=click.Choice(["table", "json"]),
-            default=None,
-            expose_value=False,
-            callback=_store("format"),
-            help="Output format: tables for people (default), JSON for scripts.",
-        ),
-        click.option(
-            "--base-url",
-            metavar="URL",
-            default=None,
-            expose_value=False,
-            callback=_store("base_url"),
-            help=f"Server URL [env: TINKER_BASE_URL; default: {DEFAULT_BASE_URL}].",
-        ),
-        click.option(
-            "--api-key",
-            metavar="KEY",
-            default=None,
-            expose_value=False,
-            callback=_store("api_key"),
-            help="API key [env: TINKER_API_KEY; default for a local server: "
-            f"{DEFAULT_API_KEY}].",
-        ),
-        click.option(
-            "--debug",
-            is_flag=True,
-            default=False,
-            expose_value=False,
-            callback=_store("debug"),
-            help="Show tracebacks on errors [env: TINKER_DEBUG=1].",
-        ),
-    ]
-    if not connection:
-        decorators = [d for i, d in enumerate(decorators) if i in (0, 3)]
-    for decorator in reversed(decorators):
-        func = decorator(func)
+    """Add the options of :data:`~tinker.cli._root.SHARED_OPTIONS` to a command.
+
+    Without ``connection``, ``--base-url`` and ``--api-key`` are left out (for
+    commands that do not talk to a server).
+    """
+    for attr, decls, metavar, text in reversed(SHARED_OPTIONS):
+        if connection or attr not in ("base_url", "api_key"):
+            func = _option(attr, decls, metavar, text)(func)
     return func

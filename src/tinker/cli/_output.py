@@ -69,15 +69,16 @@ def _render_table(table: Table) -> Any:
     return rich_table
 
 
-def emit(result: Result, output_format: str) -> None:
+def emit(result: Result, output_format: str, err: bool = False) -> None:
+    """Render ``result`` on stdout (stderr with ``err``) as tables or JSON."""
     if output_format == "json":
         import json
 
-        click.echo(json.dumps(result.data, indent=2, default=str))
+        click.echo(json.dumps(result.data, indent=2, default=str), err=err)
         return
     if result.tables:
-        console = _console(sys.stdout)
+        console = _console(sys.stderr if err else sys.stdout)
         for table in result.tables:
             console.print(_render_table(table))
     if result.message:
-        click.echo(result.message)
+        click.echo(result.message, err=err)

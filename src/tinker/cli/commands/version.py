@@ -11,19 +11,12 @@ API_VERSION = "v1"
 PROTOCOL_VERSION = "0.5.1"
 
 
-def _installed_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("tinker-oss")
-    except PackageNotFoundError:
-        return None
-
-
 def _sdk_version() -> str | None:
-    import tinker
-
-    return getattr(tinker, "__version__", None)
+    try:
+        from tinker._version import __version__
+    except ImportError:
+        return None
+    return __version__
 
 
 @api_command(None, "version", connection=False)
@@ -32,7 +25,7 @@ def version(state: State) -> object:
     from .._output import Result, Table
 
     sdk = _sdk_version()
-    cli_version = _installed_version() or sdk
+    cli_version = sdk  # the CLI ships in the same distribution as the SDK
     data = {
         "cli": cli_version,
         "sdk": sdk,
