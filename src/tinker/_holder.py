@@ -97,7 +97,12 @@ class ClientHolder:
         self._sample_semaphore: asyncio.Semaphore | None = None
         self._sample_backoff_until: float | None = None
         self.telemetry: Telemetry | None = None
-        self.session_id: str = run_sync(self._start(user_metadata))
+        try:
+            self.session_id: str = run_sync(self._start(user_metadata))
+        except BaseException:
+            # No session, no holder: release the connection pool now rather than at GC time.
+            run_sync(self.http.aclose())
+            raise
         tasks: list[asyncio.Task[Any]] = [self._heartbeat_task]
         if self.telemetry is not None and self.telemetry.task is not None:
             tasks.append(self.telemetry.task)

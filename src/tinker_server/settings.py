@@ -28,26 +28,29 @@ class Settings(BaseSettings):
 
     home: pathlib.Path = pathlib.Path("~/.tinker")
     host: str = "127.0.0.1"
-    port: int = pydantic.Field(8000, ge=0, le=65535)
+    port: Annotated[int, pydantic.Field(ge=0, le=65535)] = 8000
     models: Annotated[list[str], NoDecode] = list(DEFAULT_SERVED_MODELS)
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     database_url: str | None = None
-    session_timeout_s: float = pydantic.Field(300.0, gt=0)
-    long_poll_s: float = pydantic.Field(25.0, gt=0, lt=45)
-    archive_url_ttl_s: float = pydantic.Field(900.0, gt=0)
+    session_timeout_s: Annotated[float, pydantic.Field(gt=0)] = 300.0
+    long_poll_s: Annotated[float, pydantic.Field(gt=0, lt=45)] = 25.0
+    archive_url_ttl_s: Annotated[float, pydantic.Field(gt=0)] = 900.0
     public_base_url: str | None = None
-    max_tokens_per_microbatch: int = pydantic.Field(2048, ge=1)
+    max_tokens_per_microbatch: Annotated[int, pydantic.Field(ge=1)] = 2048
     # Scheduler limits: queued requests per base model before submits get HTTP 429.
-    max_pending_requests: int = pydantic.Field(1024, ge=1)
-    max_pending_samples: int = pydantic.Field(256, ge=1)
+    max_pending_requests: Annotated[int, pydantic.Field(ge=1)] = 1024
+    max_pending_samples: Annotated[int, pydantic.Field(ge=1)] = 256
     # Sampling requests handed to the engine in one batch.
-    max_sample_batch: int = pydantic.Field(32, ge=1)
+    max_sample_batch: Annotated[int, pydantic.Field(ge=1)] = 32
+    # Samplers loaded from checkpoints kept in memory per base model (least recently
+    # used first out; they reload from disk on demand). At least 2 * max_sample_batch.
+    max_checkpoint_samplers: Annotated[int, pydantic.Field(ge=1)] = 64
     # Finished futures are kept this long (their results can be fetched again).
-    future_retention_s: float = pydantic.Field(3600.0, gt=0)
+    future_retention_s: Annotated[float, pydantic.Field(gt=0)] = 3600.0
     # How often the sweeper looks for expired sessions and stale futures; default
     # derived from session_timeout_s.
-    sweep_interval_s: float | None = pydantic.Field(None, gt=0)
+    sweep_interval_s: Annotated[float | None, pydantic.Field(gt=0)] = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @pydantic.field_validator("home", mode="after")

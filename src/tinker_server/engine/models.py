@@ -15,6 +15,7 @@ without a model hub"):
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -23,6 +24,7 @@ import pathlib
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -101,12 +103,27 @@ def load_base_model(model_name: str, *, home: pathlib.Path, device: str, dtype: 
     return LoadedBase(model=model, info=info, source=source, load_seconds=time.perf_counter() - started)
 
 
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """Silence transformers' per-load progress bars (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(path: str | pathlib.Path, torch_dtype: torch.dtype, **kwargs):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=torch_dtype, attn_implementation="sdpa", **kwargs
-    )
+    with _quiet_progress_bars():
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=torch_dtype, attn_implementation="sdpa", **kwargs
+        )
 
 
 def _resolve_hf(model_name: str, home: pathlib.Path, torch_dtype: torch.dtype):
@@ -191,8 +208,9 @@ def _convert_gguf(gguf: pathlib.Path, target: pathlib.Path, model_name: str) -> 
 
     log.info("converting %s to a safetensors model under %s (one time)", gguf, target)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        with _quiet_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot read {gguf}: {exc}") from exc
     # A GGUF-loaded model carries a quantizer marker that refuses save_pretrained;
@@ -207,12 +225,16 @@ def _convert_gguf(gguf: pathlib.Path, target: pathlib.Path, model_name: str) -> 
             except AttributeError:
                 pass
     model.config._name_or_path = model_name
+    if hasattr(model.config, "_model_name_or_path"):  # GGUF "general.name", e.g. "Smollm2 135M 8k ..."
+        del model.config._model_name_or_path
     model.config.dtype = torch.float32
+    tokenizer.model_max_length = int(model.config.max_position_embeddings)
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
     try:
-        model.save_pretrained(str(tmp))
+        with _quiet_progress_bars():
+            model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / _CONVERTED_MARKER).write_text(
             json.dumps({"model": model_name, "source": "gguf", "gguf_file": gguf.name}, indent=2) + "\n"
@@ -227,3 +249,24 @@ def _convert_gguf(gguf: pathlib.Path, target: pathlib.Path, model_name: str) -> 
             raise ModelLoadError(f"cannot write the converted model to {target}: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class ModelParts:
+    """The pieces of a LoRA-wrapped causal LM that training and sampling drive.
+
+    ``decoder(input_ids=(B, T), ...)`` returns hidden states ``(B, T, H)``;
+    ``lm_head(hidden)`` returns logits ``(B, T, V)``; ``router`` routes rows to adapters.
+    """
+
+    model: torch.nn.Module
+    decoder: torch.nn.Module
+    lm_head: torch.nn.Module
+    router: object  # lora.Router (typed loosely to keep this module free of lora imports)
+    device: torch.device
+    vocab_size: int
+    max_context: int
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, T, H) -> (B, T, V)`` float32 logits (upcast from bf16 when needed)."""
+        return self.lm_head(hidden).float()
