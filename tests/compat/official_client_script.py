@@ -99,8 +99,8 @@ def rest(sc: tinker.ServiceClient, model: str, tok) -> None:
     check(len(sessions.sessions) >= 1, "list_sessions")
     found = [s for s in sessions.sessions if tc.model_id in rc.get_session(s).result().training_run_ids]
     check(len(found) == 1, "get_session lists the run")
-    info = rc.get_weights_info_by_tinker_path(state).result()
-    check(info.lora_rank == 4, "weights_info")
+    if hasattr(rc, "get_weights_info_by_tinker_path"):  # not in the PyPI build of 0.5.1 (spec section 7)
+        check(rc.get_weights_info_by_tinker_path(state).result().lora_rank == 4, "weights_info")
     before = tc.forward(data, "cross_entropy").result()
     restored = sc.create_training_client_from_state(state)
     after = restored.forward(data, "cross_entropy").result()
@@ -110,9 +110,28 @@ def rest(sc: tinker.ServiceClient, model: str, tok) -> None:
         for a, b in zip(x["logprobs"].data, y["logprobs"].data)
     )
     check(diff < 1e-5, f"create_training_client_from_state reproduces logprobs (max diff {diff:.2e})")
+    tc.load_state(state).result()
+    check(True, "load_state")
+    sampler = sc.create_sampling_client(model_path=weights)
+    logprobs = sampler.compute_logprobs(data[0].model_input).result()
+    check(logprobs[0] is None and len(logprobs) == data[0].model_input.length, "compute_logprobs")
+    rc.publish_checkpoint_from_tinker_path(state).result()
+    check(rc.get_training_run(tc.model_id).result().last_checkpoint.public, "publish")
+    rc.unpublish_checkpoint_from_tinker_path(state).result()
+    check(True, "unpublish")
     rc.delete_checkpoint_from_tinker_path(weights).result()
     left = rc.list_checkpoints(tc.model_id).result()
     check({c.tinker_path for c in left.checkpoints} == {state}, "delete_checkpoint")
+    bad = types.Datum(
+        model_input=types.ModelInput.from_ints([1, 2, 10**6]),
+        loss_fn_inputs={"target_tokens": [2, 3, 4], "weights": [1, 1, 1]},
+    )
+    try:
+        tc.forward_backward([bad], "cross_entropy").result()
+    except tinker.BadRequestError as exc:
+        check("outside the vocabulary" in str(exc), f"out-of-vocabulary token is a 400: {exc}")
+    else:
+        raise SystemExit("FAILED: an out-of-vocabulary token was accepted")
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""The HTTP layer: routers (one per resource), dependencies and the error table."""

@@ -1,0 +1,117 @@
+"""The one table from domain errors to HTTP statuses, and the handlers that use it.
+
+Every error response body is ``{"detail": "<message>"}``. Request bodies that
+fail validation get 400 with the offending field named; malformed JSON gets 400.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..engine import AdapterNotFound, EngineError, ModelLoadError, UserInputError
+from ..errors import (
+    AccessDenied,
+    Gone,
+    InvalidRequest,
+    NotAuthenticated,
+    NotFound,
+    Overloaded,
+    ServiceError,
+    Unavailable,
+)
+
+__all__ = ["STATUS_BY_ERROR", "install_error_handlers", "status_for"]
+
+log = logging.getLogger(__name__)
+
+# Checked in order; the first class the error is an instance of wins.
+STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (InvalidRequest, 400),
+    (NotAuthenticated, 401),
+    (AccessDenied, 403),
+    (NotFound, 404),
+    (Gone, 410),
+    (Overloaded, 429),
+    (Unavailable, 503),
+    (ServiceError, 400),
+    (UserInputError, 400),
+    (AdapterNotFound, 404),
+    (ModelLoadError, 500),
+    (EngineError, 500),
+)
+
+_EXTRA_HEADERS: dict[int, dict[str, str]] = {429: {"Retry-After": "1"}}
+
+
+def status_for(exc: BaseException) -> int:
+    for cls, status in STATUS_BY_ERROR:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status, headers=_EXTRA_HEADERS.get(status))
+
+
+def _location(loc: Any) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    out = ""
+    for part in parts:
+        if part.isdigit():
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "body"
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx") or {}
+            return f"malformed JSON body: {ctx.get('error', err.get('msg', 'cannot parse'))}"
+    parts = []
+    for err in errors[:5]:
+        where = _location(err.get("loc", ()))
+        message = err.get("msg", "invalid value")
+        if err.get("type") == "missing":
+            parts.append(f"{where}: field required")
+        elif err.get("type") == "extra_forbidden":
+            parts.append(f"{where}: unknown field")
+        else:
+            parts.append(f"{where}: {message}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            log.error("request failed: %s: %s", type(exc).__name__, exc)
+        return _error(status, str(exc) or type(exc).__name__)
+
+    async def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _error(400, validation_message(exc))
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error(500, f"internal server error: {type(exc).__name__}: {exc}")
+
+    app.add_exception_handler(ServiceError, domain_error)
+    app.add_exception_handler(EngineError, domain_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

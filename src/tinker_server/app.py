@@ -1,0 +1,48 @@
+"""``create_app(settings)``: wiring only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from . import __version__
+from .api import futures, models, runs, sampling, service, sessions, training
+from .api.errors import install_error_handlers
+from .runtime import EngineLoader, Runtime
+from .settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None, *, engine_loader: EngineLoader | None = None) -> FastAPI:
+    """The Tinker API app. ``engine_loader(model_name)`` overrides how engines are built (tests)."""
+    settings = settings if settings is not None else Settings()
+    runtime = Runtime(settings, engine_loader)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        runtime.ensure_started()
+        sweeper = asyncio.create_task(runtime.run_sweeper(), name="tinker-sweeper")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await asyncio.to_thread(runtime.stop)
+
+    app = FastAPI(title="Tinker API (open server)", version=__version__, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in (service, sessions, models, training, sampling, futures, runs):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app

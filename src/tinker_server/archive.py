@@ -1,0 +1,110 @@
+"""Signed, expiring archive URLs and the tar files they serve.
+
+A token is ``<payload>.<signature>``: the payload is base64url JSON
+``{"r": run_id, "c": checkpoint_id, "e": expiry_unix}``, the signature
+HMAC-SHA256 of the payload under a secret generated once per ``TINKER_HOME``
+(file ``archive_secret``). Downloads need no API key; a tampered or expired
+token is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import secrets
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+
+from .errors import AccessDenied
+
+__all__ = ["ArchiveSigner", "SignedArchive", "build_tar"]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class SignedArchive:
+    run_id: str
+    checkpoint_id: str
+    expires: float
+
+
+def _load_secret(path: pathlib.Path) -> bytes:
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    try:
+        os.link(tmp, path)  # first writer wins if two servers start at once
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text().strip())
+
+
+class ArchiveSigner:
+    def __init__(self, secret_path: pathlib.Path) -> None:
+        self._secret_path = secret_path
+        self._secret: bytes | None = None
+
+    @property
+    def secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = _load_secret(self._secret_path)
+        return self._secret
+
+    def sign(self, run_id: str, checkpoint_id: str, ttl_s: float, now: float | None = None) -> tuple[str, float]:
+        expires = int((now if now is not None else time.time()) + ttl_s)
+        payload = _b64(json.dumps({"r": run_id, "c": checkpoint_id, "e": expires}, separators=(",", ":")).encode())
+        signature = _b64(hmac.new(self.secret, payload.encode("ascii"), hashlib.sha256).digest())
+        return f"{payload}.{signature}", float(expires)
+
+    def verify(self, token: str, now: float | None = None) -> SignedArchive:
+        payload, sep, signature = token.partition(".")
+        expected = _b64(hmac.new(self.secret, payload.encode("ascii"), hashlib.sha256).digest())
+        if not sep or not hmac.compare_digest(signature.encode("ascii", "replace"), expected.encode("ascii")):
+            raise AccessDenied("invalid archive link: the signature does not match")
+        try:
+            data = json.loads(_unb64(payload))
+            run_id, checkpoint_id, expires = str(data["r"]), str(data["c"]), float(data["e"])
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise AccessDenied("invalid archive link") from None
+        if (now if now is not None else time.time()) > expires:
+            raise AccessDenied("the archive link has expired; request a new one")
+        return SignedArchive(run_id, checkpoint_id, expires)
+
+
+def build_tar(directory: pathlib.Path, tmp_dir: pathlib.Path) -> pathlib.Path:
+    """A plain tar of ``directory``'s files (relative names), written to a temp file."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="archive-", suffix=".tar", dir=tmp_dir)
+    os.close(fd)
+    path = pathlib.Path(name)
+    try:
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            for item in sorted(directory.rglob("*")):
+                if item.is_file() and not item.is_symlink():
+                    tar.add(item, arcname=item.relative_to(directory).as_posix(), recursive=False)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path

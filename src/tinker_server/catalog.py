@@ -1,0 +1,73 @@
+"""The served base models: capabilities, model info, and tokenizer files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from tinker import types
+
+from .context import Context
+from .errors import NotFound
+from .records import owned_run
+from .scheduler import CallTask
+
+__all__ = ["Catalog"]
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENIZER_FILE_BYTES = 64 * 1024 * 1024
+
+
+class Catalog:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._tokenizer_cache: dict[str, types.TokenizerFilesResponse] = {}
+
+    def capabilities(self) -> types.GetServerCapabilitiesResponse:
+        return types.GetServerCapabilitiesResponse(
+            supported_models=[types.SupportedModel(model_name=name) for name in self._ctx.scheduler.models]
+        )
+
+    async def model_info(self, model_name: str) -> Any:
+        """The engine's :class:`ModelInfo`, loading the model first if needed."""
+        worker = self._ctx.scheduler.worker(model_name)
+        if worker.info is not None:
+            return worker.info
+        task = worker.submit(CallTask(fn=lambda engine: engine.info))
+        return await asyncio.wrap_future(task.done)
+
+    async def get_info(self, owner: str, model_id: str) -> types.GetInfoResponse:
+        with self._ctx.db.session() as s:
+            run = owned_run(s, model_id, owner)
+        info = await self.model_info(run.base_model)
+        return types.GetInfoResponse(
+            type="get_info",
+            model_data=types.ModelData(arch=info.arch, model_name=run.base_model, tokenizer_id=run.base_model),
+            model_id=run.id,
+            is_lora=True,
+            lora_rank=run.lora_rank,
+            model_name=run.base_model,
+        )
+
+    async def tokenizer_files(self, tokenizer_id: str) -> types.TokenizerFilesResponse:
+        """The text files of a served model's tokenizer folder (binary files are skipped)."""
+        if tokenizer_id not in self._ctx.scheduler.models:
+            served = ", ".join(self._ctx.scheduler.models)
+            raise NotFound(f"tokenizer {tokenizer_id!r} is not served here; served models: {served}")
+        cached = self._tokenizer_cache.get(tokenizer_id)
+        if cached is not None:
+            return cached
+        info = await self.model_info(tokenizer_id)
+        files: dict[str, str] = {}
+        for path in sorted(info.tokenizer_dir.iterdir()):
+            if not path.is_file() or path.name.startswith(".") or path.stat().st_size > MAX_TOKENIZER_FILE_BYTES:
+                continue
+            try:
+                files[path.name] = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                log.warning("tokenizer file %s is not text; not served", path)
+        result = types.TokenizerFilesResponse(tokenizer_id=tokenizer_id, files=files)
+        self._tokenizer_cache[tokenizer_id] = result
+        return result

@@ -1,0 +1,173 @@
+"""Durable futures: one database row per submitted request, plus in-process wake-ups.
+
+A submit creates a ``pending`` row and returns its id at once. A worker thread
+resolves it (``done`` with the result JSON, or ``failed`` with a message and a
+category) and wakes every ``retrieve_future`` long-poll waiting on it. Waiters
+may live on any event loop; they are woken thread-safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .db import Database, RequestRow, utcnow
+
+__all__ = ["FutureHub", "render"]
+
+log = logging.getLogger(__name__)
+
+
+class FutureHub:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+
+    # -- creation ---------------------------------------------------------------------------
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def add(
+        self,
+        session: Session,
+        *,
+        request_id: str,
+        owner: str,
+        kind: str,
+        model_id: str | None,
+        seq_id: int | None = None,
+        dedup_key: str | None = None,
+    ) -> None:
+        """Record a pending request inside the caller's unit of work."""
+        session.add(
+            RequestRow(
+                id=request_id,
+                owner=owner,
+                kind=kind,
+                model_id=model_id,
+                seq_id=seq_id,
+                dedup_key=dedup_key,
+                created_at=utcnow(),
+            )
+        )
+
+    def find_by_dedup(self, session: Session, dedup_key: str) -> RequestRow | None:
+        return session.scalars(sa.select(RequestRow).where(RequestRow.dedup_key == dedup_key)).first()
+
+    # -- resolution (any thread) ------------------------------------------------------------
+
+    def resolve(self, request_id: str, result: dict[str, Any]) -> None:
+        text = json.dumps(result, separators=(",", ":"))
+        self._finish(request_id, status="done", result=text, error=None, category=None)
+
+    def fail(self, request_id: str, message: str, category: str) -> None:
+        self._finish(request_id, status="failed", result=None, error=message, category=category)
+
+    def _finish(self, request_id: str, *, status: str, result: str | None, error: str | None, category: str | None) -> None:
+        try:
+            with self._db.session() as session:
+                session.execute(
+                    sa.update(RequestRow)
+                    .where(RequestRow.id == request_id)
+                    .values(status=status, result=result, error=error, category=category, finished_at=utcnow())
+                )
+        finally:
+            self._wake(request_id)
+
+    def _wake(self, request_id: str) -> None:
+        with self._lock:
+            waiters = self._waiters.pop(request_id, [])
+        for loop, fut in waiters:
+            try:
+                loop.call_soon_threadsafe(_set_done, fut)
+            except RuntimeError:  # that loop is closed; nobody is waiting any more
+                pass
+
+    # -- waiting (event loop) ---------------------------------------------------------------
+
+    def get(self, request_id: str) -> RequestRow | None:
+        with self._db.session() as session:
+            row: RequestRow | None = session.get(RequestRow, request_id)
+            return row
+
+    async def wait(self, request_id: str, timeout: float) -> RequestRow | None:
+        """The request's row once it is finished, or ``None`` after ``timeout`` seconds.
+
+        Also ``None`` if the request does not exist (the caller checks first).
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._waiters.setdefault(request_id, []).append((loop, fut))
+        try:
+            row = self.get(request_id)
+            if row is None or row.status != "pending":
+                return row
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except TimeoutError:
+                return None
+            return self.get(request_id)
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(request_id)
+                if waiters is not None:
+                    try:
+                        waiters.remove((loop, fut))
+                    except ValueError:
+                        pass
+                    if not waiters:
+                        del self._waiters[request_id]
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    def fail_pending_after_restart(self) -> int:
+        """Pending rows left by a previous process can never finish: fail them."""
+        with self._db.session() as session:
+            result = session.execute(
+                sa.update(RequestRow)
+                .where(RequestRow.status == "pending")
+                .values(
+                    status="failed",
+                    error="the server restarted before this request finished; submit it again",
+                    category="server",
+                    finished_at=utcnow(),
+                )
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def purge_finished_before(self, cutoff: Any) -> int:
+        with self._db.session() as session:
+            result = session.execute(
+                sa.delete(RequestRow).where(RequestRow.status != "pending", RequestRow.finished_at < cutoff)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def render(row: RequestRow | None, request_id: str) -> tuple[int, Any]:
+    """The ``retrieve_future`` answer for a request row: ``(status, body)``.
+
+    A body that is ``str`` is the stored result JSON, sent verbatim. Not finished
+    yet → 408 with a ``TryAgainResponse``; failed → 200 with ``error`` and
+    ``category`` (the only answer that carries an ``error`` key).
+    """
+    if row is None or row.status == "pending":
+        return 408, {"type": "try_again", "request_id": request_id, "queue_state": "active"}
+    if row.status == "done":
+        return 200, row.result or "{}"
+    return 200, {"error": row.error or "the request failed", "category": row.category or "unknown"}

@@ -1,0 +1,124 @@
+"""Lookups of metadata rows with tenant scoping.
+
+Another tenant's object reads exactly like a missing one (``NotFound``), so ids
+leak nothing. Public checkpoints are the one exception: anyone may read them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from tinker import types
+
+from .db import CheckpointRow, SamplerRow, SessionRow, TrainingRunRow, as_utc
+from .errors import InvalidRequest, NotFound
+from .paths import CheckpointRef
+
+__all__ = [
+    "checkpoint_model",
+    "find_checkpoint",
+    "iso",
+    "owned_run",
+    "owned_sampler",
+    "owned_session",
+    "page_bounds",
+    "readable_checkpoint",
+    "training_run_model",
+]
+
+
+def iso(value: dt.datetime) -> str:
+    return as_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def owned_session(session: Session, session_id: str, owner: str) -> SessionRow:
+    row = session.get(SessionRow, session_id)
+    if row is None or row.owner != owner:
+        raise NotFound(f"session {session_id!r} not found")
+    return row
+
+
+def owned_run(session: Session, run_id: str, owner: str) -> TrainingRunRow:
+    row = session.get(TrainingRunRow, run_id)
+    if row is None or row.owner != owner:
+        raise NotFound(f"training run (model_id) {run_id!r} not found")
+    return row
+
+
+def owned_sampler(session: Session, sampler_id: str, owner: str) -> SamplerRow:
+    row = session.get(SamplerRow, sampler_id)
+    if row is None or row.owner != owner:
+        raise NotFound(f"sampler (sampling_session_id) {sampler_id!r} not found")
+    return row
+
+
+def find_checkpoint(session: Session, ref: CheckpointRef) -> CheckpointRow | None:
+    return session.scalars(
+        sa.select(CheckpointRow).where(
+            CheckpointRow.run_id == ref.run_id, CheckpointRow.checkpoint_id == ref.checkpoint_id
+        )
+    ).first()
+
+
+def readable_checkpoint(session: Session, ref: CheckpointRef, owner: str) -> tuple[TrainingRunRow, CheckpointRow]:
+    """The checkpoint and its run, if ``owner`` owns it or it is public."""
+    run = session.get(TrainingRunRow, ref.run_id)
+    row = find_checkpoint(session, ref) if run is not None else None
+    if run is None or row is None or (run.owner != owner and not row.public):
+        raise NotFound(f"checkpoint {ref.tinker_path} not found")
+    return run, row
+
+
+def page_bounds(limit: int, offset: int) -> tuple[int, int]:
+    if limit <= 0:
+        raise InvalidRequest(f"limit must be a positive integer, got {limit}")
+    if offset < 0:
+        raise InvalidRequest(f"offset must be >= 0, got {offset}")
+    return limit, offset
+
+
+def checkpoint_model(row: CheckpointRow) -> types.Checkpoint:
+    return types.Checkpoint(
+        checkpoint_id=row.checkpoint_id,
+        checkpoint_type=row.checkpoint_type,  # type: ignore[arg-type]
+        time=as_utc(row.time),
+        tinker_path=row.tinker_path,
+        size_bytes=row.size_bytes,
+        public=row.public,
+    )
+
+
+def _latest(session: Session, run_id: str, checkpoint_type: str) -> CheckpointRow | None:
+    return session.scalars(
+        sa.select(CheckpointRow)
+        .where(CheckpointRow.run_id == run_id, CheckpointRow.checkpoint_type == checkpoint_type)
+        .order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())
+        .limit(1)
+    ).first()
+
+
+def _str_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    return {str(k): v if isinstance(v, str) else str(v) for k, v in metadata.items()}
+
+
+def training_run_model(session: Session, run: TrainingRunRow) -> types.TrainingRun:
+    last = _latest(session, run.id, "training")
+    last_sampler = _latest(session, run.id, "sampler")
+    return types.TrainingRun(
+        training_run_id=run.id,
+        base_model=run.base_model,
+        model_owner=run.owner,
+        is_lora=True,
+        corrupted=run.corrupted,
+        lora_rank=run.lora_rank,
+        last_request_time=as_utc(run.last_request_time),
+        last_checkpoint=checkpoint_model(last) if last is not None else None,
+        last_sampler_checkpoint=checkpoint_model(last_sampler) if last_sampler is not None else None,
+        user_metadata=_str_metadata(run.user_metadata),
+    )

@@ -1,0 +1,141 @@
+"""The server's long-lived parts, built from settings: database, futures,
+scheduler and services; startup recovery and the background sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import pathlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from .archive import ArchiveSigner
+from .catalog import Catalog
+from .checkpoints import CheckpointService
+from .context import Context
+from .db import Database, SamplerRow, TrainingRunRow, utcnow
+from .futures import FutureHub
+from .sampling import SamplingService
+from .scheduler import Scheduler
+from .sessions import SessionService
+from .settings import Settings
+from .training import TrainingService
+
+__all__ = ["EngineLoader", "Runtime", "default_engine_loader"]
+
+log = logging.getLogger(__name__)
+
+EngineLoader = Callable[[str], Any]
+RESTART_REASON = "the server restarted"
+
+
+def default_engine_loader(settings: Settings) -> EngineLoader:
+    """Load served models with the real engine, configured from ``settings``."""
+
+    def load(model_name: str) -> Any:
+        from .engine import load_engine
+
+        return load_engine(
+            model_name,
+            home=settings.home,
+            device=settings.device,
+            dtype=settings.dtype,
+            max_tokens_per_microbatch=settings.max_tokens_per_microbatch,
+        )
+
+    return load
+
+
+def check_models(settings: Settings) -> None:
+    """Every served model must be known to the engine or be a local model directory."""
+    from .engine import known_models
+
+    known = set(known_models())
+    unknown = [m for m in settings.models if m not in known and not pathlib.Path(m).expanduser().is_dir()]
+    if unknown:
+        raise ValueError(
+            f"models: unknown model(s) {', '.join(unknown)}; known models: {', '.join(sorted(known))} "
+            "(or give a local model directory)"
+        )
+
+
+class Runtime:
+    def __init__(self, settings: Settings, engine_loader: EngineLoader | None = None) -> None:
+        if engine_loader is None:
+            check_models(settings)
+            engine_loader = default_engine_loader(settings)
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url)
+        self.futures = FutureHub(self.db)
+        self.scheduler = Scheduler(
+            settings.models,
+            engine_loader,
+            self.futures,
+            max_pending=settings.max_pending_requests,
+            max_pending_samples=settings.max_pending_samples,
+            max_sample_batch=settings.max_sample_batch,
+        )
+        ctx = Context(settings=settings, db=self.db, futures=self.futures, scheduler=self.scheduler)
+        self.sessions = SessionService(ctx)
+        self.training = TrainingService(ctx)
+        self.sampling = SamplingService(ctx)
+        self.catalog = Catalog(ctx)
+        self.checkpoints = CheckpointService(ctx, ArchiveSigner(settings.home / "archive_secret"))
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        """Create the home folder and tables and recover from a previous run (once)."""
+        if self._started:
+            return
+        with self._start_lock:
+            if self._started:
+                return
+            self.settings.home.mkdir(parents=True, exist_ok=True)
+            self.settings.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+            self.db.create_tables()
+            self._recover()
+            self._started = True
+
+    def _recover(self) -> None:
+        """Nothing is in engine memory after a restart: mark what was lost."""
+        failed = self.futures.fail_pending_after_restart()
+        with self.db.session() as s:
+            runs = s.execute(
+                sa.update(TrainingRunRow).where(TrainingRunRow.unloaded_reason.is_(None)).values(unloaded_reason=RESTART_REASON)
+            )
+            samplers = s.execute(
+                sa.update(SamplerRow)
+                .where(SamplerRow.unloaded_reason.is_(None), SamplerRow.has_adapter, SamplerRow.model_path.is_(None))
+                .values(unloaded_reason=RESTART_REASON)
+            )
+        n_runs = int(getattr(runs, "rowcount", 0) or 0)
+        n_samplers = int(getattr(samplers, "rowcount", 0) or 0)
+        if failed or n_runs or n_samplers:
+            log.info(
+                "recovered after restart: %d pending request(s) failed, %d run(s) and %d sampler(s) unloaded",
+                failed,
+                n_runs,
+                n_samplers,
+            )
+
+    def sweep_once(self) -> None:
+        self.sessions.expire_stale()
+        self.futures.purge_finished_before(utcnow() - dt.timedelta(seconds=self.settings.future_retention_s))
+
+    async def run_sweeper(self) -> None:
+        interval = self.settings.effective_sweep_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.sweep_once)
+            except Exception:  # noqa: BLE001 - the sweeper must keep running
+                log.exception("session sweep failed")
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.db.dispose()

@@ -1,0 +1,357 @@
+"""Scheduler: per-model ordering, batching and backpressure in front of the engines.
+
+One :class:`Worker` per served base model owns that model's engine and runs it
+in a single thread (the engine is synchronous and not thread-safe). The engine
+is loaded lazily, by the worker thread, on first use.
+
+Work arrives as tasks:
+
+* :class:`CallTask` — one engine call (create an adapter, optimizer step, save,
+  load, drop, ...);
+* :class:`ForwardTask` — forward / forward_backward of one request;
+* :class:`SampleTask` — one sampling request.
+
+Tasks with a ``queue_key`` (a training run id) execute strictly in arrival
+order for that key; since the client serializes its submits per run, arrival
+order is ``seq_id`` order, and a rejected submit (a gap) never stalls the queue.
+Each loop of the worker takes: all control tasks (no key), the head task of
+every run queue, and up to ``max_sample_batch`` sampling tasks. The
+forward/forward_backward heads of different runs go to the engine together
+(``forward_backward_many``), and so do the sampling tasks (``sample``).
+
+Every task carries a ``concurrent.futures.Future`` (``task.done``) for callers
+that wait in-process, and optionally a durable request id that is resolved in
+the :class:`~tinker_server.futures.FutureHub` for ``retrieve_future``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine import AdapterNotFound, EngineError, ModelLoadError, UserInputError
+from .errors import InvalidRequest, NotFound, Overloaded, ServiceError, Unavailable
+from .futures import FutureHub
+
+__all__ = ["CallTask", "ForwardTask", "SampleTask", "Scheduler", "Task", "Worker", "error_category"]
+
+log = logging.getLogger(__name__)
+
+EngineLoader = Callable[[str], Any]
+
+
+@dataclass(eq=False)
+class Task:
+    request_id: str | None = None
+    queue_key: str | None = None
+    # Turns the engine's output into the response JSON (runs in the worker thread,
+    # may record metadata); the identity when None.
+    on_result: Callable[[Any], Any] | None = None
+    # Called (in the worker thread) when the task fails.
+    on_error: Callable[[BaseException], None] | None = None
+    done: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass(eq=False)
+class CallTask(Task):
+    fn: Callable[[Any], Any] = lambda engine: None
+
+
+@dataclass(eq=False)
+class ForwardTask(Task):
+    adapter_id: str = ""
+    data: list[Any] = field(default_factory=list)
+    loss_fn: str = "cross_entropy"
+    loss_fn_config: dict[str, float] | None = None
+    backward: bool = True
+
+
+@dataclass(eq=False)
+class SampleTask(Task):
+    job: Any = None
+    # Makes the job's adapter available (e.g. reloads a sampler from its checkpoint).
+    prepare: Callable[[Any], None] | None = None
+
+
+def error_category(exc: BaseException) -> str:
+    """``user`` when the request was wrong, ``server`` otherwise."""
+    if isinstance(exc, (UserInputError, AdapterNotFound, InvalidRequest, NotFound)):
+        return "user"
+    if isinstance(exc, ServiceError) and not isinstance(exc, Unavailable):
+        return "user"
+    return "server"
+
+
+def error_message(exc: BaseException) -> str:
+    if isinstance(exc, (EngineError, ServiceError)):
+        return str(exc) or type(exc).__name__
+    return f"internal server error: {type(exc).__name__}: {exc}"
+
+
+class Worker:
+    """Runs one base model's engine in its own thread."""
+
+    def __init__(
+        self,
+        model_name: str,
+        loader: EngineLoader,
+        futures: FutureHub,
+        *,
+        max_pending: int,
+        max_pending_samples: int,
+        max_sample_batch: int,
+    ) -> None:
+        self.model_name = model_name
+        self._loader = loader
+        self._futures = futures
+        self._max_pending = max_pending
+        self._max_pending_samples = max_pending_samples
+        self._max_sample_batch = max_sample_batch
+        self._cond = threading.Condition()
+        self._control: deque[Task] = deque()
+        self._runs: dict[str, deque[Task]] = {}
+        self._samples: deque[SampleTask] = deque()
+        self._pending = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.engine: Any = None
+        self.info: Any = None
+
+    # -- submitting (any thread) ------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    @property
+    def pending_samples(self) -> int:
+        return len(self._samples)
+
+    def check_capacity(self, *, sampling: bool = False, strict: bool = True) -> None:
+        """Raise :class:`Overloaded` when the queue is full."""
+        if sampling:
+            limit = self._max_pending_samples if strict else 4 * self._max_pending_samples
+            if len(self._samples) >= limit:
+                raise Overloaded(f"the sampling queue of {self.model_name} is full; retry shortly")
+        if self._pending >= self._max_pending:
+            raise Overloaded(f"the request queue of {self.model_name} is full; retry shortly")
+
+    def submit(self, task: Task) -> Task:
+        with self._cond:
+            if self._stopping:
+                raise Unavailable("the server is shutting down")
+            if isinstance(task, SampleTask):
+                self._samples.append(task)
+            elif task.queue_key is not None:
+                self._runs.setdefault(task.queue_key, deque()).append(task)
+            else:
+                self._control.append(task)
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=f"engine:{self.model_name}", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return task
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            leftovers = [*self._control, *self._samples, *(t for q in self._runs.values() for t in q)]
+            self._control.clear()
+            self._samples.clear()
+            self._runs.clear()
+        for task in leftovers:
+            if not task.done.done():
+                task.done.set_exception(Unavailable("the server shut down before this request ran"))
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the worker thread ------------------------------------------------------------------
+
+    def _take(self) -> tuple[list[Task], list[Task], list[ForwardTask], list[SampleTask]] | None:
+        with self._cond:
+            while not (self._control or self._runs or self._samples or self._stopping):
+                self._cond.wait()
+            if self._stopping:
+                return None
+            control = list(self._control)
+            self._control.clear()
+            calls: list[Task] = []
+            forwards: list[ForwardTask] = []
+            for key in list(self._runs):
+                queue = self._runs[key]
+                head = queue.popleft()
+                if not queue:
+                    del self._runs[key]
+                (forwards if isinstance(head, ForwardTask) else calls).append(head)  # type: ignore[arg-type]
+            samples = [self._samples.popleft() for _ in range(min(len(self._samples), self._max_sample_batch))]
+            self._pending -= len(control) + len(calls) + len(forwards) + len(samples)
+            return control, calls, forwards, samples
+
+    def _loop(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            control, calls, forwards, samples = taken
+            try:
+                engine = self._ensure_engine()
+            except BaseException as exc:  # noqa: BLE001 - reported to every waiting task
+                for task in [*control, *calls, *forwards, *samples]:
+                    self._fail(task, exc)
+                continue
+            for task in [*control, *calls]:
+                self._run_call(engine, task)  # type: ignore[arg-type]
+            if forwards:
+                self._run_forwards(engine, forwards)
+            if samples:
+                self._run_samples(engine, samples)
+
+    def _ensure_engine(self) -> Any:
+        if self.engine is None:
+            log.info("loading base model %s", self.model_name)
+            try:
+                engine = self._loader(self.model_name)
+            except EngineError:
+                raise
+            except Exception as exc:
+                log.exception("loading %s failed", self.model_name)
+                raise ModelLoadError(f"could not load base model {self.model_name}: {exc}") from exc
+            self.info = engine.info
+            self.engine = engine
+            log.info("base model %s loaded", self.model_name)
+        return self.engine
+
+    def _run_call(self, engine: Any, task: CallTask) -> None:
+        try:
+            output = task.fn(engine)
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(task, exc)
+            return
+        self._finish(task, output)
+
+    def _run_forwards(self, engine: Any, tasks: list[ForwardTask]) -> None:
+        items = [(t.adapter_id, t.data, t.loss_fn, t.loss_fn_config, t.backward) for t in tasks]
+        try:
+            outputs = engine.forward_backward_many(items)
+        except BaseException as exc:  # noqa: BLE001
+            for task in tasks:
+                self._fail(task, exc)
+            return
+        for task, output in zip(tasks, outputs, strict=True):
+            if isinstance(output, BaseException):
+                self._fail(task, output)
+            else:
+                self._finish(task, output)
+
+    def _run_samples(self, engine: Any, tasks: list[SampleTask]) -> None:
+        ready: list[SampleTask] = []
+        for task in tasks:
+            try:
+                if task.prepare is not None:
+                    task.prepare(engine)
+            except BaseException as exc:  # noqa: BLE001
+                self._fail(task, exc)
+                continue
+            ready.append(task)
+        if not ready:
+            return
+        try:
+            outputs = engine.sample([t.job for t in ready])
+        except BaseException as exc:  # noqa: BLE001
+            for task in ready:
+                self._fail(task, exc)
+            return
+        for task, output in zip(ready, outputs, strict=True):
+            if isinstance(output, BaseException):
+                self._fail(task, output)
+            else:
+                self._finish(task, output)
+
+    def _finish(self, task: Task, output: Any) -> None:
+        try:
+            payload = task.on_result(output) if task.on_result is not None else output
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(task, exc)
+            return
+        if task.request_id is not None:
+            try:
+                self._futures.resolve(task.request_id, payload)
+            except BaseException as exc:  # noqa: BLE001
+                log.exception("could not record the result of %s", task.request_id)
+                self._fail(task, exc)
+                return
+        if not task.done.done():
+            task.done.set_result(payload)
+
+    def _fail(self, task: Task, exc: BaseException) -> None:
+        category = error_category(exc)
+        message = error_message(exc)
+        if category == "server":
+            log.error(
+                "request %s failed: %s\n%s",
+                task.request_id,
+                message,
+                "".join(traceback.format_exception(exc)),
+            )
+        if task.on_error is not None:
+            try:
+                task.on_error(exc)
+            except Exception:  # noqa: BLE001
+                log.exception("error handler of %s failed", task.request_id)
+        if task.request_id is not None:
+            try:
+                self._futures.fail(task.request_id, message, category)
+            except Exception:  # noqa: BLE001
+                log.exception("could not record the failure of %s", task.request_id)
+        if not task.done.done():
+            task.done.set_exception(exc)
+
+
+class Scheduler:
+    """The workers of all served base models, created on first use."""
+
+    def __init__(
+        self,
+        models: list[str],
+        loader: EngineLoader,
+        futures: FutureHub,
+        *,
+        max_pending: int,
+        max_pending_samples: int,
+        max_sample_batch: int,
+    ) -> None:
+        self.models = list(models)
+        self._workers = {
+            name: Worker(
+                name,
+                loader,
+                futures,
+                max_pending=max_pending,
+                max_pending_samples=max_pending_samples,
+                max_sample_batch=max_sample_batch,
+            )
+            for name in self.models
+        }
+
+    def worker(self, model_name: str) -> Worker:
+        try:
+            return self._workers[model_name]
+        except KeyError:
+            served = ", ".join(self.models)
+            raise InvalidRequest(f"base model {model_name!r} is not served here; served models: {served}") from None
+
+    def loaded_info(self, model_name: str) -> Any:
+        """The model's info if its engine is loaded, else ``None``."""
+        return self.worker(model_name).info
+
+    def stop(self) -> None:
+        for worker in self._workers.values():
+            worker.stop()

@@ -1,0 +1,388 @@
+"""Training runs: create_model, forward/backward, optimizer steps, saving and loading weights.
+
+Every operation on a run is a future. Submits are checked at once (ownership,
+state, ``seq_id``, payload) and rejected with a 4xx before anything is queued;
+accepted ones are recorded, then queued on the run's queue in the scheduler.
+
+Retries: a submit with a ``(model_id, seq_id)`` that was already accepted
+returns the existing request id and is not applied again (likewise
+``(session_id, model_seq_id)`` for create_model). A lower ``seq_id`` that was
+never seen is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from tinker import types
+
+from .context import Context
+from .convert import adam_config, train_data, train_response
+from .db import CheckpointRow, SamplerRow, TrainingRunRow, utcnow
+from .engine import LoraSpec
+from .errors import Gone, InvalidRequest
+from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
+from .records import find_checkpoint, owned_run, owned_session, readable_checkpoint
+from .scheduler import CallTask, ForwardTask, Task, Worker
+
+__all__ = ["EPHEMERAL_SAMPLERS_KEPT", "LoadWeightsBody", "MAX_LORA_RANK", "TrainingService"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LORA_RANK = 32
+MAX_LORA_RANK = 512
+# Ephemeral samplers (save_weights_and_get_sampling_client) kept in memory per run;
+# older ones are dropped when a newer one is made.
+EPHEMERAL_SAMPLERS_KEPT = 4
+
+
+class LoadWeightsBody(types.LoadWeightsRequest):
+    """``/load_weights`` as both 0.5.1 clients send it: the PyPI release omits ``optimizer``."""
+
+    optimizer: bool = False
+
+
+def _future(request_id: str, model_id: str | None) -> types.UntypedAPIFuture:
+    return types.UntypedAPIFuture(request_id=request_id, model_id=model_id)
+
+
+class TrainingService:
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._lock = threading.Lock()
+
+    # -- create / info / unload -------------------------------------------------------------
+
+    def create_model(self, owner: str, req: types.CreateModelRequest) -> types.UntypedAPIFuture:
+        ctx = self._ctx
+        run_id = f"{req.session_id}:train:{req.model_seq_id}"
+        lora = req.lora_config or types.LoraConfig(rank=DEFAULT_LORA_RANK)
+        with self._lock, ctx.db.session() as s:
+            session_row = owned_session(s, req.session_id, owner)
+            if s.get(TrainingRunRow, run_id) is not None:
+                dup = ctx.futures.find_by_dedup(s, f"{run_id}#create")
+                if dup is not None:
+                    return _future(dup.id, run_id)
+                raise InvalidRequest(f"model_seq_id {req.model_seq_id} was already used in session {req.session_id}")
+            if req.model_seq_id < 0:
+                raise InvalidRequest(f"model_seq_id must be >= 0, got {req.model_seq_id}")
+            worker = ctx.scheduler.worker(req.base_model)
+            if not 1 <= lora.rank <= MAX_LORA_RANK:
+                raise InvalidRequest(f"lora_config.rank must be between 1 and {MAX_LORA_RANK}, got {lora.rank}")
+            if not (lora.train_mlp or lora.train_attn or lora.train_unembed):
+                raise InvalidRequest("lora_config: at least one of train_mlp, train_attn, train_unembed must be true")
+            worker.check_capacity()
+            now = utcnow()
+            session_row.expired = False
+            session_row.last_heartbeat = now
+            s.add(
+                TrainingRunRow(
+                    id=run_id,
+                    owner=owner,
+                    session_id=req.session_id,
+                    model_seq_id=req.model_seq_id,
+                    base_model=req.base_model,
+                    lora_rank=lora.rank,
+                    lora_config=lora.model_dump(mode="json"),
+                    user_metadata=req.user_metadata,
+                    created_at=now,
+                    last_request_time=now,
+                    last_seq_id=0,
+                )
+            )
+            request_id = ctx.futures.new_id()
+            ctx.futures.add(
+                s, request_id=request_id, owner=owner, kind="create_model", model_id=run_id, dedup_key=f"{run_id}#create"
+            )
+        spec = LoraSpec(
+            rank=lora.rank,
+            seed=lora.seed,
+            train_mlp=lora.train_mlp,
+            train_attn=lora.train_attn,
+            train_unembed=lora.train_unembed,
+        )
+
+        def on_error(exc: BaseException) -> None:
+            with ctx.db.session() as s2:
+                run = s2.get(TrainingRunRow, run_id)
+                if run is not None:
+                    run.corrupted = True
+                    run.unloaded_reason = f"creating it failed: {exc}"
+
+        worker.submit(
+            CallTask(
+                request_id=request_id,
+                queue_key=run_id,
+                fn=lambda engine: engine.create_adapter(run_id, spec),
+                on_result=lambda _: types.CreateModelResponse(model_id=run_id).model_dump(mode="json"),
+                on_error=on_error,
+            )
+        )
+        return _future(request_id, run_id)
+
+    def run_info(self, owner: str, model_id: str) -> TrainingRunRow:
+        with self._ctx.db.session() as s:
+            return owned_run(s, model_id, owner)
+
+    def unload_model(self, owner: str, model_id: str) -> types.UntypedAPIFuture:
+        ctx = self._ctx
+        with self._lock, ctx.db.session() as s:
+            run = owned_run(s, model_id, owner)
+            worker = ctx.scheduler.worker(run.base_model)
+            if run.unloaded_reason is None:
+                run.unloaded_reason = "it was unloaded with unload_model"
+            request_id = ctx.futures.new_id()
+            ctx.futures.add(s, request_id=request_id, owner=owner, kind="unload_model", model_id=model_id)
+
+        def drop(engine: Any) -> None:
+            if engine.has_adapter(model_id):
+                engine.drop_adapter(model_id)
+
+        worker.submit(
+            CallTask(
+                request_id=request_id,
+                queue_key=model_id,
+                fn=drop,
+                on_result=lambda _: types.UnloadModelResponse(model_id=model_id, type="unload_model").model_dump(
+                    mode="json"
+                ),
+            )
+        )
+        return _future(request_id, model_id)
+
+    # -- the common submit path -------------------------------------------------------------
+
+    def _submit(
+        self,
+        owner: str,
+        model_id: str,
+        seq_id: int | None,
+        kind: str,
+        build: Callable[[TrainingRunRow, Worker, Any], Task],
+    ) -> types.UntypedAPIFuture:
+        ctx = self._ctx
+        with self._lock, ctx.db.session() as s:
+            run = owned_run(s, model_id, owner)
+            dedup_key = f"{model_id}#{seq_id}" if seq_id is not None else None
+            if dedup_key is not None:
+                dup = ctx.futures.find_by_dedup(s, dedup_key)
+                if dup is not None:
+                    return _future(dup.id, model_id)
+            if run.unloaded_reason is not None:
+                raise Gone(
+                    f"training run {model_id} is no longer loaded: {run.unloaded_reason}. Resume it from a "
+                    f"checkpoint with ServiceClient.create_training_client_from_state('tinker://{model_id}/weights/<name>')"
+                )
+            if seq_id is not None and seq_id <= run.last_seq_id:
+                raise InvalidRequest(
+                    f"seq_id {seq_id} of {model_id} is not after the last accepted seq_id {run.last_seq_id}; "
+                    "operations of a training client must be submitted in order"
+                )
+            worker = ctx.scheduler.worker(run.base_model)
+            worker.check_capacity()
+            task = build(run, worker, s)
+            request_id = ctx.futures.new_id()
+            ctx.futures.add(
+                s, request_id=request_id, owner=owner, kind=kind, model_id=model_id, seq_id=seq_id, dedup_key=dedup_key
+            )
+            if seq_id is not None:
+                run.last_seq_id = seq_id
+            run.last_request_time = utcnow()
+        task.request_id = request_id
+        task.queue_key = model_id
+        worker.submit(task)
+        return _future(request_id, model_id)
+
+    # -- forward / backward / optimizer -----------------------------------------------------
+
+    def forward(self, owner: str, req: types.ForwardRequest) -> types.UntypedAPIFuture:
+        return self._forward(owner, req.model_id, req.seq_id, req.forward_input, backward=False)
+
+    def forward_backward(self, owner: str, req: types.ForwardBackwardRequest) -> types.UntypedAPIFuture:
+        return self._forward(owner, req.model_id, req.seq_id, req.forward_backward_input, backward=True)
+
+    def _forward(
+        self, owner: str, model_id: str, seq_id: int | None, fwd: types.ForwardBackwardInput, *, backward: bool
+    ) -> types.UntypedAPIFuture:
+        field = "forward_backward_input" if backward else "forward_input"
+        loss_fn = fwd.loss_fn
+
+        def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
+            data = train_data(fwd.data, loss_fn, worker.info, field=field)
+            return ForwardTask(
+                adapter_id=model_id,
+                data=data,
+                loss_fn=loss_fn,
+                loss_fn_config=dict(fwd.loss_fn_config) if fwd.loss_fn_config is not None else None,
+                backward=backward,
+                on_result=lambda out: train_response(out, loss_fn),
+            )
+
+        return self._submit(owner, model_id, seq_id, "forward_backward" if backward else "forward", build)
+
+    def optim_step(self, owner: str, req: types.OptimStepRequest) -> types.UntypedAPIFuture:
+        config = adam_config(req.adam_params)
+        model_id = req.model_id
+
+        def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
+            return CallTask(
+                fn=lambda engine: engine.optim_step(model_id, config),
+                on_result=lambda metrics: types.OptimStepResponse(
+                    metrics={str(k): float(v) for k, v in (metrics or {}).items()}
+                ).model_dump(mode="json"),
+            )
+
+        return self._submit(owner, model_id, req.seq_id, "optim_step", build)
+
+    # -- weights ----------------------------------------------------------------------------
+
+    def _record_checkpoint(self, ref: CheckpointRef, owner: str, size: int | None) -> None:
+        """Insert or overwrite the checkpoint's row (runs in the worker thread)."""
+        with self._ctx.db.session() as s:
+            row = find_checkpoint(s, ref)
+            now = utcnow()
+            if row is None:
+                s.add(
+                    CheckpointRow(
+                        run_id=ref.run_id,
+                        owner=owner,
+                        checkpoint_id=ref.checkpoint_id,
+                        checkpoint_type=ref.checkpoint_type,
+                        time=now,
+                        tinker_path=ref.tinker_path,
+                        size_bytes=size,
+                        public=False,
+                    )
+                )
+            else:
+                row.time = now
+                row.size_bytes = size
+
+    def _save_task(self, owner: str, ref: CheckpointRef, *, optimizer: bool, response: Callable[[str], Any]) -> Task:
+        directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
+        model_id = ref.run_id
+
+        def on_result(size: Any) -> Any:
+            self._record_checkpoint(ref, owner, int(size) if size is not None else None)
+            return response(ref.tinker_path)
+
+        return CallTask(
+            fn=lambda engine: engine.save_adapter(model_id, directory, optimizer=optimizer),
+            on_result=on_result,
+        )
+
+    def save_weights(self, owner: str, req: types.SaveWeightsRequest) -> types.UntypedAPIFuture:
+        def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
+            name = req.path if req.path is not None else f"ckpt-{req.seq_id if req.seq_id is not None else 0:06d}"
+            ref = CheckpointRef(run.id, "weights", validate_checkpoint_name(name))
+            return self._save_task(
+                owner,
+                ref,
+                optimizer=True,
+                response=lambda path: types.SaveWeightsResponse(path=path, type="save_weights").model_dump(mode="json"),
+            )
+
+        return self._submit(owner, req.model_id, req.seq_id, "save_weights", build)
+
+    def save_weights_for_sampler(self, owner: str, req: types.SaveWeightsForSamplerRequest) -> types.UntypedAPIFuture:
+        if req.path is None and req.sampling_session_seq_id is None:
+            raise InvalidRequest("save_weights_for_sampler needs a name (path) or a sampling_session_seq_id")
+
+        def build(run: TrainingRunRow, worker: Worker, s: Any) -> Task:
+            if req.path is not None:
+                ref = CheckpointRef(run.id, "sampler_weights", validate_checkpoint_name(req.path))
+                return self._save_task(
+                    owner,
+                    ref,
+                    optimizer=False,
+                    response=lambda path: types.SaveWeightsForSamplerResponseInternal(
+                        path=path, type="save_weights_for_sampler"
+                    ).model_dump(mode="json", exclude_none=True),
+                )
+            assert req.sampling_session_seq_id is not None
+            sampler_id = f"{run.session_id}:sample:{req.sampling_session_seq_id}"
+            if s.get(SamplerRow, sampler_id) is not None:
+                raise InvalidRequest(
+                    f"sampling_session_seq_id {req.sampling_session_seq_id} was already used in session {run.session_id}"
+                )
+            return self._ephemeral_task(owner, run, sampler_id)
+
+        return self._submit(owner, req.model_id, req.seq_id, "save_weights_for_sampler", build)
+
+    def _ephemeral_task(self, owner: str, run: TrainingRunRow, sampler_id: str) -> Task:
+        db = self._ctx.db
+        run_id, session_id, base_model = run.id, run.session_id, run.base_model
+
+        def fn(engine: Any) -> None:
+            if engine.has_adapter(sampler_id):
+                engine.drop_adapter(sampler_id)
+            engine.copy_adapter(run_id, sampler_id)
+            with db.session() as s:
+                s.add(
+                    SamplerRow(
+                        id=sampler_id,
+                        owner=owner,
+                        session_id=session_id,
+                        base_model=base_model,
+                        model_path=None,
+                        has_adapter=True,
+                        source_run_id=run_id,
+                        created_at=utcnow(),
+                    )
+                )
+                s.flush()
+                older = s.scalars(
+                    sa.select(SamplerRow)
+                    .where(SamplerRow.source_run_id == run_id, SamplerRow.unloaded_reason.is_(None))
+                    .order_by(SamplerRow.created_at.desc())
+                    .offset(EPHEMERAL_SAMPLERS_KEPT)
+                ).all()
+                for old in older:
+                    old.unloaded_reason = (
+                        f"a newer sampler of training run {run_id} replaced it "
+                        f"(the {EPHEMERAL_SAMPLERS_KEPT} newest are kept)"
+                    )
+                    if engine.has_adapter(old.id):
+                        engine.drop_adapter(old.id)
+
+        return CallTask(
+            fn=fn,
+            on_result=lambda _: types.SaveWeightsForSamplerResponseInternal(
+                path=None, sampling_session_id=sampler_id, type="save_weights_for_sampler"
+            ).model_dump(mode="json"),
+        )
+
+    def load_weights(self, owner: str, req: LoadWeightsBody) -> types.UntypedAPIFuture:
+        ref = parse_tinker_path(req.path)
+        optimizer = bool(req.optimizer)
+        if optimizer and ref.kind != "weights":
+            raise InvalidRequest(
+                f"{req.path} is a sampler checkpoint: it holds no optimizer state; "
+                "load it without the optimizer, or use a tinker://.../weights/<name> checkpoint"
+            )
+        directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
+        model_id = req.model_id
+
+        def build(run: TrainingRunRow, worker: Worker, s: Any) -> Task:
+            source_run, _row = readable_checkpoint(s, ref, owner)
+            if source_run.base_model != run.base_model:
+                raise InvalidRequest(
+                    f"{req.path} was trained on {source_run.base_model}, but {model_id} uses {run.base_model}"
+                )
+            if source_run.lora_rank != run.lora_rank:
+                raise InvalidRequest(
+                    f"{req.path} has LoRA rank {source_run.lora_rank}, but {model_id} has rank {run.lora_rank}"
+                )
+            return CallTask(
+                fn=lambda engine: engine.load_adapter(model_id, directory, optimizer=optimizer),
+                on_result=lambda _: types.LoadWeightsResponse(path=req.path, type="load_weights").model_dump(
+                    mode="json"
+                ),
+            )
+
+        return self._submit(owner, model_id, req.seq_id, "load_weights", build)
