@@ -26,12 +26,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import ModelLoadError
 from .messages import ModelInfo
 from .tiny import build_tiny_model, ensure_tiny_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["DEFAULT_MODEL", "TINY_MODEL", "LoadedBase", "known_models", "load_base_model"]
 
@@ -55,7 +59,7 @@ def known_models() -> list[str]:
 class LoadedBase:
     """A loaded, frozen HF causal LM plus what the engine needs to know about it."""
 
-    model: torch.nn.Module  # transformers PreTrainedModel (a *ForCausalLM)
+    model: PreTrainedModel  # a *ForCausalLM
     info: ModelInfo
     source: str  # how it was resolved: "tiny", "local", "hf-cache", "converted", "gguf"
     load_seconds: float
@@ -78,16 +82,17 @@ def load_base_model(model_name: str, *, home: pathlib.Path, device: str, dtype: 
     torch_dtype = parse_dtype(dtype)
     started = time.perf_counter()
     home = pathlib.Path(home)
+    model: PreTrainedModel
     if model_name == TINY_MODEL:
         tok_dir = ensure_tiny_tokenizer(model_cache_dir(home, TINY_MODEL) / "tokenizer")
         model, source = build_tiny_model(torch_dtype), "tiny"
     else:
         model, tok_dir, source = _resolve_hf(model_name, home, torch_dtype)
     try:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' stubs type .to() oddly
     except (RuntimeError, AssertionError) as exc:
         raise ModelLoadError(f"cannot move {model_name!r} to device {device!r}: {exc}") from exc
-    model.eval()
+    model.train(False)
     model.requires_grad_(False)
     config = model.config
     max_context = int(getattr(config, "max_position_embeddings", 0) or 0)
@@ -96,7 +101,7 @@ def load_base_model(model_name: str, *, home: pathlib.Path, device: str, dtype: 
     info = ModelInfo(
         name=model_name,
         arch=str(config.model_type),
-        vocab_size=int(model.get_input_embeddings().weight.shape[0]),
+        vocab_size=int(model.get_input_embeddings().weight.shape[0]),  # type: ignore[index]
         max_context=max_context,
         tokenizer_dir=pathlib.Path(tok_dir),
     )
@@ -109,15 +114,15 @@ def _quiet_progress_bars() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
         if was_enabled:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _from_pretrained(path: str | pathlib.Path, torch_dtype: torch.dtype, **kwargs):
+def _from_pretrained(path: str | pathlib.Path, torch_dtype: torch.dtype, **kwargs: Any) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     with _quiet_progress_bars():
@@ -126,7 +131,9 @@ def _from_pretrained(path: str | pathlib.Path, torch_dtype: torch.dtype, **kwarg
         )
 
 
-def _resolve_hf(model_name: str, home: pathlib.Path, torch_dtype: torch.dtype):
+def _resolve_hf(
+    model_name: str, home: pathlib.Path, torch_dtype: torch.dtype
+) -> tuple[PreTrainedModel, pathlib.Path, str]:
     local = pathlib.Path(model_name).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():
@@ -157,7 +164,7 @@ def _resolve_hf(model_name: str, home: pathlib.Path, torch_dtype: torch.dtype):
     )
 
 
-def _load_dir(path: pathlib.Path, torch_dtype: torch.dtype, *, what: str):
+def _load_dir(path: pathlib.Path, torch_dtype: torch.dtype, *, what: str) -> PreTrainedModel:
     try:
         return _from_pretrained(path, torch_dtype)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -215,7 +222,7 @@ def _convert_gguf(gguf: pathlib.Path, target: pathlib.Path, model_name: str) -> 
         raise ModelLoadError(f"cannot read {gguf}: {exc}") from exc
     # A GGUF-loaded model carries a quantizer marker that refuses save_pretrained;
     # its weights are already plain dequantized floats, so drop the marker.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     for attr in ("is_quantized", "quantization_method"):
@@ -259,7 +266,7 @@ class ModelParts:
     ``lm_head(hidden)`` returns logits ``(B, T, V)``; ``router`` routes rows to adapters.
     """
 
-    model: torch.nn.Module
+    model: PreTrainedModel
     decoder: torch.nn.Module
     lm_head: torch.nn.Module
     router: object  # lora.Router (typed loosely to keep this module free of lora imports)
@@ -269,4 +276,4 @@ class ModelParts:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(B, T, H) -> (B, T, V)`` float32 logits (upcast from bf16 when needed)."""
-        return self.lm_head(hidden).float()
+        return self.lm_head(hidden).float()  # type: ignore[no-any-return]

@@ -13,7 +13,13 @@ import pathlib
 import shutil
 import uuid
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
 __all__ = ["TINY_CHAT_TEMPLATE", "TINY_VOCAB_SIZE", "build_tiny_model", "ensure_tiny_tokenizer"]
 
@@ -53,7 +59,7 @@ Good models need good data; good data needs care, patience and a lot of reading.
 _TOKENIZER_CACHE_KEY = "bpe512-v1"
 
 
-def _train_tokenizer():  # -> tokenizers.Tokenizer
+def _train_tokenizer() -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -83,7 +89,7 @@ def ensure_tiny_tokenizer(directory: pathlib.Path) -> pathlib.Path:
     from transformers import PreTrainedTokenizerFast
 
     tok = _train_tokenizer()
-    wrapped = PreTrainedTokenizerFast(
+    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
@@ -111,10 +117,10 @@ def ensure_tiny_tokenizer(directory: pathlib.Path) -> pathlib.Path:
     return directory
 
 
-def tiny_config(vocab_size: int = TINY_VOCAB_SIZE):  # -> LlamaConfig
+def tiny_config(vocab_size: int = TINY_VOCAB_SIZE) -> LlamaConfig:
     from transformers import LlamaConfig
 
-    return LlamaConfig(
+    config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -123,16 +129,17 @@ def tiny_config(vocab_size: int = TINY_VOCAB_SIZE):  # -> LlamaConfig
         num_key_value_heads=2,
         max_position_embeddings=TINY_MAX_CONTEXT,
         rms_norm_eps=1e-5,
-        rope_theta=10000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,
-        attn_implementation="sdpa",
     )
+    config._attn_implementation = "sdpa"
+    return config
 
 
-def build_tiny_model(dtype: torch.dtype = torch.float32):  # -> LlamaForCausalLM
+def build_tiny_model(dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     """A 2-layer, hidden-64 Llama with fixed random weights (identical on every call).
 
     Weights are drawn from their own ``torch.Generator``: N(0, 0.08) for every
@@ -148,4 +155,6 @@ def build_tiny_model(dtype: torch.dtype = torch.float32):  # -> LlamaForCausalLM
                 param.fill_(1.0)
             else:
                 param.copy_(torch.randn(param.shape, generator=gen) * TINY_WEIGHT_STD)
-    return model.to(dtype).eval()
+    model.to(dtype)  # type: ignore[arg-type]  # transformers' stubs type .to() oddly
+    model.train(False)
+    return model

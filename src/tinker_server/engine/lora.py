@@ -1,0 +1,246 @@
+"""Many LoRA adapters on one frozen base model, routed per batch row.
+
+Every linear layer an adapter may target is replaced, once, by a
+:class:`LoraLinear` that wraps the original ``nn.Linear``. The adapters
+themselves are plain :class:`Adapter` objects (their own ``nn.Parameter`` pairs,
+gradients and optimizer state); a layer holds none of them. Before a forward
+pass the caller says which adapter serves each batch row::
+
+    with router.route([adapter_a, adapter_a, None, adapter_b]):
+        hidden = decoder(input_ids)            # (4, T, H)
+
+Rows routed to ``None`` get the base model's output. For a row served by
+adapter ``a`` a targeted layer computes::
+
+    y = x W^T + (alpha / r) * (x A^T) B^T       A: (r, in), B: (out, r)
+
+with ``alpha = LORA_ALPHA = 32``. ``A`` starts kaiming-uniform (bound
+``1/sqrt(in)``, seeded by ``LoraSpec.seed``), ``B`` starts at zero, so a new
+adapter leaves the model unchanged. Base weights never require gradients.
+Public ids are strings kept by the engine; adapters have no slot numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import secrets
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import UserInputError
+from .messages import LoraSpec
+
+__all__ = [
+    "ATTN_MODULES",
+    "LORA_ALPHA",
+    "MAX_LORA_RANK",
+    "MLP_MODULES",
+    "UNEMBED_MODULES",
+    "Adapter",
+    "LoraLinear",
+    "Router",
+    "attach_lora",
+    "new_adapter",
+    "peft_key",
+    "validate_spec",
+]
+
+LORA_ALPHA = 32.0
+MAX_LORA_RANK = 1024
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+UNEMBED_MODULES = ("lm_head",)
+ALL_TARGETS = ATTN_MODULES + MLP_MODULES + UNEMBED_MODULES
+
+
+def peft_key(path: str, which: str) -> str:
+    """PEFT's state-dict key, e.g. ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``."""
+    return f"base_model.model.{path}.lora_{which}.weight"
+
+
+@dataclass(eq=False)
+class Adapter:
+    """One LoRA adapter: its spec, per-layer parameters and optimizer state.
+
+    ``weights`` maps a layer path (e.g. ``model.layers.0.mlp.up_proj``) to
+    ``(A, B)`` with ``A: (r, in)`` and ``B: (out, r)``, float32 leaf parameters.
+    ``frozen`` adapters (sampler snapshots) cannot be trained.
+    """
+
+    spec: LoraSpec
+    scaling: float
+    weights: dict[str, tuple[nn.Parameter, nn.Parameter]]
+    frozen: bool = False
+    optim_step: int = 0
+    optim_state: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Parameters under their PEFT key names, in a fixed order."""
+        for path, (a, b) in self.weights.items():
+            yield peft_key(path, "A"), a
+            yield peft_key(path, "B"), b
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def reset_optimizer(self) -> None:
+        self.optim_step = 0
+        self.optim_state = {}
+
+
+class Router:
+    """Holds the row -> adapter assignment of the forward pass in progress."""
+
+    def __init__(self) -> None:
+        self.groups: list[tuple[Adapter, torch.Tensor | None]] = []
+
+    @contextlib.contextmanager
+    def route(self, row_adapters: Sequence[Adapter | None], device: torch.device | str = "cpu") -> Iterator[None]:
+        """Route batch row ``i`` to ``row_adapters[i]`` (``None``: base model only)."""
+        previous = self.groups
+        self.groups = _group_rows(row_adapters, torch.device(device))
+        try:
+            yield
+        finally:
+            self.groups = previous
+
+
+def _group_rows(
+    row_adapters: Sequence[Adapter | None], device: torch.device
+) -> list[tuple[Adapter, torch.Tensor | None]]:
+    rows_of: dict[int, list[int]] = {}
+    adapter_of: dict[int, Adapter] = {}
+    for row, adapter in enumerate(row_adapters):
+        if adapter is None:
+            continue
+        rows_of.setdefault(id(adapter), []).append(row)
+        adapter_of[id(adapter)] = adapter
+    groups: list[tuple[Adapter, torch.Tensor | None]] = []
+    for key, rows in rows_of.items():
+        if len(rows) == len(row_adapters):
+            groups.append((adapter_of[key], None))  # all rows: no gather / scatter
+        else:
+            groups.append((adapter_of[key], torch.tensor(rows, dtype=torch.long, device=device)))
+    return groups
+
+
+class LoraLinear(nn.Module):
+    """``nn.Linear`` plus the LoRA deltas of whichever adapters the router assigns.
+
+    Input ``x: (B, ..., in)``; output ``(B, ..., out)``. Rows are the first dimension.
+    """
+
+    def __init__(self, base: nn.Linear, path: str, router: Router) -> None:
+        super().__init__()
+        self.base = base
+        self.path = path
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self._router = router  # plain attribute: not a submodule, not in state_dict
+
+    @property
+    def weight(self) -> torch.Tensor:  # for code that inspects e.g. lm_head.weight
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        for adapter, rows in self._router.groups:
+            pair = adapter.weights.get(self.path)
+            if pair is None:
+                continue
+            a, b = pair
+            xs = x if rows is None else x.index_select(0, rows)
+            delta = nn.functional.linear(nn.functional.linear(xs.to(a.dtype), a), b) * adapter.scaling
+            delta = delta.to(out.dtype)
+            out = out + delta if rows is None else out.index_add(0, rows, delta)
+        return out  # type: ignore[no-any-return]
+
+    def extra_repr(self) -> str:
+        return f"path={self.path!r}, in={self.in_features}, out={self.out_features}"
+
+
+def attach_lora(model: nn.Module, router: Router) -> dict[str, LoraLinear]:
+    """Replace every targetable ``nn.Linear`` of ``model`` by a :class:`LoraLinear`.
+
+    Returns ``{layer path: LoraLinear}`` in module order. Weight tying (e.g. a
+    tied ``lm_head``) is untouched: the wrapped ``nn.Linear`` keeps its tensor.
+    """
+    found = [
+        (path, module)
+        for path, module in model.named_modules()
+        if isinstance(module, nn.Linear) and path.rsplit(".", 1)[-1] in ALL_TARGETS
+    ]
+    layers: dict[str, LoraLinear] = {}
+    for path, module in found:
+        parent_path, _, child_name = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        wrapped = LoraLinear(module, path, router)
+        setattr(parent, child_name, wrapped)
+        layers[path] = wrapped
+    return layers
+
+
+def validate_spec(spec: LoraSpec) -> None:
+    if isinstance(spec.rank, bool) or not isinstance(spec.rank, int):
+        raise UserInputError(f"LoRA rank must be an integer, got {spec.rank!r}")
+    if not 1 <= spec.rank <= MAX_LORA_RANK:
+        raise UserInputError(f"LoRA rank must be between 1 and {MAX_LORA_RANK}, got {spec.rank}")
+    if spec.seed is not None and (isinstance(spec.seed, bool) or not isinstance(spec.seed, int)):
+        raise UserInputError(f"LoRA seed must be an integer or None, got {spec.seed!r}")
+    if not (spec.train_attn or spec.train_mlp or spec.train_unembed):
+        raise UserInputError("LoRA config trains nothing: train_attn, train_mlp and train_unembed are all false")
+
+
+def targeted(spec: LoraSpec) -> tuple[str, ...]:
+    """Short names of the layers the spec targets."""
+    names: tuple[str, ...] = ()
+    if spec.train_attn:
+        names += ATTN_MODULES
+    if spec.train_mlp:
+        names += MLP_MODULES
+    if spec.train_unembed:
+        names += UNEMBED_MODULES
+    return names
+
+
+def new_adapter(layers: dict[str, LoraLinear], spec: LoraSpec, device: torch.device | str) -> Adapter:
+    """A freshly initialised adapter (``A`` kaiming-uniform from the seed, ``B = 0``).
+
+    The same seed gives bit-identical weights: ``A`` matrices are drawn in layer
+    order from one CPU ``torch.Generator`` seeded with ``spec.seed``.
+    """
+    validate_spec(spec)
+    names = set(targeted(spec))
+    seed = spec.seed if spec.seed is not None else secrets.randbits(63)
+    gen = torch.Generator().manual_seed(seed % (2**63))
+    weights: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
+    for path, layer in layers.items():
+        if path.rsplit(".", 1)[-1] not in names:
+            continue
+        bound = 1.0 / math.sqrt(layer.in_features)
+        a = (torch.rand((spec.rank, layer.in_features), generator=gen, dtype=torch.float32) * 2 - 1) * bound
+        b = torch.zeros((layer.out_features, spec.rank), dtype=torch.float32)
+        weights[path] = (nn.Parameter(a.to(device)), nn.Parameter(b.to(device)))
+    if not weights:
+        raise UserInputError(f"this model has no layers for the requested LoRA targets ({', '.join(sorted(names))})")
+    return Adapter(spec=spec, scaling=LORA_ALPHA / spec.rank, weights=weights)
+
+
+def copy_adapter(src: Adapter, *, frozen: bool) -> Adapter:
+    """A weights-only copy (no gradients, no optimizer state)."""
+    weights = {
+        path: (
+            nn.Parameter(a.detach().clone(), requires_grad=not frozen),
+            nn.Parameter(b.detach().clone(), requires_grad=not frozen),
+        )
+        for path, (a, b) in src.weights.items()
+    }
+    return Adapter(spec=src.spec, scaling=src.scaling, weights=weights, frozen=frozen)

@@ -1,0 +1,231 @@
+"""Sampling: logprobs, temperature, greedy and seeded determinism, stops, filters, batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinker_server.engine import (
+    AdapterNotFound,
+    Engine,
+    LoraSpec,
+    SampleJob,
+    SampleOutput,
+    TINY_MODEL,
+    TrainDatum,
+    load_engine,
+)
+
+from .conftest import MergedReference, randomize_adapter
+
+PROMPT = [1, 87, 85, 269, 201, 426, 468, 264]
+
+
+@pytest.fixture
+def tuned(engine: Engine) -> Engine:
+    """The engine with adapter 'a' holding random non-zero weights."""
+    engine.create_adapter("a", LoraSpec(rank=4, seed=1))
+    randomize_adapter(engine, "a", seed=2, scale=0.2)
+    return engine
+
+
+def _one(engine: Engine, job: SampleJob) -> SampleOutput:
+    out = engine.sample([job])[0]
+    assert isinstance(out, SampleOutput), out
+    return out
+
+
+def _teacher_forced(engine: Engine, adapter_id: str, prompt: list[int], gen: list[int]) -> np.ndarray:
+    seq = prompt + gen
+    datum = TrainDatum(tokens=seq[:-1], loss_fn_inputs={"target_tokens": np.array(seq[1:])})
+    lp = engine.forward_backward(adapter_id, [datum], "cross_entropy", None, backward=False).loss_fn_outputs[0]
+    return lp["logprobs"][len(prompt) - 1:]
+
+
+def test_sampled_logprobs_match_a_teacher_forced_forward(tuned: Engine) -> None:
+    out = _one(tuned, SampleJob("a", PROMPT, num_samples=3, max_tokens=12, seed=5))
+    assert len(out.sequences) == 3
+    for seq in out.sequences:
+        assert len(seq.tokens) == len(seq.logprobs) == 12 and seq.stop_reason == "length"
+        np.testing.assert_allclose(seq.logprobs, _teacher_forced(tuned, "a", PROMPT, seq.tokens), atol=1e-4)
+    assert out.prompt_logprobs is None and out.topk_prompt_logprobs is None
+
+
+def test_temperature_scales_the_reported_logprobs(tuned: Engine) -> None:
+    ref = MergedReference(tuned, "a")
+    for temperature in (0.5, 2.0):
+        seq = _one(tuned, SampleJob("a", PROMPT, max_tokens=6, temperature=temperature, seed=1)).sequences[0]
+        logits = ref.logits(PROMPT + seq.tokens)[len(PROMPT) - 1 : -1].detach()
+        expected = torch.log_softmax(logits / temperature, dim=-1).gather(1, torch.tensor(seq.tokens)[:, None])[:, 0]
+        np.testing.assert_allclose(seq.logprobs, expected.numpy(), atol=1e-4)
+
+
+def test_greedy_is_deterministic_and_takes_the_argmax(tuned: Engine) -> None:
+    job = SampleJob("a", PROMPT, num_samples=2, max_tokens=10, temperature=0.0)
+    first, second = _one(tuned, job), _one(tuned, job)
+    assert first.sequences[0].tokens == first.sequences[1].tokens == second.sequences[0].tokens
+    seq = first.sequences[0]
+    logits = MergedReference(tuned, "a").logits(PROMPT + seq.tokens)[len(PROMPT) - 1 : -1].detach()
+    assert seq.tokens == logits.argmax(-1).tolist()
+    expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(seq.tokens)[:, None])[:, 0]  # T=0 reports T=1
+    np.testing.assert_allclose(seq.logprobs, expected.numpy(), atol=1e-4)
+
+
+def test_seed_determinism_and_distinct_samples(tuned: Engine) -> None:
+    job = SampleJob("a", PROMPT, num_samples=4, max_tokens=8, seed=123)
+    a, b = _one(tuned, job), _one(tuned, job)
+    assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
+    assert len({tuple(s.tokens) for s in a.sequences}) == 4
+    other = _one(tuned, SampleJob("a", PROMPT, num_samples=4, max_tokens=8, seed=124))
+    assert [s.tokens for s in other.sequences] != [s.tokens for s in a.sequences]
+    unseeded = [_one(tuned, SampleJob("a", PROMPT, max_tokens=8)).sequences[0].tokens for _ in range(2)]
+    assert unseeded[0] != unseeded[1]
+
+
+def test_stop_string_spanning_several_tokens(tuned: Engine) -> None:
+    tok = tuned.tokenizer
+    base = _one(tuned, SampleJob("a", PROMPT, max_tokens=30, seed=7)).sequences[0].tokens
+    # a stop string made of the text of two consecutive generated tokens (ASCII, so byte-exact)
+    for i in range(3, len(base) - 1):
+        stop = tok.decode(base[i : i + 2])
+        if stop.isascii() and len(tok.decode(base[i : i + 1])) >= 1 and len(stop) >= 2 and stop.strip():
+            break
+    else:
+        pytest.skip("no ASCII token pair in this sample")
+    expected_len = next(k for k in range(1, len(base) + 1) if stop in tok.decode(base[:k]))
+    out = _one(tuned, SampleJob("a", PROMPT, max_tokens=30, seed=7, stop_strings=[stop])).sequences[0]
+    assert out.stop_reason == "stop"
+    assert out.tokens == base[:expected_len]  # the stop text's tokens are included
+    assert stop in tok.decode(out.tokens) and stop not in tok.decode(out.tokens[:-1])
+
+
+def test_stop_token_ids_are_included(tuned: Engine) -> None:
+    base = _one(tuned, SampleJob("a", PROMPT, max_tokens=20, seed=9)).sequences[0].tokens
+    stop_id = base[4]
+    out = _one(tuned, SampleJob("a", PROMPT, max_tokens=20, seed=9, stop_token_ids=[stop_id])).sequences[0]
+    assert out.stop_reason == "stop" and out.tokens == base[: base.index(stop_id) + 1]
+    assert len(out.logprobs) == len(out.tokens)
+
+
+def test_eos_does_not_stop_unless_asked(tuned: Engine) -> None:
+    eos = tuned.tokenizer.eos_token_id
+    for seed in range(40):  # find a seeded sample that emits EOS before its last token
+        job = SampleJob("a", PROMPT, num_samples=8, max_tokens=30, seed=seed)
+        seqs = _one(tuned, job).sequences
+        hits = [i for i, s in enumerate(seqs) if eos in s.tokens[:-1]]
+        if hits:
+            break
+    assert hits, "no sample emitted EOS"
+    assert all(len(seqs[i].tokens) == 30 and seqs[i].stop_reason == "length" for i in hits)
+    job.stop_token_ids = [eos]
+    stopped = _one(tuned, job).sequences
+    for i in hits:
+        assert stopped[i].stop_reason == "stop" and stopped[i].tokens[-1] == eos
+        assert stopped[i].tokens == seqs[i].tokens[: seqs[i].tokens.index(eos) + 1]
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 40])
+def test_top_k_never_emits_a_token_outside_the_top_k(tuned: Engine, top_k: int) -> None:
+    out = _one(tuned, SampleJob("a", PROMPT, num_samples=4, max_tokens=10, seed=top_k, top_k=top_k, temperature=1.5))
+    ref = MergedReference(tuned, "a")
+    for seq in out.sequences:
+        logits = ref.logits(PROMPT + seq.tokens)[len(PROMPT) - 1 : -1].detach()
+        ranks = (logits > logits.gather(1, torch.tensor(seq.tokens)[:, None])).sum(-1)
+        assert int(ranks.max()) < top_k
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.3])
+def test_top_p_never_emits_a_token_outside_the_nucleus(tuned: Engine, top_p: float) -> None:
+    out = _one(tuned, SampleJob("a", PROMPT, num_samples=4, max_tokens=10, seed=11, top_p=top_p, temperature=0.7))
+    ref = MergedReference(tuned, "a")
+    for seq in out.sequences:
+        probs = torch.softmax(ref.logits(PROMPT + seq.tokens)[len(PROMPT) - 1 : -1].detach() / 0.7, dim=-1)
+        chosen = probs.gather(1, torch.tensor(seq.tokens)[:, None])
+        mass_ahead = (probs * (probs > chosen)).sum(-1)  # probability of strictly more likely tokens
+        assert bool((mass_ahead < top_p + 1e-5).all())
+
+
+def test_batched_multi_adapter_sampling_equals_each_alone(home, tuned: Engine) -> None:
+    tuned.create_adapter("b", LoraSpec(rank=2, seed=5, train_mlp=False))
+    randomize_adapter(tuned, "b", seed=6, scale=0.3)
+    jobs = [
+        SampleJob("a", PROMPT, num_samples=2, max_tokens=9, seed=1),
+        SampleJob("b", PROMPT[:3], num_samples=3, max_tokens=5, seed=2, top_k=20),
+        SampleJob(None, PROMPT[2:], max_tokens=12, seed=3, temperature=0.0, prompt_logprobs=True),
+        SampleJob("a", [5, 6], max_tokens=7, seed=4, top_p=0.5, stop_token_ids=[1]),
+    ]
+    together = tuned.sample(jobs)
+    for job, out in zip(jobs, together):
+        alone = _one(tuned, job)
+        assert isinstance(out, SampleOutput)
+        for x, y in zip(out.sequences, alone.sequences):
+            assert x.tokens == y.tokens and x.stop_reason == y.stop_reason
+            np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
+        if job.prompt_logprobs:
+            np.testing.assert_allclose(out.prompt_logprobs[1:], alone.prompt_logprobs[1:], atol=1e-6)
+    assert [len(o.sequences) for o in together] == [2, 3, 1, 1]
+
+
+def test_base_model_rows_ignore_adapters(tuned: Engine) -> None:
+    tuned.create_adapter("fresh", LoraSpec(rank=2, seed=0))  # B = 0: same as the base model
+    jobs = [SampleJob(None, PROMPT, max_tokens=6, seed=1), SampleJob("a", PROMPT, max_tokens=6, seed=1)]
+    base, adapted = tuned.sample(jobs)
+    fresh = _one(tuned, SampleJob("fresh", PROMPT, max_tokens=6, seed=1))
+    assert base.sequences[0].tokens == fresh.sequences[0].tokens
+    np.testing.assert_allclose(base.sequences[0].logprobs, fresh.sequences[0].logprobs, atol=1e-6)
+    assert adapted.sequences[0].logprobs != base.sequences[0].logprobs
+
+
+def test_prompt_logprobs_and_topk(tuned: Engine) -> None:
+    out = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, prompt_logprobs=True, topk_prompt_logprobs=3))
+    assert out.prompt_logprobs[0] is None and out.topk_prompt_logprobs[0] is None
+    assert len(out.prompt_logprobs) == len(out.topk_prompt_logprobs) == len(PROMPT)
+    np.testing.assert_allclose(out.prompt_logprobs[1:], _teacher_forced(tuned, "a", PROMPT[:1], PROMPT[1:]), atol=1e-5)
+    logp = torch.log_softmax(MergedReference(tuned, "a").logits(PROMPT)[:-1].detach(), dim=-1)
+    for pos, pairs in enumerate(out.topk_prompt_logprobs[1:]):
+        assert [t for t, _ in pairs] == torch.topk(logp[pos], 3).indices.tolist()
+        np.testing.assert_allclose([v for _, v in pairs], torch.topk(logp[pos], 3).values.numpy(), atol=1e-4)
+    only_topk = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, topk_prompt_logprobs=2))
+    assert only_topk.prompt_logprobs is None and len(only_topk.topk_prompt_logprobs) == len(PROMPT)
+
+
+def test_max_tokens_zero_and_unset(tuned: Engine) -> None:
+    out = _one(tuned, SampleJob("a", PROMPT, max_tokens=0, prompt_logprobs=True))
+    assert out.sequences[0].tokens == [] and out.sequences[0].stop_reason == "length"
+    assert len(out.prompt_logprobs) == len(PROMPT)
+    long_prompt = (PROMPT * 300)[: tuned.info.max_context - 3]
+    out = _one(tuned, SampleJob("a", long_prompt, seed=1))  # max_tokens=None: up to the context limit
+    assert len(out.sequences[0].tokens) == 3 and out.sequences[0].stop_reason == "length"
+
+
+def test_unknown_adapter_fails_only_its_job(tuned: Engine) -> None:
+    good, bad = tuned.sample([SampleJob("a", PROMPT, max_tokens=2, seed=1), SampleJob("nope", PROMPT, max_tokens=2)])
+    assert isinstance(good, SampleOutput) and isinstance(bad, AdapterNotFound)
+
+
+def test_bfloat16_engine_samples_and_trains(home) -> None:
+    engine = load_engine(TINY_MODEL, home=home, dtype="bfloat16")
+    engine.create_adapter("a", LoraSpec(rank=4, seed=1))
+    out = _one(engine, SampleJob("a", PROMPT, num_samples=2, max_tokens=5, seed=1))
+    assert all(len(s.tokens) == 5 for s in out.sequences)
+    datum = TrainDatum(tokens=PROMPT[:-1], loss_fn_inputs={"target_tokens": np.array(PROMPT[1:])})
+    fb = engine.forward_backward("a", [datum], "cross_entropy", None, backward=True)
+    assert np.isfinite(fb.metrics["loss:sum"])
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in engine._adapters["a"].parameters())
+
+
+def test_a_small_kv_budget_splits_batches_without_changing_results(tuned: Engine) -> None:
+    from tinker_server.engine import sampling
+
+    jobs = [SampleJob("a", PROMPT, num_samples=5, max_tokens=6, seed=1, prompt_logprobs=True),
+            SampleJob(None, PROMPT[:4], num_samples=2, max_tokens=3, seed=2)]
+    prepared = [sampling.prepare_job(j, tuned._adapters.get(j.adapter_id or ""), vocab_size=512, max_context=2048)
+                for j in jobs]
+    whole = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared)
+    per_token = sampling.kv_bytes_per_token(tuned._parts)
+    split = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared, max_kv_bytes=per_token * 30)
+    for x, y in zip(whole, split):
+        assert [s.tokens for s in x.sequences] == [s.tokens for s in y.sequences]
+        assert x.prompt_logprobs == y.prompt_logprobs
+    assert [len(o.sequences) for o in split] == [5, 2]
