@@ -54,6 +54,23 @@ def _expires(header: str | None) -> datetime:
     return datetime.now(timezone.utc) + timedelta(minutes=15)
 
 
+def _segment(value: str) -> str:
+    """An id placed in a URL path: it must name one path segment, or the request would
+    silently reach another endpoint (httpx resolves ``.``/``..``; an empty id hits the list route)."""
+    if not value or value in (".", "..") or "/" in value:
+        raise ValueError(f"Invalid id: {value!r}")
+    return value
+
+
+def _checkpoint_id(value: str) -> str:
+    """``weights/<name>`` or ``sampler_weights/<name>``, with a valid name."""
+    kind, _, name = value.partition("/")
+    if kind not in ("weights", "sampler_weights"):
+        raise ValueError(f"Invalid checkpoint id: {value!r} (expected weights/<name> or sampler_weights/<name>)")
+    _segment(name)
+    return value
+
+
 class RestClient:
     """Queries and manages runs, checkpoints and sessions; create with ``ServiceClient.create_rest_client()``."""
 
@@ -86,7 +103,7 @@ class RestClient:
     # -- training runs ---------------------------------------------------------------------------
 
     def _get_training_run(self, training_run_id: str) -> Coroutine[Any, Any, TrainingRun]:
-        return self._call("GET", f"api/v1/training_runs/{training_run_id}", TrainingRun)
+        return self._call("GET", f"api/v1/training_runs/{_segment(training_run_id)}", TrainingRun)
 
     @sync_only
     def get_training_run(self, training_run_id: str) -> concurrent.futures.Future[TrainingRun]:
@@ -125,7 +142,7 @@ class RestClient:
     def _list_checkpoints(self, training_run_id: str) -> Coroutine[Any, Any, CheckpointsListResponse]:
         if not training_run_id:
             raise ValueError("training_run_id must not be empty")
-        return self._call("GET", f"api/v1/training_runs/{training_run_id}/checkpoints", CheckpointsListResponse)
+        return self._call("GET", f"api/v1/training_runs/{_segment(training_run_id)}/checkpoints", CheckpointsListResponse)
 
     @sync_only
     def list_checkpoints(self, training_run_id: str) -> concurrent.futures.Future[CheckpointsListResponse]:
@@ -149,7 +166,7 @@ class RestClient:
         return await on_loop(self._list_user_checkpoints(limit, offset))
 
     async def _archive_url(self, training_run_id: str, checkpoint_id: str) -> CheckpointArchiveUrlResponse:
-        path = f"api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_id}/archive"
+        path = f"api/v1/training_runs/{_segment(training_run_id)}/checkpoints/{_checkpoint_id(checkpoint_id)}/archive"
         response = await self.holder.http.request(
             "GET", path, options={"follow_redirects": False}, extra_header_lines=[("accept", "application/gzip")]
         )
@@ -192,7 +209,7 @@ class RestClient:
     def _checkpoint_action(
         self, method: str, training_run_id: str, checkpoint_id: str, suffix: str = ""
     ) -> Coroutine[Any, Any, None]:
-        path = f"api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_id}{suffix}"
+        path = f"api/v1/training_runs/{_segment(training_run_id)}/checkpoints/{_checkpoint_id(checkpoint_id)}{suffix}"
         return self._call_no_result(method, path)
 
     def _from_path(self, method: str, tinker_path: str, suffix: str = "") -> Coroutine[Any, Any, None]:
@@ -232,7 +249,7 @@ class RestClient:
     # -- sessions and samplers ---------------------------------------------------------------------
 
     def _get_session(self, session_id: str) -> Coroutine[Any, Any, GetSessionResponse]:
-        return self._call("GET", f"api/v1/sessions/{session_id}", GetSessionResponse)
+        return self._call("GET", f"api/v1/sessions/{_segment(session_id)}", GetSessionResponse)
 
     @sync_only
     def get_session(self, session_id: str) -> concurrent.futures.Future[GetSessionResponse]:
@@ -253,7 +270,7 @@ class RestClient:
         return await on_loop(self._list_sessions(limit, offset))
 
     def _get_sampler(self, sampler_id: str) -> Coroutine[Any, Any, GetSamplerResponse]:
-        return self._call("GET", f"api/v1/samplers/{sampler_id}", GetSamplerResponse)
+        return self._call("GET", f"api/v1/samplers/{_segment(sampler_id)}", GetSamplerResponse)
 
     def get_sampler(self, sampler_id: str) -> APIFuture[GetSamplerResponse]:
         return InternalFuture(submit(self._get_sampler(sampler_id)))

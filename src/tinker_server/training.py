@@ -172,6 +172,11 @@ class TrainingService:
             if dedup_key is not None:
                 dup = ctx.futures.find_by_dedup(s, dedup_key)
                 if dup is not None:
+                    if dup.kind != kind:
+                        raise InvalidRequest(
+                            f"seq_id {seq_id} of {model_id} was already used by a {dup.kind} request; "
+                            f"a retried {kind} must not reuse another operation's seq_id"
+                        )
                     return _future(dup.id, model_id)
             if run.unloaded_reason is not None:
                 raise Gone(
