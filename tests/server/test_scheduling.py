@@ -38,12 +38,11 @@ def test_pipelined_ops_run_in_seq_order_and_retries_apply_once(
     assert ops == ["forward_backward", "optim_step", "forward_backward", "optim_step"]
     # The result can be fetched again (retried poll).
     assert api.poll(r2)["metrics"]["step"] == 1.0
-    # An old seq_id that is not a retry of an accepted one is refused.
-    response = api.post("optim_step", _optim(model_id, 3))
-    assert response.status_code == 200  # seq 3 was accepted: it is a retry → same future
-    assert response.json()["request_id"] == r3
-    bad = api.post("forward_backward", fb_body(model_id, 2))
-    assert bad.json()["request_id"] == r2  # same (model_id, seq_id) as an accepted op
+    # A retry of an accepted op gets its future; another op reusing that seq_id is refused.
+    assert api.ok("forward_backward", fb_body(model_id, 3))["request_id"] == r3
+    reused = api.post("optim_step", _optim(model_id, 3))
+    assert reused.status_code == 400
+    assert "already used by a forward_backward" in reused.json()["detail"]
     api.ok("forward_backward", fb_body(model_id, 7))  # gap 5,6 is fine
     stale = api.post("optim_step", _optim(model_id, 6))
     assert stale.status_code == 400
