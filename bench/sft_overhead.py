@@ -15,24 +15,19 @@ latency of a trivial request (``get_info``; target p50 <= 5 ms on loopback).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 import tinker
 from tinker import types
 from tinker_server import engine as eng
+from tinker_server.launch import background_server
 
 
 def batch(vocab: int, n: int, length: int, seed: int = 0) -> list[tuple[list[int], list[int], list[float]]]:
@@ -57,29 +52,6 @@ def run_direct(model: str, home: Path, rows, steps: int, rank: int) -> float:
         engine.forward_backward("bench", data, "cross_entropy", None, backward=True)
         engine.optim_step("bench", eng.AdamConfig(learning_rate=1e-4))
     return time.perf_counter() - start
-
-
-@contextlib.contextmanager
-def server(model: str, home: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tinker_server", "--port", str(port), "--home", str(home), "--model", model],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(600):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/api/v1/healthz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def run_api(url: str, model: str, rows, steps: int, rank: int) -> tuple[float, list[float]]:
@@ -123,7 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         models.symlink_to(args.home / "models")  # reuse the converted model, keep runs out of the user's home
-        with server(args.model, Path(tmp)) as url:
+        with background_server(Path(tmp), [args.model], timeout=300) as url:
             api, lat = run_api(url, args.model, rows, args.steps, args.rank)
 
     print(f"machine: {platform.machine()} {os.cpu_count()} cores, {platform.platform()}, torch threads {__import__('torch').get_num_threads()}")

@@ -13,22 +13,16 @@ public SDK, and shows greedy samples before and after training together with the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import tinker
 from tinker import types
+from tinker_server.launch import background_server
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -75,45 +69,6 @@ def greedy_samples(sampler: tinker.SamplingClient, tokenizer) -> list[str]:
         for p in PROMPTS
     ]
     return [tokenizer.decode(f.result().sequences[0].tokens).strip() for f in futures]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def background_server(home: Path) -> Iterator[str]:
-    """Start `tinker serve` on a free loopback port; yield its base URL; stop it on exit."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = home / "demo-server.log"
-    home.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tinker_server", "--port", str(port), "--home", str(home), "--model", BASE_MODEL],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited early (code {proc.returncode}); see {log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/api/v1/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the server did not become ready in 120 s; see {log_path}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def run(base_url: str, steps: int, rank: int, learning_rate: float) -> None:
@@ -173,8 +128,8 @@ def main() -> None:
     if args.base_url:
         run(args.base_url, args.steps, args.rank, args.learning_rate)
         return
-    console.print(f"Starting a tinker server in the background (TINKER_HOME={args.home})...")
-    with background_server(args.home) as url:
+    console.print(f"Starting a tinker server in the background (TINKER_HOME={args.home}, log in server.log)...")
+    with background_server(args.home, [BASE_MODEL], timeout=300) as url:
         run(url, args.steps, args.rank, args.learning_rate)
 
 
