@@ -18,7 +18,6 @@ from .types import (
     GetServerCapabilitiesResponse,
     LoraConfig,
     UntypedAPIFuture,
-    WeightsInfoResponse,
 )
 from .types._base import to_wire
 
@@ -139,54 +138,41 @@ class ServiceClient:
         seq, config = self._lora_args(rank, seed, train_mlp, train_attn, train_unembed)
         return await on_loop(self._create_lora_training_client(seq, base_model, config, user_metadata))
 
-    def _weights_info(self, path: str) -> WeightsInfoResponse:
-        return self.create_rest_client().get_weights_info_by_tinker_path(path).result()
-
     @sync_only
     def create_training_client_from_state(
         self, path: str, user_metadata: dict[str, str] | None = None
     ) -> TrainingClient:
         """A new LoRA training client initialised with the weights (not the optimizer) of ``path``."""
-        info = self._weights_info(path)
-        client = self.create_lora_training_client(
-            info.base_model, rank=info.lora_rank, user_metadata=user_metadata  # type: ignore[arg-type]
-        )
-        client.load_state(path).result()
-        return client
+        return run_sync(self._from_state(path, user_metadata, optimizer=False))
 
     async def create_training_client_from_state_async(
         self, path: str, user_metadata: dict[str, str] | None = None
     ) -> TrainingClient:
-        client = await self._from_state_async(path, user_metadata)
-        await (await client.load_state_async(path))
-        return client
+        return await on_loop(self._from_state(path, user_metadata, optimizer=False))
 
     @sync_only
     def create_training_client_from_state_with_optimizer(
         self, path: str, user_metadata: dict[str, str] | None = None
     ) -> TrainingClient:
         """Like ``create_training_client_from_state``, also restoring the optimizer state."""
-        info = self._weights_info(path)
-        client = self.create_lora_training_client(
-            info.base_model, rank=info.lora_rank, user_metadata=user_metadata  # type: ignore[arg-type]
-        )
-        client.load_state_with_optimizer(path).result()
-        return client
+        return run_sync(self._from_state(path, user_metadata, optimizer=True))
 
     async def create_training_client_from_state_with_optimizer_async(
         self, path: str, user_metadata: dict[str, str] | None = None
     ) -> TrainingClient:
-        client = await self._from_state_async(path, user_metadata)
-        await (await client.load_state_with_optimizer_async(path))
-        return client
+        return await on_loop(self._from_state(path, user_metadata, optimizer=True))
 
-    async def _from_state_async(self, path: str, user_metadata: dict[str, str] | None) -> TrainingClient:
+    async def _from_state(self, path: str, user_metadata: dict[str, str] | None, *, optimizer: bool) -> TrainingClient:
+        """weights_info -> a LoRA client of the checkpoint's base model and rank -> load the checkpoint."""
         info = await self.create_rest_client().get_weights_info_by_tinker_path(path)
         if not info.is_lora or info.lora_rank is None:
             raise AssertionError(f"{path} is not a LoRA checkpoint (is_lora={info.is_lora}, lora_rank={info.lora_rank})")
-        return await self.create_lora_training_client_async(
+        client = await self.create_lora_training_client_async(
             info.base_model, rank=info.lora_rank, user_metadata=user_metadata
         )
+        load = client.load_state_with_optimizer_async if optimizer else client.load_state_async
+        await (await load(path))
+        return client
 
     # -- sampling and REST ----------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 
@@ -39,9 +40,15 @@ def test_tiny_engine_info_and_tokenizer(engine, home: pathlib.Path) -> None:
     assert info.name == TINY_MODEL and info.arch == "llama" and info.vocab_size == 512 and info.max_context == 2048
     assert info.tokenizer_dir == home / "models" / "tinker-test__tiny-llama" / "tokenizer"
     assert (info.tokenizer_dir / "tokenizer.json").exists()
-    from transformers import AutoTokenizer
+    # loadable by transformers 4.x as well (the SDK allows it): a class name 4.x knows, the
+    # chat template inside tokenizer_config.json, and a special-tokens map
+    config = json.loads((info.tokenizer_dir / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and "<|im_start|>" in config["chat_template"]
+    assert json.loads((info.tokenizer_dir / "special_tokens_map.json").read_text())["eos_token"] == "<|im_end|>"
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tok = AutoTokenizer.from_pretrained(info.tokenizer_dir)
+    assert isinstance(tok, PreTrainedTokenizerFast) and isinstance(engine.tokenizer, PreTrainedTokenizerFast)
     assert len(tok) == 512 and tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
     text = tok.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False,
                                    add_generation_prompt=True)

@@ -159,3 +159,16 @@ def test_top_k_zero_means_off(eng: Engine) -> None:
     a = eng.sample([SampleJob("a", [1, 2, 3], max_tokens=4, seed=1, top_k=0)])[0]
     b = eng.sample([SampleJob("a", [1, 2, 3], max_tokens=4, seed=1, top_k=-1)])[0]
     assert a.sequences[0].tokens == b.sequences[0].tokens
+
+
+def test_nested_tokens_are_refused(eng: Engine) -> None:
+    bad = TrainDatum(tokens=[[1, 2], [3, 4]], loss_fn_inputs={"target_tokens": np.arange(4)})  # type: ignore[list-item]
+    with pytest.raises(UserInputError, match="datum 0: tokens must be a flat list"):
+        eng.forward_backward("a", [bad], "cross_entropy", None, backward=False)
+
+
+def test_numpy_scalars_are_accepted_in_sample_jobs(eng: Engine) -> None:
+    job = SampleJob("a", [np.int64(1), np.int64(2)], num_samples=np.int64(2), max_tokens=np.int64(3),  # type: ignore[list-item,arg-type]
+                    temperature=np.float32(0.5), top_k=np.int64(5), seed=np.int64(4), stop_token_ids=[np.int64(7)])
+    out = eng.sample([job])[0]
+    assert not isinstance(out, Exception) and len(out.sequences) == 2

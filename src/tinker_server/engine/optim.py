@@ -17,6 +17,7 @@ which is what ``torch.optim.AdamW`` computes. A parameter with no gradient
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -30,7 +31,7 @@ __all__ = ["adamw_step", "validate_adam"]
 def validate_adam(cfg: AdamConfig) -> None:
     def number(name: str) -> float:
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise UserInputError(f"adam {name} must be a finite number, got {value!r}")
         return float(value)
 

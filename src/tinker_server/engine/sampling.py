@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -78,11 +79,11 @@ class PreparedJob:
 
 
 def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _row_seed(job_seed: int, index: int) -> int:
@@ -116,7 +117,7 @@ def prepare_job(job: SampleJob, adapter: Adapter | None, *, vocab_size: int, max
                 f"prompt ({len(prompt)} tokens) plus max_tokens ({job.max_tokens}) exceeds "
                 f"the model's context of {max_context}"
             )
-        max_new = job.max_tokens
+        max_new = int(job.max_tokens)
     if not _is_number(job.temperature) or job.temperature < 0:
         raise UserInputError(f"temperature must be a finite number >= 0, got {job.temperature!r}")
     if not _is_int(job.top_k) or job.top_k < -1:
@@ -137,14 +138,14 @@ def prepare_job(job: SampleJob, adapter: Adapter | None, *, vocab_size: int, max
         raise UserInputError(
             f"topk_prompt_logprobs must be an integer from 0 to {vocab_size}, got {job.topk_prompt_logprobs!r}"
         )
-    job_seed = job.seed if job.seed is not None else secrets.randbits(63)
+    job_seed = int(job.seed) if job.seed is not None else secrets.randbits(63)
     return PreparedJob(
         adapter=adapter,
         prompt=prompt,
-        num_samples=job.num_samples,
+        num_samples=int(job.num_samples),
         max_new=max_new,
         temperature=float(job.temperature),
-        top_k=max(job.top_k, 0),
+        top_k=max(int(job.top_k), 0),
         top_p=float(job.top_p),
         seeds=[_row_seed(job_seed, i) for i in range(job.num_samples)],
         stop_strings=tuple(stops),

@@ -8,6 +8,7 @@ whose weights are drawn from a fixed seed, so every build is identical.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import shutil
@@ -21,7 +22,13 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
-__all__ = ["TINY_CHAT_TEMPLATE", "TINY_VOCAB_SIZE", "build_tiny_model", "ensure_tiny_tokenizer"]
+__all__ = [
+    "TINY_CHAT_TEMPLATE",
+    "TINY_VOCAB_SIZE",
+    "build_tiny_model",
+    "ensure_tiny_tokenizer",
+    "make_portable_tokenizer_dir",
+]
 
 TINY_VOCAB_SIZE = 512
 TINY_MAX_CONTEXT = 2048
@@ -56,7 +63,7 @@ In the beginning was the word, and the word was a token, and the token had an id
 Good models need good data; good data needs care, patience and a lot of reading.
 """
 
-_TOKENIZER_CACHE_KEY = "bpe512-v1"
+_TOKENIZER_CACHE_KEY = "bpe512-v2"
 
 
 def _train_tokenizer() -> Tokenizer:
@@ -74,6 +81,26 @@ def _train_tokenizer() -> Tokenizer:
     lines = _CORPUS.splitlines() * 4
     tok.train_from_iterator(lines, trainer)
     return tok
+
+
+def make_portable_tokenizer_dir(directory: pathlib.Path) -> None:
+    """Make a transformers-5 ``save_pretrained`` tokenizer directory loadable by transformers 4.x too.
+
+    transformers 5 writes ``tokenizer_class: TokenizersBackend`` (unknown to 4.x),
+    keeps the chat template only in ``chat_template.jinja`` and no longer writes
+    ``special_tokens_map.json``. SDK users (``transformers>=4.56``) may load this
+    directory, so: name the class ``PreTrainedTokenizerFast`` (an alias in 5.x),
+    copy the template into ``tokenizer_config.json`` and write the special-tokens map.
+    """
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    template = directory / "chat_template.jinja"
+    if template.exists() and "chat_template" not in config:
+        config["chat_template"] = template.read_text()
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    special = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if config.get(k)}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2, sort_keys=True) + "\n")
 
 
 def ensure_tiny_tokenizer(directory: pathlib.Path) -> pathlib.Path:
@@ -101,6 +128,7 @@ def ensure_tiny_tokenizer(directory: pathlib.Path) -> pathlib.Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
     wrapped.save_pretrained(str(tmp))
+    make_portable_tokenizer_dir(tmp)
     (tmp / marker.name).write_text("ok\n")
     if directory.exists():
         trash = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex}"

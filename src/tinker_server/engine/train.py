@@ -16,6 +16,7 @@ use; ``forward`` ignores them.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,7 @@ def resolve_config(loss: LossFn, config: Mapping[str, float] | None) -> dict[str
         if key not in loss.config:
             expected = ", ".join(loss.config) if loss.config else "none"
             raise UserInputError(f"unknown loss_fn_config key {key!r} for {loss.name}; accepted keys: {expected}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise UserInputError(f"loss_fn_config[{key!r}] must be a finite number, got {value!r}")
         merged[key] = float(value)
     if "clip_low_threshold" in merged and merged["clip_low_threshold"] > merged["clip_high_threshold"]:
@@ -119,6 +120,8 @@ def prepare_rows(
     allowed = ("target_tokens", *loss.required, *loss.optional)
     rows: list[Row] = []
     for d, datum in enumerate(data):
+        if np.ndim(getattr(datum, "tokens", None)) != 1:
+            raise UserInputError(f"datum {d}: tokens must be a flat list of token ids")
         tokens = _int_tokens(getattr(datum, "tokens", None), f"datum {d}: tokens")
         n = int(tokens.shape[0])
         if n == 0:
