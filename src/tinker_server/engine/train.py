@@ -120,9 +120,14 @@ def prepare_rows(
     allowed = ("target_tokens", *loss.required, *loss.optional)
     rows: list[Row] = []
     for d, datum in enumerate(data):
-        if np.ndim(getattr(datum, "tokens", None)) != 1:
+        raw_tokens: Any = getattr(datum, "tokens", None)
+        try:
+            flat = np.ndim(raw_tokens) == 1
+        except ValueError:  # ragged nesting
+            flat = False
+        if not flat:
             raise UserInputError(f"datum {d}: tokens must be a flat list of token ids")
-        tokens = _int_tokens(getattr(datum, "tokens", None), f"datum {d}: tokens")
+        tokens = _int_tokens(raw_tokens, f"datum {d}: tokens")
         n = int(tokens.shape[0])
         if n == 0:
             raise UserInputError(f"datum {d}: the input has no tokens")
