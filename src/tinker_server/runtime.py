@@ -39,6 +39,10 @@ def default_engine_loader(settings: Settings) -> EngineLoader:
     def load(model_name: str) -> Any:
         from .engine import load_engine
 
+        if settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
         return load_engine(
             model_name,
             home=settings.home,

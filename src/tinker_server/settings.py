@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     archive_url_ttl_s: Annotated[float, pydantic.Field(gt=0)] = 900.0
     public_base_url: str | None = None
     max_tokens_per_microbatch: Annotated[int, pydantic.Field(ge=1)] = 2048
+    # CPU threads for torch (torch.set_num_threads); None keeps torch's default (one per core).
+    # On a machine shared with other busy processes, fewer threads avoid OpenMP stalls.
+    torch_threads: Annotated[int | None, pydantic.Field(ge=1)] = None
     # Scheduler limits: queued requests per base model before submits get HTTP 429.
     max_pending_requests: Annotated[int, pydantic.Field(ge=1)] = 1024
     max_pending_samples: Annotated[int, pydantic.Field(ge=1)] = 256

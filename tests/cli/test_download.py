@@ -145,3 +145,26 @@ def test_corrupt_archive(invoke: Any, api: FakeApi, tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "Error: Failed to extract archive" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_body_cut_mid_archive_leaves_nothing(invoke: Any, api: FakeApi, tmp_path: Path) -> None:
+    data = write_archive(tmp_path / "big.tar", [("a.bin", os.urandom(300_000)), ("b.bin", b"b")]).read_bytes()
+    (tmp_path / "big.tar").unlink()
+    api.archive = data[: len(data) // 2]  # extraction is under way when the body stops
+    api.archive_truncated = True
+    result = invoke("checkpoint", "download", FAKE_PATH, "-o", str(tmp_path), "--base-url", api.url)
+    assert result.exit_code == 1
+    assert "Error: Failed to download checkpoint" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_keeps_the_old_target_when_the_download_fails(invoke: Any, api: FakeApi, tmp_path: Path) -> None:
+    target = tmp_path / FAKE_TARGET
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    api.archive = b"not a tar archive" * 1000
+    result = invoke("checkpoint", "download", FAKE_PATH, "-o", str(tmp_path), "--force", "--base-url", api.url)
+    assert result.exit_code == 1
+    assert "Error: Failed to extract archive" in result.stderr
+    assert (target / "stale.txt").read_text() == "old"  # replaced only by a complete download
+    assert _leftovers(tmp_path) == []

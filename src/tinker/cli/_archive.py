@@ -1,22 +1,29 @@
-"""Safe extraction of a checkpoint archive (a tar file, plain or compressed).
+"""Safe extraction of a checkpoint archive (a tar stream, plain or compressed).
 
-Every member is checked before anything is written; one bad member refuses the
-whole archive.  Refused: absolute names, names with a ``..`` component, links
-whose target leaves the extraction directory, and anything that is not a
-regular file, a directory or a link (devices, FIFOs, ...).  Extraction then
-uses tarfile's ``data`` filter as a second line of defence: it resolves link
-targets on disk, so even a link chain cannot write outside the target.
+The archive is read once, front to back (tarfile's stream mode), so it can be
+extracted while it is still being downloaded.  Each member is checked before it
+is written; one bad member stops the extraction, and the destination, which
+this module creates, is removed again: on any failure nothing is left behind.
+Refused: absolute names, names with a ``..`` component, links whose target
+leaves the extraction directory, and anything that is not a regular file, a
+directory or a link (devices, FIFOs, ...).  Extraction then uses tarfile's
+``data`` filter as a second line of defence: it resolves link targets on disk,
+so even a link chain cannot write outside the destination.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["UnsafeArchiveError", "check_member", "extract"]
+
+BUFSIZE = 1 << 20  # bytes per read from the source and per write of a file
 
 
 class UnsafeArchiveError(Exception):
@@ -54,30 +61,34 @@ def check_member(member: tarfile.TarInfo) -> None:
 
 
 def extract(
-    archive: Path,
+    source: BinaryIO,
     destination: Path,
-    on_start: Callable[[int], None] | None = None,
-    on_member: Callable[[int], None] | None = None,
+    on_member: Callable[[tarfile.TarInfo], None] | None = None,
 ) -> int:
-    """Check every member of ``archive``, then extract it into ``destination``.
+    """Extract the tar stream read from ``source`` into ``destination`` (created here).
 
-    ``on_start(total_bytes)`` is called once after the check, and
-    ``on_member(size)`` after each member.  Returns the number of members.
-    Raises :class:`UnsafeArchiveError` (nothing extracted) or
-    :class:`tarfile.TarError`.
+    ``source`` only needs ``read(size)``; compression is detected.
+    ``on_member(member)`` is called after each member is written.  Returns the
+    number of members.  Raises :class:`UnsafeArchiveError`,
+    :class:`tarfile.TarError`, :class:`EOFError`, :class:`OSError` or whatever
+    ``source.read`` raises; ``destination`` is then removed again.
     """
-    with tarfile.open(archive, mode="r:*") as tar:
-        members = tar.getmembers()
-        for member in members:
-            check_member(member)
-        if on_start is not None:
-            on_start(sum(m.size for m in members if m.isfile()))
-        destination.mkdir(parents=True, exist_ok=True)
-        for member in members:
-            try:
-                tar.extract(member, destination, filter="data")
-            except tarfile.FilterError as exc:
-                raise UnsafeArchiveError(f"{member.name!r}: {exc}") from exc
-            if on_member is not None:
-                on_member(member.size if member.isfile() else 0)
-    return len(members)
+    destination.mkdir()
+    count = 0
+    try:
+        with tarfile.open(fileobj=source, mode="r|*", bufsize=BUFSIZE, copybufsize=BUFSIZE) as tar:
+            for member in tar:
+                check_member(member)
+                try:
+                    # Directories keep default permissions, so that a read-only
+                    # one cannot block the files that follow it.
+                    tar.extract(member, destination, set_attrs=not member.isdir(), filter="data")
+                except tarfile.FilterError as exc:
+                    raise UnsafeArchiveError(f"{member.name!r}: {exc}") from exc
+                count += 1
+                if on_member is not None:
+                    on_member(member)
+    except BaseException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+    return count
