@@ -31,7 +31,7 @@ import logging
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,17 +239,7 @@ class Worker:
 
     def _run_forwards(self, engine: Any, tasks: list[ForwardTask]) -> None:
         items = [(t.adapter_id, t.data, t.loss_fn, t.loss_fn_config, t.backward) for t in tasks]
-        try:
-            outputs = engine.forward_backward_many(items)
-        except BaseException as exc:  # noqa: BLE001
-            for task in tasks:
-                self._fail(task, exc)
-            return
-        for task, output in zip(tasks, outputs, strict=True):
-            if isinstance(output, BaseException):
-                self._fail(task, output)
-            else:
-                self._finish(task, output)
+        self._run_batch(tasks, lambda: engine.forward_backward_many(items))
 
     def _run_samples(self, engine: Any, tasks: list[SampleTask]) -> None:
         ready: list[SampleTask] = []
@@ -261,15 +251,18 @@ class Worker:
                 self._fail(task, exc)
                 continue
             ready.append(task)
-        if not ready:
-            return
+        if ready:
+            self._run_batch(ready, lambda: engine.sample([t.job for t in ready]))
+
+    def _run_batch(self, tasks: Sequence[Task], run: Callable[[], list[Any]]) -> None:
+        """One engine call for several tasks; its i-th output (a result or an error) is task i's."""
         try:
-            outputs = engine.sample([t.job for t in ready])
+            outputs = run()
         except BaseException as exc:  # noqa: BLE001
-            for task in ready:
+            for task in tasks:
                 self._fail(task, exc)
             return
-        for task, output in zip(ready, outputs, strict=True):
+        for task, output in zip(tasks, outputs, strict=True):
             if isinstance(output, BaseException):
                 self._fail(task, output)
             else:

@@ -19,11 +19,15 @@ import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
-__all__ = ["UnsafeArchiveError", "check_member", "extract"]
+__all__ = ["Readable", "UnsafeArchiveError", "check_member", "extract"]
 
 BUFSIZE = 1 << 20  # bytes per read from the source and per write of a file
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class UnsafeArchiveError(Exception):
@@ -61,7 +65,7 @@ def check_member(member: tarfile.TarInfo) -> None:
 
 
 def extract(
-    source: BinaryIO,
+    source: Readable,
     destination: Path,
     on_member: Callable[[tarfile.TarInfo], None] | None = None,
 ) -> int:
@@ -76,7 +80,9 @@ def extract(
     destination.mkdir()
     count = 0
     try:
-        with tarfile.open(fileobj=source, mode="r|*", bufsize=BUFSIZE, copybufsize=BUFSIZE) as tar:
+        # copybufsize (missing from typeshed) matters: with the default 16 KiB each
+        # copy step re-slices the 1 MiB stream buffer, about 5x slower in all.
+        with tarfile.open(fileobj=source, mode="r|*", bufsize=BUFSIZE, copybufsize=BUFSIZE) as tar:  # type: ignore[call-overload]
             for member in tar:
                 check_member(member)
                 try:
