@@ -78,6 +78,7 @@ def padded_checkpoint(url: str, home: Path, size_mb: int) -> tuple[str, int]:
     service = tinker.ServiceClient(api_key=API_KEY, base_url=url)
     trainer = service.create_lora_training_client(base_model=MODEL, rank=4)
     path = trainer.save_weights_for_sampler("big").result().path
+    assert trainer.model_id is not None
     folder = home / "checkpoints" / trainer.model_id / "sampler_weights" / "big"
     assert folder.is_dir(), folder
     with open(folder / "padding.bin", "wb") as file:

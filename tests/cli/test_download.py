@@ -168,3 +168,12 @@ def test_force_keeps_the_old_target_when_the_download_fails(invoke: Any, api: Fa
     assert "Error: Failed to extract archive" in result.stderr
     assert (target / "stale.txt").read_text() == "old"  # replaced only by a complete download
     assert _leftovers(tmp_path) == []
+
+
+def test_unreachable_archive_url(tmp_path: Path) -> None:
+    from tinker.cli._download import fetch_and_extract
+    from tinker.cli._errors import CliError
+
+    with pytest.raises(CliError, match="Failed to download checkpoint"):
+        fetch_and_extract(f"{closed_port_url()}/archive.tar", tmp_path / "t", show_progress=False)
+    assert list(tmp_path.iterdir()) == []

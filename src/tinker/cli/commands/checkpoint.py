@@ -194,8 +194,8 @@ def download(state: State, checkpoint_path: str, output: Path | None, force: boo
 
     The files land in OUTPUT/<run-id>_<kind>_<name>/, e.g.
     ./run-123_weights_final/ for tinker://run-123/weights/final.  The archive is
-    downloaded and extracted in a temporary directory next to it and moved into
-    place only when complete.
+    extracted as it downloads, into a temporary directory next to it that is
+    moved into place only when complete.
     """
     from .._client import rest_client
     from .._download import fetch_and_extract
