@@ -24,7 +24,7 @@ from tinker import types
 from .context import Context
 from .convert import adam_config, train_data, train_response
 from .db import CheckpointRow, SamplerRow, TrainingRunRow, utcnow
-from .engine import LoraSpec
+from .engine import LoraSpec, UserInputError, validate_train_request
 from .errors import Gone, InvalidRequest
 from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
 from .records import find_checkpoint, owned_run, owned_session, readable_checkpoint
@@ -219,6 +219,17 @@ class TrainingService:
 
         def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
             data = train_data(fwd.data, loss_fn, worker.info, field=field)
+            try:
+                validate_train_request(
+                    data,
+                    loss_fn,
+                    fwd.loss_fn_config,
+                    backward=backward,
+                    vocab_size=worker.info.vocab_size,
+                    max_context=worker.info.max_context,
+                )
+            except UserInputError as exc:
+                raise InvalidRequest(f"{field}: {exc}") from None
             return ForwardTask(
                 adapter_id=model_id,
                 data=data,

@@ -30,6 +30,10 @@ from tinker_server.engine import (
 )
 
 
+BAD_TOKEN = 61  # forward_backward raises UserInputError when it runs
+CRASH_TOKEN = 62  # forward_backward raises ZeroDivisionError when it runs
+
+
 class FakeEngine:
     def __init__(self, name: str, home: pathlib.Path, vocab_size: int = 64, max_context: int = 256) -> None:
         tok_dir = home / "fake-tokenizers" / name.replace("/", "--")
@@ -76,9 +80,10 @@ class FakeEngine:
     ) -> TrainOutput:
         self.calls.append(("forward_backward" if backward else "forward", adapter_id))
         adapter = self._get(adapter_id)
-        if loss_fn_config and "bad" in loss_fn_config:
-            raise UserInputError("loss_fn_config key 'bad' is not supported")
-        if loss_fn_config and "boom" in loss_fn_config:
+        # Failures only found while running, triggered by the first token of the first datum.
+        if data and data[0].tokens[0] == BAD_TOKEN:
+            raise UserInputError("this datum cannot be trained on")
+        if data and data[0].tokens[0] == CRASH_TOKEN:
             raise ZeroDivisionError("simulated engine crash")
         w = adapter["w"]
         outputs = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .conftest import FAKE_MODEL, FAKE_MODEL_B, OTHER_KEY, Api, datum, fb_body
+from .fake_engine import BAD_TOKEN, CRASH_TOKEN
 
 
 def _detail(response) -> str:  # type: ignore[no-untyped-def]
@@ -127,13 +128,9 @@ def test_unknown_request_id(api: Api, run: tuple[str, str]) -> None:
 
 def test_engine_errors_become_failed_futures(api: Api, run: tuple[str, str]) -> None:
     _sid, model_id = run
-    body = fb_body(model_id, 1)
-    body["forward_backward_input"]["loss_fn_config"] = {"bad": 1.0}
-    fut = api.ok("forward_backward", body)
-    assert api.poll(fut["request_id"]) == {"error": "loss_fn_config key 'bad' is not supported", "category": "user"}
-    body = fb_body(model_id, 2)
-    body["forward_backward_input"]["loss_fn_config"] = {"boom": 1.0}
-    fut = api.ok("forward_backward", body)
+    fut = api.ok("forward_backward", fb_body(model_id, 1, [datum([BAD_TOKEN, 1, 2])]))
+    assert api.poll(fut["request_id"]) == {"error": "this datum cannot be trained on", "category": "user"}
+    fut = api.ok("forward_backward", fb_body(model_id, 2, [datum([CRASH_TOKEN, 1, 2])]))
     failed = api.poll(fut["request_id"])
     assert failed["category"] == "server"
     assert "ZeroDivisionError" in failed["error"]

@@ -190,6 +190,6 @@ def test_engine_user_errors(tiny: Api) -> None:
     model_id = _create(tiny, tiny.session(), 0)
     body = _fb(model_id, 1)
     body["forward_backward_input"]["loss_fn_config"] = {"no_such_key": 1.0}
-    failed = tiny.poll(tiny.ok("forward_backward", body)["request_id"])
-    assert failed["category"] == "user" and "no_such_key" in failed["error"]
-    assert tiny.result("forward_backward", _fb(model_id, 2))["metrics"]["loss:sum"] > 0
+    refused = tiny.post("forward_backward", body)  # found by the engine's checks at submit time
+    assert refused.status_code == 400 and "no_such_key" in refused.json()["detail"]
+    assert tiny.result("forward_backward", _fb(model_id, 1))["metrics"]["loss:sum"] > 0

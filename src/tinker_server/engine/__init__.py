@@ -25,8 +25,10 @@ from .messages import (
     TrainOutput,
 )
 from .models import DEFAULT_MODEL, TINY_MODEL, known_models
+from .train import validate_train_request
 
 __all__ = [
+    "validate_train_request",
     "DEFAULT_MODEL",
     "LORA_ALPHA",
     "TINY_MODEL",

@@ -151,7 +151,9 @@ class LoraLinear(nn.Module):
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
+        # The frozen base weight gets a 2-D input: on CPU a 3-D input to a frozen Linear
+        # takes a bmm path that copies the whole transposed weight on every call.
+        out = self.base(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
         for adapter, rows in self._router.groups:
             pair = adapter.weights.get(self.path)
             if pair is None:

@@ -193,6 +193,22 @@ def prepare_request(
     return PreparedRequest(adapter, loss, config, bool(backward), rows, logprobs=[None] * len(rows))
 
 
+def validate_train_request(
+    data: Sequence[TrainDatum],
+    loss_fn: str,
+    loss_fn_config: Mapping[str, float] | None,
+    *,
+    backward: bool,
+    vocab_size: int,
+    max_context: int,
+) -> None:
+    """The checks of :func:`prepare_request`, without an adapter: lets a server refuse a bad
+    request when it is submitted instead of failing it later. Raises :class:`UserInputError`."""
+    loss = resolve_loss(loss_fn)
+    resolve_config(loss, loss_fn_config)
+    prepare_rows(data, loss, vocab_size=vocab_size, max_context=max_context, strict=bool(backward))
+
+
 def _microbatches(rows: list[tuple[int, int, Row]], budget: int) -> list[list[tuple[int, int, Row]]]:
     """Pack ``(request, datum, row)`` into batches of at most ``budget`` padded tokens."""
     ordered = sorted(rows, key=lambda r: (-r[2].length, r[0], r[1]))
