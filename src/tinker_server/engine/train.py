@@ -187,10 +187,22 @@ def prepare_request(
     vocab_size: int,
     max_context: int,
 ) -> PreparedRequest:
+    loss, config, rows = _checked(data, loss_fn, loss_fn_config, backward, vocab_size, max_context)
+    return PreparedRequest(adapter, loss, config, bool(backward), rows, logprobs=[None] * len(rows))
+
+
+def _checked(
+    data: Sequence[TrainDatum],
+    loss_fn: str,
+    loss_fn_config: Mapping[str, float] | None,
+    backward: bool,
+    vocab_size: int,
+    max_context: int,
+) -> tuple[LossFn, dict[str, float], list[Row]]:
     loss = resolve_loss(loss_fn)
     config = resolve_config(loss, loss_fn_config)
     rows = prepare_rows(data, loss, vocab_size=vocab_size, max_context=max_context, strict=bool(backward))
-    return PreparedRequest(adapter, loss, config, bool(backward), rows, logprobs=[None] * len(rows))
+    return loss, config, rows
 
 
 def validate_train_request(
@@ -204,9 +216,7 @@ def validate_train_request(
 ) -> None:
     """The checks of :func:`prepare_request`, without an adapter: lets a server refuse a bad
     request when it is submitted instead of failing it later. Raises :class:`UserInputError`."""
-    loss = resolve_loss(loss_fn)
-    resolve_config(loss, loss_fn_config)
-    prepare_rows(data, loss, vocab_size=vocab_size, max_context=max_context, strict=bool(backward))
+    _checked(data, loss_fn, loss_fn_config, backward, vocab_size, max_context)
 
 
 def _microbatches(rows: list[tuple[int, int, Row]], budget: int) -> list[list[tuple[int, int, Row]]]:
