@@ -160,7 +160,8 @@ class LoraLinear(nn.Module):
                 continue
             a, b = pair
             xs = x if rows is None else x.index_select(0, rows)
-            delta = nn.functional.linear(nn.functional.linear(xs.to(a.dtype), a), b) * adapter.scaling
+            # Scale the rank-r intermediate, not the (wider) output.
+            delta = nn.functional.linear(nn.functional.linear(xs.to(a.dtype), a) * adapter.scaling, b)
             delta = delta.to(out.dtype)
             out = out + delta if rows is None else out.index_add(0, rows, delta)
         return out  # type: ignore[no-any-return]
