@@ -39,7 +39,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 
 from .errors import UserInputError
 from .lora import Adapter
@@ -172,31 +171,56 @@ def _new_cache(parts: ModelParts) -> DynamicCache:
 
 
 def _prefill(
-    parts: ModelParts, job: PreparedJob
-) -> tuple[DynamicCache, torch.Tensor, PromptLogprobs | None, TopkPromptLogprobs | None]:
-    """Run the prompt alone. Returns (cache, last logits (V,), prompt logprobs, top-k prompt logprobs)."""
-    ids = torch.tensor([job.prompt], dtype=torch.long, device=parts.device)
+    parts: ModelParts, jobs: list[PreparedJob]
+) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, list[PromptLogprobs | None], list[TopkPromptLogprobs | None]]:
+    """Run all prompts in one left-padded batch, each row through its own adapter.
+
+    Returns (cache with J rows of Pmax positions, valid (J, Pmax) bool mask of real
+    positions, last-position logits (J, V), prompt logprobs and top-k prompt logprobs
+    per job (``None`` where not asked for)).
+    """
+    device = parts.device
+    lengths = [len(job.prompt) for job in jobs]
+    width = max(lengths)
+    ids = torch.zeros((len(jobs), width), dtype=torch.long, device=device)
+    valid = torch.zeros((len(jobs), width), dtype=torch.bool, device=device)
+    for j, job in enumerate(jobs):
+        ids[j, width - lengths[j] :] = torch.tensor(job.prompt, dtype=torch.long, device=device)
+        valid[j, width - lengths[j] :] = True
+    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
+    # Real queries see real keys up to themselves; a padding query sees only itself (never all-masked).
+    keys = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)[None]
     cache = _new_cache(parts)
-    with parts.router.route([job.adapter], parts.device):  # type: ignore[attr-defined]
-        hidden = parts.decoder(input_ids=ids, cache=cache, use_cache=True).last_hidden_state  # (1, P, H)
-        last = parts.logits(hidden[:, -1:])[0, 0]
+    with parts.router.route([job.adapter for job in jobs], device):  # type: ignore[attr-defined]
+        hidden = parts.decoder(
+            input_ids=ids,
+            attention_mask=_attention_mask(parts, keys[:, None], parts.model.dtype),
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        ).last_hidden_state  # (J, Pmax, H)
+        last = parts.logits(hidden[:, -1:])[:, 0]  # (J, V)
+    all_lps: list[PromptLogprobs | None] = []
+    all_topk: list[TopkPromptLogprobs | None] = []
+    for j, job in enumerate(jobs):
         lps: PromptLogprobs = [None]
         topk: TopkPromptLogprobs = [None]
         if job.prompt_logprobs or job.topk_prompt_logprobs:
-            targets = ids[0, 1:]
-            for start in range(0, len(job.prompt) - 1, PROMPT_LOGPROB_CHUNK):
-                stop = min(start + PROMPT_LOGPROB_CHUNK, len(job.prompt) - 1)
-                logp = torch.log_softmax(parts.logits(hidden[:, start:stop])[0], dim=-1)  # (c, V)
-                lps.extend(logp.gather(1, targets[start:stop, None])[:, 0].tolist())
-                if job.topk_prompt_logprobs:
-                    vals, idx = torch.topk(logp, job.topk_prompt_logprobs, dim=-1)
-                    topk.extend(list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist()))
-    return (
-        cache,
-        last,
-        lps if job.prompt_logprobs else None,
-        topk if job.topk_prompt_logprobs else None,
-    )
+            offset = width - lengths[j]
+            targets = ids[j, offset + 1 :]
+            with parts.router.route([job.adapter], device):  # type: ignore[attr-defined]
+                for start in range(0, lengths[j] - 1, PROMPT_LOGPROB_CHUNK):
+                    stop = min(start + PROMPT_LOGPROB_CHUNK, lengths[j] - 1)
+                    logits = parts.logits(hidden[j : j + 1, offset + start : offset + stop])[0]
+                    logp = torch.log_softmax(logits, dim=-1)  # (c, V)
+                    lps.extend(logp.gather(1, targets[start:stop, None])[:, 0].tolist())
+                    if job.topk_prompt_logprobs:
+                        vals, idx = torch.topk(logp, job.topk_prompt_logprobs, dim=-1)
+                        topk.extend(list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist()))
+        all_lps.append(lps if job.prompt_logprobs else None)
+        all_topk.append(topk if job.topk_prompt_logprobs else None)
+    return cache, valid, last, all_lps, all_topk
 
 
 def _kv(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,32 +232,6 @@ def _kv(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return keys, values
 
 
-def _stack_caches(
-    parts: ModelParts, caches: list[DynamicCache], lengths: list[int], repeats: list[int]
-) -> tuple[DynamicCache, torch.Tensor]:
-    """Left-pad each job's cache to the longest prompt, repeat per sample, stack rows.
-
-    Returns (cache, valid (R, Pmax) bool mask of real key positions).
-    """
-    width = max(lengths)
-    stacked = _new_cache(parts)
-    for layer in range(len(caches[0].layers)):
-        keys, values = [], []
-        for cache, length, n in zip(caches, lengths, repeats):
-            k, v = _kv(cache, layer)  # (1, Hkv, P, D)
-            if length < width:
-                k = F.pad(k, (0, 0, width - length, 0))
-                v = F.pad(v, (0, 0, width - length, 0))
-            keys.append(k.expand(n, -1, -1, -1))
-            values.append(v.expand(n, -1, -1, -1))
-        stacked.update(torch.cat(keys).contiguous(), torch.cat(values).contiguous(), layer)
-    valid = torch.cat([
-        (torch.arange(width, device=parts.device) >= width - length).expand(n, width)
-        for length, n in zip(lengths, repeats)
-    ])
-    return stacked, valid
-
-
 def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
     for i, layer in enumerate(cache.layers):
         keys, values = _kv(cache, i)
@@ -241,9 +239,9 @@ def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
         setattr(layer, "values", values.index_select(0, keep))
 
 
-def _attention_mask(parts: ModelParts, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(R, L) bool key mask -> (R, 1, 1, L) mask for the model's attention implementation."""
-    mask = valid[:, None, None, :]
+def _attention_mask(parts: ModelParts, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, Q, L) bool mask (True: query may attend to key) -> the form the model's
+    attention implementation takes (bool for sdpa, additive float for eager)."""
     if getattr(parts.model.config, "_attn_implementation", "sdpa") == "eager":
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     return mask
@@ -355,24 +353,15 @@ def run_jobs(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[P
 
 def _run_batch(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[PreparedJob]) -> list[SampleOutput]:
     """Sample the jobs with all their rows in one decode batch."""
-    caches: list[DynamicCache] = []
-    last_logits: list[torch.Tensor] = []
-    prompt_lps: list[PromptLogprobs | None] = []
-    prompt_topk: list[TopkPromptLogprobs | None] = []
     with torch.no_grad():
-        for job in jobs:
-            cache, last, lps, topk = _prefill(parts, job)
-            caches.append(cache)
-            last_logits.append(last)
-            prompt_lps.append(lps)
-            prompt_topk.append(topk)
+        cache, valid, last_logits, prompt_lps, prompt_topk = _prefill(parts, jobs)
         rows = [
             _Row(job=j, generator=torch.Generator().manual_seed(seed), position=len(job.prompt))
             for j, job in enumerate(jobs)
             for seed in job.seeds
         ]
         if any(job.max_new > 0 for job in jobs):
-            _decode(parts, tokenizer, jobs, rows, caches, last_logits)
+            _decode(parts, tokenizer, jobs, rows, cache, valid, last_logits)
         else:
             for row in rows:
                 row.stop_reason = "length"
@@ -388,12 +377,14 @@ def _run_batch(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list
 
 
 def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[PreparedJob], rows: list[_Row],
-            caches: list[DynamicCache], last_logits: list[torch.Tensor]) -> None:
+            cache: DynamicCache, valid: torch.Tensor, last_logits: torch.Tensor) -> None:
+    """Decode every row; ``cache``/``valid``/``last_logits`` hold one row per job (from :func:`_prefill`)."""
     device = parts.device
-    cache, valid = _stack_caches(parts, caches, [len(j.prompt) for j in jobs], [j.num_samples for j in jobs])
-    del caches
+    per_row_job = torch.tensor([row.job for row in rows], dtype=torch.long, device=device)
+    _select_rows(cache, per_row_job)  # one cache row per sample
+    valid = valid.index_select(0, per_row_job)
     active = list(range(len(rows)))
-    logits = torch.stack([last_logits[rows[i].job] for i in active])  # (R, V)
+    logits = last_logits.index_select(0, per_row_job)  # (R, V)
     windows = [max((len(s.encode()) for s in job.stop_strings), default=0) + 2 for job in jobs]
 
     def row_params(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -437,7 +428,7 @@ def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[Pr
         with parts.router.route([jobs[rows[i].job].adapter for i in active], device):  # type: ignore[attr-defined]
             hidden = parts.decoder(
                 input_ids=tokens[:, None],
-                attention_mask=_attention_mask(parts, valid, _kv(cache, 0)[0].dtype),
+                attention_mask=_attention_mask(parts, valid[:, None, None, :], _kv(cache, 0)[0].dtype),
                 position_ids=positions,
                 cache=cache,
                 use_cache=True,
