@@ -1,10 +1,10 @@
 """Batched sampling with a KV cache, many adapters per batch.
 
-1. Prefill: each job's prompt runs alone (batch 1, no padding), so prompt
-   logprobs are exactly what a teacher-forced forward computes.
-2. The prefilled key/value caches are left-padded to a common length and
-   stacked, ``num_samples`` rows per job; a boolean mask hides the pads and
-   ``position_ids`` carry each row's true positions.
+1. Prefill: all jobs' prompts run in one batch, left-padded to the longest,
+   each row through its job's adapter; a boolean mask hides the pads and
+   ``position_ids`` carry each row's true positions. Prompt logprobs equal a
+   teacher-forced forward's to float32 rounding.
+2. The prefilled key/value cache rows are repeated, ``num_samples`` rows per job.
 3. Decode: one token per step for all unfinished rows together, each row routed
    to its job's adapter. Finished rows leave the batch. Rows whose caches would
    outgrow :data:`MAX_KV_CACHE_BYTES` go to a later batch.
