@@ -187,22 +187,10 @@ def prepare_request(
     vocab_size: int,
     max_context: int,
 ) -> PreparedRequest:
-    loss, config, rows = _checked(data, loss_fn, loss_fn_config, backward, vocab_size, max_context)
+    loss, config, rows = validate_train_request(
+        data, loss_fn, loss_fn_config, backward=backward, vocab_size=vocab_size, max_context=max_context
+    )
     return PreparedRequest(adapter, loss, config, bool(backward), rows, logprobs=[None] * len(rows))
-
-
-def _checked(
-    data: Sequence[TrainDatum],
-    loss_fn: str,
-    loss_fn_config: Mapping[str, float] | None,
-    backward: bool,
-    vocab_size: int,
-    max_context: int,
-) -> tuple[LossFn, dict[str, float], list[Row]]:
-    loss = resolve_loss(loss_fn)
-    config = resolve_config(loss, loss_fn_config)
-    rows = prepare_rows(data, loss, vocab_size=vocab_size, max_context=max_context, strict=bool(backward))
-    return loss, config, rows
 
 
 def validate_train_request(
@@ -213,10 +201,14 @@ def validate_train_request(
     backward: bool,
     vocab_size: int,
     max_context: int,
-) -> None:
-    """The checks of :func:`prepare_request`, without an adapter: lets a server refuse a bad
-    request when it is submitted instead of failing it later. Raises :class:`UserInputError`."""
-    _checked(data, loss_fn, loss_fn_config, backward, vocab_size, max_context)
+) -> tuple[LossFn, dict[str, float], list[Row]]:
+    """Every check of a training request, needing no adapter (so a server can also run it
+    when the request is submitted). Returns the loss, its resolved config and the datums'
+    rows; raises :class:`UserInputError` naming what is wrong."""
+    loss = resolve_loss(loss_fn)
+    config = resolve_config(loss, loss_fn_config)
+    rows = prepare_rows(data, loss, vocab_size=vocab_size, max_context=max_context, strict=bool(backward))
+    return loss, config, rows
 
 
 def _microbatches(rows: list[tuple[int, int, Row]], budget: int) -> list[list[tuple[int, int, Row]]]:
