@@ -49,6 +49,7 @@ def default_engine_loader(settings: Settings) -> EngineLoader:
             device=settings.device,
             dtype=settings.dtype,
             max_tokens_per_microbatch=settings.max_tokens_per_microbatch,
+            packed_weights=settings.packed_weights,
         )
 
     return load

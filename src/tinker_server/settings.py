@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # CPU threads for torch (torch.set_num_threads); None keeps torch's default (one per core).
     # On a machine shared with other busy processes, fewer threads avoid OpenMP stalls.
     torch_threads: Annotated[int | None, pydantic.Field(ge=1)] = None
+    # On CPU, keep a oneDNN-packed copy of the base model's linear weights for sampling
+    # and forward-only passes: faster, but those weights take twice the memory.
+    packed_weights: bool = True
     # Scheduler limits: queued requests per base model before submits get HTTP 429.
     max_pending_requests: Annotated[int, pydantic.Field(ge=1)] = 1024
     max_pending_samples: Annotated[int, pydantic.Field(ge=1)] = 256

@@ -35,6 +35,7 @@ def load_engine(
     dtype: str = "float32",
     max_tokens_per_microbatch: int = 2048,
     activation_checkpointing: bool | None = None,
+    packed_weights: bool = True,
 ) -> Engine:
     """Resolve and load ``model_name`` (see :mod:`.models`) and wrap it for LoRA.
 
@@ -42,20 +43,22 @@ def load_engine(
     at once in training. ``activation_checkpointing`` recomputes decoder layers in
     backward (far less memory per token, about a third more compute): ``True``
     always, ``False`` never, ``None`` (default) for micro-batches of more than
-    :data:`~.train.AUTO_CHECKPOINT_TOKENS` tokens.
+    :data:`~.train.AUTO_CHECKPOINT_TOKENS` tokens. ``packed_weights`` keeps a
+    oneDNN-packed copy of the base linear weights for sampling and forward-only
+    passes on CPU (faster, twice the memory for those weights; see :mod:`.packed`).
     """
     if not isinstance(max_tokens_per_microbatch, int) or max_tokens_per_microbatch < 1:
         raise ModelLoadError(f"max_tokens_per_microbatch must be a positive integer, got {max_tokens_per_microbatch!r}")
     base = load_base_model(model_name, home=pathlib.Path(home), device=device, dtype=dtype)
     return Engine(base, max_tokens_per_microbatch=max_tokens_per_microbatch,
-                  activation_checkpointing=activation_checkpointing)
+                  activation_checkpointing=activation_checkpointing, packed_weights=packed_weights)
 
 
 class Engine:
     """A loaded base model with named adapters. See the package docstring for the API."""
 
     def __init__(self, base: LoadedBase, *, max_tokens_per_microbatch: int = 2048,
-                 activation_checkpointing: bool | None = None) -> None:
+                 activation_checkpointing: bool | None = None, packed_weights: bool = True) -> None:
         from transformers import AutoTokenizer
 
         self.info: ModelInfo = base.info
@@ -71,6 +74,8 @@ class Engine:
         self._layers = lora.attach_lora(model, self._router)
         if not self._layers:
             raise ModelLoadError(f"{base.info.name}: no linear layers LoRA can target (arch {base.info.arch})")
+        # How many base linear layers got a packed copy (0 off CPU or when switched off).
+        self.packed_layers = sum(layer.pack() for layer in self._layers.values()) if packed_weights else 0
         decoder = model.get_decoder()  # type: ignore[no-untyped-call]
         lm_head = getattr(model, "lm_head", None)
         if not isinstance(lm_head, nn.Module):

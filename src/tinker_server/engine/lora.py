@@ -33,6 +33,7 @@ from torch import nn
 
 from .errors import UserInputError
 from .messages import LoraSpec
+from .packed import pack_weight, packed_linear
 
 __all__ = [
     "ATTN_MODULES",
@@ -145,15 +146,26 @@ class LoraLinear(nn.Module):
         self.in_features = base.in_features
         self.out_features = base.out_features
         self._router = router  # plain attribute: not a submodule, not in state_dict
+        # oneDNN-packed copy of the frozen base weight, used by forwards without gradients
+        # (see .packed); None: the plain path.
+        self.packed: torch.Tensor | None = None
+
+    def pack(self) -> bool:
+        """Keep a packed copy of the base weight for no-grad forwards; False where unavailable."""
+        self.packed = pack_weight(self.base.weight)
+        return self.packed is not None
 
     @property
     def weight(self) -> torch.Tensor:  # for code that inspects e.g. lm_head.weight
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The frozen base weight gets a 2-D input: on CPU a 3-D input to a frozen Linear
-        # takes a bmm path that copies the whole transposed weight on every call.
-        out = self.base(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
+        if self.packed is not None and not torch.is_grad_enabled():
+            out = packed_linear(x, self.packed, self.base.bias)
+        else:
+            # The frozen base weight gets a 2-D input: on CPU a 3-D input to a frozen Linear
+            # takes a bmm path that copies the whole transposed weight on every call.
+            out = self.base(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
         for adapter, rows in self._router.groups:
             pair = adapter.weights.get(self.path)
             if pair is None:
