@@ -15,7 +15,7 @@ weights serves the Hugging Face baselines):
 
     python bench/sampling.py [--home DIR] [--model NAME] [--dtype float32|bfloat16|float16]
                              [--device cpu|cuda] [--random-config llama-1b] [--mode greedy|sample]
-                             [--threads N] [--repeats 3] [--profile]
+                             [--threads N] [--repeats 3] [--profile] [--plain-weights]
 
 ``--home`` defaults to ``$TINKER_HOME`` (else ``~/.tinker``); SmolLM2 is converted
 from its GGUF there on the first run. ``--random-config llama-1b`` skips loading
@@ -120,7 +120,7 @@ def timed(fn: Callable[[], Any], repeats: int, device: str) -> tuple[float, Any]
     return statistics.median(times), result
 
 
-def machine_info(device: str) -> list[str]:
+def machine_info(device: str, load: tuple[float, float, float]) -> list[str]:
     cpu = platform.processor() or platform.machine()
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -136,8 +136,7 @@ def machine_info(device: str) -> list[str]:
     ]
     if device.startswith("cuda") and torch.cuda.is_available():
         lines.append(f"gpu     : {torch.cuda.get_device_name(0)}")
-    load = os.getloadavg()
-    lines.append(f"load    : {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min)")
+    lines.append(f"load    : {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min, before the run)")
     if load[0] > 0.5 * (os.cpu_count() or 1):
         lines.append("WARNING : the machine is busy; these numbers are not trustworthy")
     return lines
@@ -166,13 +165,17 @@ def left_pad(prompts: list[list[int]], pad: int, device: str) -> tuple[torch.Ten
 
 def hf_generate(model: Any, prompts: list[list[int]], new: int, pad: int, greedy: bool, seed: int,
                 device: str) -> list[list[int]]:
+    from transformers import GenerationConfig
+
     ids, mask = left_pad(prompts, pad, device)
     torch.manual_seed(seed)
-    kwargs: dict[str, Any] = {"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0,
-                                                                  "top_k": 0, "top_p": 1.0}
+    # eos_token_id=[]: like our sampler here, HF neither stops at EOS nor masks it out
+    # (min_new_tokens would suppress EOS and change greedy continuations).
+    config = GenerationConfig(max_new_tokens=new, eos_token_id=[], pad_token_id=pad, use_cache=True,
+                              **({"do_sample": False} if greedy else
+                                 {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}))
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                             pad_token_id=pad, use_cache=True, **kwargs)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
     return [row[ids.shape[1]:].tolist() for row in out]
 
 
@@ -214,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--profile", action="store_true", help="cProfile one engine sampling call")
+    parser.add_argument("--plain-weights", action="store_true",
+                        help="engine without oneDNN-packed base weights (the server's packed_weights=false)")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     if args.threads:
         torch.set_num_threads(args.threads)
     device, greedy, new = args.device, args.mode == "greedy", args.new_tokens
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         base = load_base_model(args.model, home=args.home, device=device, dtype=args.dtype)
     plain = copy.deepcopy(base.model)  # unwrapped: the engine wraps its model's linear layers in place
-    engine = Engine(base)
+    engine = Engine(base, packed_weights=not args.plain_weights)
     load_s = time.perf_counter() - start
     engine.create_adapter("bench", LoraSpec(rank=args.rank, seed=0))
     with torch.no_grad():  # a non-zero B, so the adapter really computes something
@@ -268,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                    ("plain model forward + log_softmax, no_grad", t_plain, total_lp / t_plain)]
 
     name = f"random {args.random_config}" if args.random_config else args.model
-    print("\n".join(machine_info(device)))
+    print("\n".join(machine_info(device, load_before)))
     print(f"model   : {name} ({n_params / 1e6:.0f} M parameters), {args.dtype}, {device}; loaded in {load_s:.1f} s "
           f"({base.source}); median of {args.repeats} after a warm-up")
+    print(f"engine  : {engine.packed_layers} of {len(engine._layers)} linear layers with packed weights")
     print()
     print(f"(a) generation: {args.prompts} prompts x {new} new tokens, {args.mode}")
     print(f"    {'':50s} {'seconds':>8s} {'tokens/s':>9s}")
