@@ -160,23 +160,32 @@ class LoraLinear(nn.Module):
         return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Everything runs on 2-D (tokens, features) views: on CPU a 3-D input to a Linear
+        # whose weight is frozen or small takes a bmm path that copies the transposed
+        # weight on every call (for a LoRA B of lm_head that is megabytes per token).
+        flat = x.reshape(-1, x.shape[-1])
         if self.packed is not None and not torch.is_grad_enabled():
-            out = packed_linear(x, self.packed, self.base.bias)
+            out = packed_linear(flat, self.packed, self.base.bias)
         else:
-            # The frozen base weight gets a 2-D input: on CPU a 3-D input to a frozen Linear
-            # takes a bmm path that copies the whole transposed weight on every call.
-            out = self.base(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
+            out = self.base(flat)
         for adapter, rows in self._router.groups:
             pair = adapter.weights.get(self.path)
             if pair is None:
                 continue
             a, b = pair
-            xs = x if rows is None else x.index_select(0, rows)
+            if rows is None and out.dtype == b.dtype:
+                # out + scaling * (x A^T) B^T in one fused product
+                out = torch.addmm(out, torch.mm(flat.to(a.dtype), a.t()), b.t(), alpha=adapter.scaling)
+                continue
+            xs = flat if rows is None else x.index_select(0, rows).reshape(-1, x.shape[-1])
             # Scale the rank-r intermediate, not the (wider) output.
-            delta = nn.functional.linear(nn.functional.linear(xs.to(a.dtype), a) * adapter.scaling, b)
-            delta = delta.to(out.dtype)
-            out = out + delta if rows is None else out.index_add(0, rows, delta)
-        return out  # type: ignore[no-any-return]
+            delta = torch.mm(torch.mm(xs.to(a.dtype), a.t()) * adapter.scaling, b.t()).to(out.dtype)
+            if rows is None:
+                out = out + delta
+            else:
+                per_row = out.view(x.shape[0], -1, self.out_features)
+                out = per_row.index_add(0, rows, delta.view(len(rows), -1, self.out_features)).view(out.shape)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}, in={self.in_features}, out={self.out_features}"
