@@ -105,3 +105,23 @@ def test_sampled_logprobs_match_the_training_forward(pair: tuple[Engine, Engine]
         datum = TrainDatum(tokens=tokens[:-1], loss_fn_inputs={"target_tokens": np.array(tokens[1:])})
         lp = packed.forward_backward("a", [datum], "cross_entropy", None, backward=True).loss_fn_outputs[0]
         np.testing.assert_allclose(seq.logprobs, lp["logprobs"][len(PROMPTS[0]) - 1 :], atol=1e-4)
+
+
+@needs_packing
+def test_nothing_is_packed_when_memory_is_short(home, monkeypatch, caplog) -> None:
+    from tinker_server.engine import packed
+
+    monkeypatch.setattr(packed, "available_memory_bytes", lambda: 1024)  # 1 KiB free
+    with caplog.at_level("WARNING", logger=packed.__name__):
+        engine = _tuned(load_engine(TINY_MODEL, home=home))
+    assert engine.packed_layers == 0 and all(layer.packed is None for layer in engine._layers.values())
+    assert "not packing" in caplog.text
+    out = engine.sample([SampleJob("a", PROMPTS[0], max_tokens=4, seed=1)])[0]  # the plain path still samples
+    assert isinstance(out, SampleOutput) and len(out.sequences[0].tokens) == 4
+
+
+def test_available_memory_is_read_on_linux() -> None:
+    from tinker_server.engine.packed import available_memory_bytes
+
+    free = available_memory_bytes()
+    assert free is None or free > 0

@@ -18,6 +18,7 @@ from .errors import AdapterNotFound, EngineError, ModelLoadError, UserInputError
 from .messages import AdamConfig, LoraSpec, ModelInfo, SampleJob, SampleOutput, TrainDatum, TrainOutput
 from .models import LoadedBase, ModelParts, load_base_model
 from .optim import adamw_step
+from .packed import pack_weights
 
 __all__ = ["Engine", "load_engine"]
 
@@ -74,8 +75,9 @@ class Engine:
         self._layers = lora.attach_lora(model, self._router)
         if not self._layers:
             raise ModelLoadError(f"{base.info.name}: no linear layers LoRA can target (arch {base.info.arch})")
-        # How many base linear layers got a packed copy (0 off CPU or when switched off).
-        self.packed_layers = sum(layer.pack() for layer in self._layers.values()) if packed_weights else 0
+        # How many base linear layers got a packed copy (0 off CPU, when switched off, or
+        # when memory is short).
+        self.packed_layers = self._pack_base_weights() if packed_weights else 0
         decoder = model.get_decoder()  # type: ignore[no-untyped-call]
         lm_head = getattr(model, "lm_head", None)
         if not isinstance(lm_head, nn.Module):
@@ -94,6 +96,12 @@ class Engine:
         self._checkpoint_above = {True: 0, False: None, None: train.AUTO_CHECKPOINT_TOKENS}[activation_checkpointing]
         self._adapters: dict[str, lora.Adapter] = {}
         self._lock = threading.RLock()
+
+    def _pack_base_weights(self) -> int:
+        layers = list(self._layers.values())
+        for layer, packed in zip(layers, pack_weights([layer.base.weight for layer in layers])):
+            layer.packed = packed
+        return sum(layer.packed is not None for layer in layers)
 
     # ------------------------------------------------------------------ adapters
 

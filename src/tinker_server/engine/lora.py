@@ -33,7 +33,7 @@ from torch import nn
 
 from .errors import UserInputError
 from .messages import LoraSpec
-from .packed import pack_weight, packed_linear
+from .packed import packed_linear
 
 __all__ = [
     "ATTN_MODULES",
@@ -147,13 +147,8 @@ class LoraLinear(nn.Module):
         self.out_features = base.out_features
         self._router = router  # plain attribute: not a submodule, not in state_dict
         # oneDNN-packed copy of the frozen base weight, used by forwards without gradients
-        # (see .packed); None: the plain path.
+        # (set by the engine, see .packed); None: the plain path.
         self.packed: torch.Tensor | None = None
-
-    def pack(self) -> bool:
-        """Keep a packed copy of the base weight for no-grad forwards; False where unavailable."""
-        self.packed = pack_weight(self.base.weight)
-        return self.packed is not None
 
     @property
     def weight(self) -> torch.Tensor:  # for code that inspects e.g. lm_head.weight

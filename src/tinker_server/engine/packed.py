@@ -24,7 +24,7 @@ import logging
 
 import torch
 
-__all__ = ["pack_weight", "packed_linear", "packing_available"]
+__all__ = ["available_memory_bytes", "pack_weight", "pack_weights", "packed_linear", "packing_available"]
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +80,34 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
         return None
     with torch.no_grad():
         return torch.ops.mkldnn._reorder_linear_weight(weight.detach())  # type: ignore[no-any-return]
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` (Linux); ``None`` where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def pack_weights(weights: list[torch.Tensor], *, max_share_of_free_memory: float = 0.5) -> list[torch.Tensor | None]:
+    """Packed copies of ``weights`` (``None`` for each one that cannot be packed).
+
+    Nothing is packed when the copies would take more than ``max_share_of_free_memory``
+    of the memory available now: a faster sampler is not worth running out of memory.
+    """
+    if not weights or not packing_available(weights[0].device, weights[0].dtype):
+        return [None] * len(weights)
+    need = sum(w.numel() * w.element_size() for w in weights)
+    free = available_memory_bytes()
+    if free is not None and need > max_share_of_free_memory * free:
+        log.warning(
+            "not packing %.2f GB of base weights for oneDNN: only %.2f GB of memory is available "
+            "(sampling runs on the plain, slower path)", need / 1e9, free / 1e9,
+        )
+        return [None] * len(weights)
+    return [pack_weight(w) for w in weights]
