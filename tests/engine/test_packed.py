@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from tinker_server.engine import TINY_MODEL, Engine, LoraSpec, SampleJob, SampleOutput, TrainDatum, load_engine
+from tinker_server.engine import (
+    TINY_MODEL,
+    Engine,
+    LoraSpec,
+    SampleJob,
+    SampleOutput,
+    TrainDatum,
+    load_engine,
+)
 from tinker_server.engine.packed import pack_weight, packed_linear, packing_available
 
 from .conftest import adapter_grads, randomize_adapter
