@@ -133,3 +133,14 @@ def test_available_memory_is_read_on_linux() -> None:
 
     free = available_memory_bytes()
     assert free is None or free > 0
+
+
+@pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.bfloat16), reason="no native bf16 on this CPU")
+def test_bfloat16_packed_engine_agrees_with_plain(home) -> None:
+    engines = [_tuned(load_engine(TINY_MODEL, home=home, dtype="bfloat16", packed_weights=flag)) for flag in (True, False)]
+    assert engines[0].packed_layers == len(engines[0]._layers) and engines[1].packed_layers == 0
+    job = SampleJob("a", PROMPTS[0], max_tokens=1, prompt_logprobs=True)
+    packed, plain = (e.sample([job])[0] for e in engines)
+    assert isinstance(packed, SampleOutput) and isinstance(plain, SampleOutput)
+    # bf16 carries about 3 significant digits; the two paths may round differently
+    np.testing.assert_allclose(packed.prompt_logprobs[1:], plain.prompt_logprobs[1:], rtol=0.02, atol=0.05)
