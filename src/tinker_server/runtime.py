@@ -83,6 +83,7 @@ class Runtime:
             max_pending=settings.max_pending_requests,
             max_pending_samples=settings.max_pending_samples,
             max_sample_batch=settings.max_sample_batch,
+            sample_batch_window_s=settings.sample_batch_window_s,
         )
         ctx = Context(settings=settings, db=self.db, futures=self.futures, scheduler=self.scheduler)
         self.sessions = SessionService(ctx)

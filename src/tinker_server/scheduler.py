@@ -18,6 +18,8 @@ Each loop of the worker takes: all control tasks (no key), the head task of
 every run queue, and up to ``max_sample_batch`` sampling tasks. The
 forward/forward_backward heads of different runs go to the engine together
 (``forward_backward_many``), and so do the sampling tasks (``sample``).
+When only sampling tasks are queued, the worker first lets requests that are
+still arriving join the batch (see :meth:`Worker._gather_samples`).
 
 Every task carries a ``concurrent.futures.Future`` (``task.done``) for callers
 that wait in-process, and optionally a durable request id that is resolved in
@@ -29,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -45,6 +48,9 @@ log = logging.getLogger(__name__)
 
 EngineLoader = Callable[[str], Any]
 
+# Sampling requests arriving closer together than this are batched (up to the window).
+SAMPLE_ARRIVAL_GAP_S = 0.02
+
 
 @dataclass(eq=False)
 class Task:
@@ -56,6 +62,7 @@ class Task:
     # Called (in the worker thread) when the task fails.
     on_error: Callable[[BaseException], None] | None = None
     done: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -106,6 +113,7 @@ class Worker:
         max_pending: int,
         max_pending_samples: int,
         max_sample_batch: int,
+        sample_batch_window_s: float = 0.0,
     ) -> None:
         self.model_name = model_name
         self._loader = loader
@@ -113,6 +121,7 @@ class Worker:
         self._max_pending = max_pending
         self._max_pending_samples = max_pending_samples
         self._max_sample_batch = max_sample_batch
+        self._sample_batch_window_s = sample_batch_window_s
         self._cond = threading.Condition()
         self._control: deque[Task] = deque()
         self._runs: dict[str, deque[Task]] = {}
@@ -146,6 +155,7 @@ class Worker:
         with self._cond:
             if self._stopping:
                 raise Unavailable("the server is shutting down")
+            task.queued_at = time.monotonic()
             if isinstance(task, SampleTask):
                 self._samples.append(task)
             elif task.queue_key is not None:
@@ -179,6 +189,7 @@ class Worker:
         with self._cond:
             while not (self._control or self._runs or self._samples or self._stopping):
                 self._cond.wait()
+            self._gather_samples()
             if self._stopping:
                 return None
             control = list(self._control)
@@ -194,6 +205,27 @@ class Worker:
             samples = [self._samples.popleft() for _ in range(min(len(self._samples), self._max_sample_batch))]
             self._pending -= len(control) + len(calls) + len(forwards) + len(samples)
             return control, calls, forwards, samples
+
+    def _gather_samples(self) -> None:
+        """Let sampling requests sent together decode together (lock held).
+
+        A client sending one request per prompt (an RL loop over environments) delivers
+        them a few milliseconds apart. With only sampling requests queued and the batch
+        not full, wait while they keep coming (gaps under :data:`SAMPLE_ARRIVAL_GAP_S`),
+        at most ``sample_batch_window_s`` after the oldest one was queued. Requests
+        that already waited that long (behind other work) start at once.
+        """
+        while (
+            self._samples
+            and len(self._samples) < self._max_sample_batch
+            and not (self._control or self._runs or self._stopping)
+        ):
+            deadline = min(self._samples[-1].queued_at + SAMPLE_ARRIVAL_GAP_S,
+                           self._samples[0].queued_at + self._sample_batch_window_s)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _loop(self) -> None:
         while True:
@@ -252,6 +284,7 @@ class Worker:
                 continue
             ready.append(task)
         if ready:
+            log.debug("%s: sampling %d requests in one batch", self.model_name, len(ready))
             self._run_batch(ready, lambda: engine.sample([t.job for t in ready]))
 
     def _run_batch(self, tasks: Sequence[Task], run: Callable[[], list[Any]]) -> None:
@@ -320,6 +353,7 @@ class Scheduler:
         max_pending: int,
         max_pending_samples: int,
         max_sample_batch: int,
+        sample_batch_window_s: float = 0.0,
     ) -> None:
         self.models = list(models)
         self._workers = {
@@ -330,6 +364,7 @@ class Scheduler:
                 max_pending=max_pending,
                 max_pending_samples=max_pending_samples,
                 max_sample_batch=max_sample_batch,
+                sample_batch_window_s=sample_batch_window_s,
             )
             for name in self.models
         }

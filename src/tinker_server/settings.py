@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_pending_samples: Annotated[int, pydantic.Field(ge=1)] = 256
     # Sampling requests handed to the engine in one batch.
     max_sample_batch: Annotated[int, pydantic.Field(ge=1)] = 32
+    # Sampling requests that arrive together (gaps under 20 ms) wait for each other, at
+    # most this long after the first, to decode in one batch; 0 turns that off.
+    sample_batch_window_s: Annotated[float, pydantic.Field(ge=0, le=1)] = 0.1
     # Samplers loaded from checkpoints kept in memory per base model (least recently
     # used first out; they reload from disk on demand). At least 2 * max_sample_batch.
     max_checkpoint_samplers: Annotated[int, pydantic.Field(ge=1)] = 64

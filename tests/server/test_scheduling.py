@@ -134,3 +134,59 @@ def test_backpressure_429(make_fake_server: Callable[..., Api], fake_engines: di
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert status == 200
+
+
+def _sampler(api: Api) -> tuple[str, str]:
+    sid = api.session()
+    sampler = api.ok(
+        "create_sampling_session",
+        {"session_id": sid, "sampling_session_seq_id": 0, "base_model": FAKE_MODEL, "model_path": None},
+    )["sampling_session_id"]
+    return sid, sampler
+
+
+def _sample_body(sampler: str, seq: int) -> dict:
+    return {"num_samples": 1, "prompt": {"chunks": [{"tokens": [1, 2]}]}, "sampling_params": {"max_tokens": 2},
+            "sampling_session_id": sampler, "seq_id": seq}
+
+
+def test_sampling_requests_sent_one_by_one_decode_in_one_batch(
+    make_fake_server: Callable[..., Api], fake_engines: dict[str, FakeEngine], monkeypatch
+) -> None:
+    """An RL loop sends one request per prompt; they must not decode one by one."""
+    from tinker_server import scheduler
+
+    monkeypatch.setattr(scheduler, "SAMPLE_ARRIVAL_GAP_S", 1.0)  # generous, for a slow machine
+    api = make_fake_server(sample_batch_window_s=1.0)
+    _, sampler = _sampler(api)
+    ids = [api.ok("asample", _sample_body(sampler, seq))["request_id"] for seq in range(5)]
+    for request_id in ids:
+        assert len(api.poll(request_id)["sequences"]) == 1
+    assert [n for name, n in fake_engines[FAKE_MODEL].calls if name == "sample"] == [5]
+
+
+def test_queued_training_work_cuts_the_sampling_wait_short(
+    make_fake_server: Callable[..., Api], fake_engines: dict[str, FakeEngine], monkeypatch
+) -> None:
+    from tinker_server import scheduler
+
+    monkeypatch.setattr(scheduler, "SAMPLE_ARRIVAL_GAP_S", 30.0)
+    api = make_fake_server(sample_batch_window_s=1.0)
+    sid, sampler = _sampler(api)
+    model_id = api.create_model(sid)
+    start = time.monotonic()
+    sample_id = api.ok("asample", _sample_body(sampler, 0))["request_id"]
+    api.result("forward_backward", fb_body(model_id, 1))
+    api.poll(sample_id)
+    assert time.monotonic() - start < 0.9  # the 1 s window was not waited out
+
+
+def test_a_zero_window_never_waits(make_fake_server: Callable[..., Api], monkeypatch) -> None:
+    from tinker_server import scheduler
+
+    monkeypatch.setattr(scheduler, "SAMPLE_ARRIVAL_GAP_S", 30.0)
+    api = make_fake_server(sample_batch_window_s=0.0)
+    _, sampler = _sampler(api)
+    start = time.monotonic()
+    api.poll(api.ok("asample", _sample_body(sampler, 0))["request_id"])
+    assert time.monotonic() - start < 10.0  # neither the 30 s gap nor any window applies
