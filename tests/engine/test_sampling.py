@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from tinker_server.engine import (
+    TINY_MODEL,
     AdapterNotFound,
     Engine,
     LoraSpec,
     SampleJob,
     SampleOutput,
-    TINY_MODEL,
     TrainDatum,
     load_engine,
 )
@@ -229,3 +229,24 @@ def test_a_small_kv_budget_splits_batches_without_changing_results(tuned: Engine
         assert [s.tokens for s in x.sequences] == [s.tokens for s in y.sequences]
         assert x.prompt_logprobs == y.prompt_logprobs
     assert [len(o.sequences) for o in split] == [5, 2]
+
+
+def test_in_place_kv_cache_equals_hf_dynamic_cache(tuned: Engine, monkeypatch) -> None:
+    """Our cache layers (append into reserved room, rows dropped as they finish) give the
+    same tokens and logprobs as HF's concatenating DynamicCache."""
+    from transformers import DynamicCache
+
+    from tinker_server.engine import sampling
+
+    jobs = [SampleJob("a", PROMPT, num_samples=3, max_tokens=9, seed=1, stop_token_ids=[85, 201]),
+            SampleJob(None, PROMPT[:3], max_tokens=4, seed=2, temperature=0.0),
+            SampleJob("a", [5, 6], max_tokens=12, seed=3, top_k=5)]
+    ours = tuned.sample(jobs)
+    assert all(isinstance(layer, sampling._layer_class()) for layer in sampling._new_cache(tuned._parts, 4).layers)
+    monkeypatch.setattr(sampling, "_new_cache", lambda parts, room: DynamicCache(config=parts.model.config))
+    reference = tuned.sample(jobs)
+    for x, y in zip(ours, reference):
+        assert isinstance(x, SampleOutput) and isinstance(y, SampleOutput)
+        for sx, sy in zip(x.sequences, y.sequences):
+            assert sx.tokens == sy.tokens and sx.stop_reason == sy.stop_reason
+            np.testing.assert_allclose(sx.logprobs, sy.logprobs, rtol=1e-6, atol=1e-6)

@@ -6,7 +6,9 @@
    teacher-forced forward's to float32 rounding.
 2. The prefilled key/value cache rows are repeated, ``num_samples`` rows per job.
 3. Decode: one token per step for all unfinished rows together, each row routed
-   to its job's adapter. Finished rows leave the batch. Rows whose caches would
+   to its job's adapter. Finished rows leave the batch. Each cache layer reserves
+   room for the longest ``max_tokens`` at prefill and appends in place (HF's
+   ``DynamicCache`` copies the whole cache on every token). Rows whose caches would
    outgrow :data:`MAX_KV_CACHE_BYTES` go to a later batch.
 
 Per row: ``temperature`` (0 = greedy), ``top_k`` (-1 or 0 = off), ``top_p``
@@ -30,6 +32,7 @@ most :data:`MAX_TOKENS_WHEN_UNSET`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import numbers
@@ -164,10 +167,67 @@ class _Row:
     stop_reason: str | None = None
 
 
-def _new_cache(parts: ModelParts) -> DynamicCache:
+def _new_cache(parts: ModelParts, room: int) -> DynamicCache:
+    """A cache whose layers keep ``room`` free positions after the prompt (see :class:`_Layer`)."""
     from transformers import DynamicCache
 
-    return DynamicCache(config=parts.model.config)
+    cache = DynamicCache(config=parts.model.config)
+    cache.layers = [_layer_class()(room) for _ in cache.layers]
+    return cache
+
+
+@functools.cache
+def _layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class _Layer(DynamicLayer):  # type: ignore[misc]
+        """A key/value cache layer that appends each token into room reserved up front.
+
+        HF's ``DynamicLayer`` concatenates the whole cache with the new token on
+        every step (a copy of every layer's keys and values per token); this one
+        writes the token into a buffer sized for the prompt plus ``room`` tokens and
+        exposes ``keys`` / ``values`` as views of its filled part.
+        """
+
+        def __init__(self, room: int) -> None:
+            super().__init__()
+            self.room = room
+            self.key_buffer: torch.Tensor | None = None
+            self.value_buffer: torch.Tensor | None = None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length = self.get_seq_length()
+            need = length + key_states.shape[-2]
+            keys, values = self.key_buffer, self.value_buffer
+            if keys is None or values is None or need > keys.shape[-2]:
+                keys = _grown(keys, key_states, need + self.room, length)
+                values = _grown(values, value_states, need + self.room, length)
+                self.key_buffer, self.value_buffer = keys, values
+            keys[:, :, length:need].copy_(key_states)
+            values[:, :, length:need].copy_(value_states)
+            self.keys, self.values = keys[:, :, :need], values[:, :, :need]
+            return self.keys, self.values
+
+        def select_rows(self, keep: torch.Tensor) -> None:
+            if self.key_buffer is None or self.value_buffer is None:
+                return
+            length = self.get_seq_length()
+            self.key_buffer = self.key_buffer.index_select(0, keep)
+            self.value_buffer = self.value_buffer.index_select(0, keep)
+            self.keys, self.values = self.key_buffer[:, :, :length], self.value_buffer[:, :, :length]
+
+    return _Layer
+
+
+def _grown(old: torch.Tensor | None, new: torch.Tensor, capacity: int, length: int) -> torch.Tensor:
+    """A (B, H, capacity, D) buffer shaped like ``new`` holding ``old``'s first ``length`` positions."""
+    buffer = new.new_empty((new.shape[0], new.shape[1], capacity, new.shape[3]))
+    if old is not None and length:
+        buffer[:, :, :length].copy_(old[:, :, :length])
+    return buffer
 
 
 def _prefill(
@@ -191,7 +251,7 @@ def _prefill(
     causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
     # Real queries see real keys up to themselves; a padding query sees only itself (never all-masked).
     keys = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool, device=device)[None]
-    cache = _new_cache(parts)
+    cache = _new_cache(parts, max(job.max_new for job in jobs))
     with parts.router.route([job.adapter for job in jobs], device):  # type: ignore[attr-defined]
         hidden = parts.decoder(
             input_ids=ids,
@@ -234,6 +294,10 @@ def _kv(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
     for i, layer in enumerate(cache.layers):
+        select = getattr(layer, "select_rows", None)
+        if select is not None:  # our in-place layers
+            select(keep)
+            continue
         keys, values = _kv(cache, i)
         setattr(layer, "keys", keys.index_select(0, keep))
         setattr(layer, "values", values.index_select(0, keep))
