@@ -50,6 +50,8 @@ EngineLoader = Callable[[str], Any]
 
 # Sampling requests arriving closer together than this are batched (up to the window).
 SAMPLE_ARRIVAL_GAP_S = 0.02
+# After this many waits in a row that no other request joined, lone requests stop waiting.
+LONE_WAITS_LIMIT = 3
 
 
 @dataclass(eq=False)
@@ -122,6 +124,7 @@ class Worker:
         self._max_pending_samples = max_pending_samples
         self._max_sample_batch = max_sample_batch
         self._sample_batch_window_s = sample_batch_window_s
+        self._lone_waits = 0  # gathering waits in a row that no other request joined
         self._cond = threading.Condition()
         self._control: deque[Task] = deque()
         self._runs: dict[str, deque[Task]] = {}
@@ -214,7 +217,14 @@ class Worker:
         not full, wait while they keep coming (gaps under :data:`SAMPLE_ARRIVAL_GAP_S`),
         at most ``sample_batch_window_s`` after the oldest one was queued. Requests
         that already waited that long (behind other work) start at once.
+
+        A client sending one request at a time would pay the gap on every call, so after
+        :data:`LONE_WAITS_LIMIT` waits in a row that nobody joined, a lone request starts
+        at once, until a batch of several requests shows concurrent callers again.
         """
+        if len(self._samples) == 1 and self._lone_waits >= LONE_WAITS_LIMIT:
+            return
+        waited = False
         while (
             self._samples
             and len(self._samples) < self._max_sample_batch
@@ -224,8 +234,13 @@ class Worker:
                            self._samples[0].queued_at + self._sample_batch_window_s)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                break
+            waited = True
             self._cond.wait(remaining)
+        if len(self._samples) > 1:
+            self._lone_waits = 0
+        elif waited:
+            self._lone_waits += 1
 
     def _loop(self) -> None:
         while True:

@@ -190,3 +190,39 @@ def test_a_zero_window_never_waits(make_fake_server: Callable[..., Api], monkeyp
     start = time.monotonic()
     api.poll(api.ok("asample", _sample_body(sampler, 0))["request_id"])
     assert time.monotonic() - start < 10.0  # neither the 30 s gap nor any window applies
+
+
+def test_one_at_a_time_callers_stop_waiting_until_callers_are_concurrent_again(
+    make_fake_server: Callable[..., Api], fake_engines: dict[str, FakeEngine], monkeypatch
+) -> None:
+    from tinker_server import scheduler
+
+    monkeypatch.setattr(scheduler, "SAMPLE_ARRIVAL_GAP_S", 0.5)
+    api = make_fake_server(sample_batch_window_s=0.5)
+    _, sampler = _sampler(api)
+    engine_calls = lambda: [n for name, n in fake_engines[FAKE_MODEL].calls if name == "sample"]  # noqa: E731
+
+    def one(seq: int) -> float:
+        start = time.monotonic()
+        api.poll(api.ok("asample", _sample_body(sampler, seq))["request_id"])
+        return time.monotonic() - start
+
+    lone = [one(seq) for seq in range(scheduler.LONE_WAITS_LIMIT)]
+    assert min(lone) >= 0.5  # each waited out the gap: nobody joined
+    assert max(one(seq) for seq in range(10, 13)) < 0.45  # then lone requests start at once
+    # Concurrent callers again: requests queue behind a running one and go as a batch of 4...
+    engine = fake_engines[FAKE_MODEL]
+    engine.gate.clear()
+    try:
+        first = api.ok("asample", _sample_body(sampler, 20))["request_id"]
+        time.sleep(0.2)  # the worker takes it at once and blocks in the engine
+        queued = [api.ok("asample", _sample_body(sampler, seq))["request_id"] for seq in range(21, 25)]
+    finally:
+        engine.gate.set()
+    for request_id in [first, *queued]:
+        api.poll(request_id)
+    # ...after which requests sent one by one are gathered into one batch again.
+    burst = [api.ok("asample", _sample_body(sampler, seq))["request_id"] for seq in range(30, 35)]
+    for request_id in burst:
+        api.poll(request_id)
+    assert engine_calls()[-3:] == [1, 4, 5]
