@@ -250,3 +250,24 @@ def test_in_place_kv_cache_equals_hf_dynamic_cache(tuned: Engine, monkeypatch) -
         for sx, sy in zip(x.sequences, y.sequences):
             assert sx.tokens == sy.tokens and sx.stop_reason == sy.stop_reason
             np.testing.assert_allclose(sx.logprobs, sy.logprobs, rtol=1e-6, atol=1e-6)
+
+
+def test_kv_cache_room_is_bounded_and_grows(tuned: Engine) -> None:
+    """Spare room never exceeds the batch's max_tokens; long generations regrow it."""
+    from tinker_server.engine import sampling
+
+    cache = sampling._new_cache(tuned._parts, room=3)
+    layer = cache.layers[0]
+    keys = torch.randn(2, 1, 10, 4)
+    layer.update(keys, keys + 1)
+    assert layer.key_buffer.shape[2] == 13 and layer.get_seq_length() == 10
+    for step in range(5):  # past the reserved room: the buffer grows, content is kept
+        layer.update(torch.full((2, 1, 1, 4), float(step)), torch.zeros(2, 1, 1, 4))
+    assert layer.get_seq_length() == 15 and layer.key_buffer.shape[2] >= 15
+    torch.testing.assert_close(layer.keys[:, :, :10], keys)
+    assert layer.keys[:, :, 10:, 0].flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] * 2
+    layer.select_rows(torch.tensor([1]))
+    assert layer.keys.shape == (1, 1, 15, 4)
+    big = sampling._new_cache(tuned._parts, room=10_000).layers[0]
+    big.update(keys, keys)
+    assert big.key_buffer.shape[2] == 10 + 64  # not 10 + 10_000

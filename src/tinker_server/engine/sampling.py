@@ -6,9 +6,9 @@
    teacher-forced forward's to float32 rounding.
 2. The prefilled key/value cache rows are repeated, ``num_samples`` rows per job.
 3. Decode: one token per step for all unfinished rows together, each row routed
-   to its job's adapter. Finished rows leave the batch. Each cache layer reserves
-   room for the longest ``max_tokens`` at prefill and appends in place (HF's
-   ``DynamicCache`` copies the whole cache on every token). Rows whose caches would
+   to its job's adapter. Finished rows leave the batch. Cache layers append in
+   place into spare room that grows geometrically (HF's ``DynamicCache`` copies
+   the whole cache on every token). Rows whose caches would
    outgrow :data:`MAX_KV_CACHE_BYTES` go to a later batch.
 
 Per row: ``temperature`` (0 = greedy), ``top_k`` (-1 or 0 = off), ``top_p``
@@ -168,7 +168,7 @@ class _Row:
 
 
 def _new_cache(parts: ModelParts, room: int) -> DynamicCache:
-    """A cache whose layers keep ``room`` free positions after the prompt (see :class:`_Layer`)."""
+    """A cache whose layers append in place, reserving at most ``room`` positions ahead."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=parts.model.config)
@@ -185,8 +185,9 @@ def _layer_class() -> type:
 
         HF's ``DynamicLayer`` concatenates the whole cache with the new token on
         every step (a copy of every layer's keys and values per token); this one
-        writes the token into a buffer sized for the prompt plus ``room`` tokens and
-        exposes ``keys`` / ``values`` as views of its filled part.
+        writes each token into a buffer with spare positions (at most ``room``, the
+        batch's largest ``max_tokens``, at a time) and exposes ``keys`` / ``values``
+        as views of its filled part.
         """
 
         def __init__(self, room: int) -> None:
@@ -203,8 +204,12 @@ def _layer_class() -> type:
             need = length + key_states.shape[-2]
             keys, values = self.key_buffer, self.value_buffer
             if keys is None or values is None or need > keys.shape[-2]:
-                keys = _grown(keys, key_states, need + self.room, length)
-                values = _grown(values, value_states, need + self.room, length)
+                # Room for the next tokens, growing geometrically (a few copies per
+                # sequence), never more than the batch's max_tokens: a batch of rows that
+                # mostly stop early must not reserve max_tokens for each of them.
+                capacity = need + min(self.room, max(64, need // 2))
+                keys = _grown(keys, key_states, capacity, length)
+                values = _grown(values, value_states, capacity, length)
                 self.key_buffer, self.value_buffer = keys, values
             keys[:, :, length:need].copy_(key_states)
             values[:, :, length:need].copy_(value_states)
