@@ -64,7 +64,7 @@ class Task:
     # Called (in the worker thread) when the task fails.
     on_error: Callable[[BaseException], None] | None = None
     done: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
-    queued_at: float = field(default_factory=time.monotonic)
+    queued_at: float = 0.0  # time.monotonic() when submitted (set by Worker.submit)
 
 
 @dataclass(eq=False)
