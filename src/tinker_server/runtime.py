@@ -20,7 +20,7 @@ from .context import Context
 from .db import Database, SamplerRow, TrainingRunRow, utcnow
 from .futures import FutureHub
 from .sampling import SamplingService
-from .scheduler import Scheduler
+from .scheduler import Limits, Scheduler
 from .sessions import SessionService
 from .settings import Settings
 from .training import TrainingService
@@ -80,10 +80,12 @@ class Runtime:
             settings.models,
             engine_loader,
             self.futures,
-            max_pending=settings.max_pending_requests,
-            max_pending_samples=settings.max_pending_samples,
-            max_sample_batch=settings.max_sample_batch,
-            sample_batch_window_s=settings.sample_batch_window_s,
+            Limits(
+                max_pending=settings.max_pending_requests,
+                max_pending_samples=settings.max_pending_samples,
+                max_sample_batch=settings.max_sample_batch,
+                sample_batch_window_s=settings.sample_batch_window_s,
+            ),
         )
         ctx = Context(settings=settings, db=self.db, futures=self.futures, scheduler=self.scheduler)
         self.sessions = SessionService(ctx)

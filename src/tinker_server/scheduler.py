@@ -42,7 +42,7 @@ from .engine import AdapterNotFound, EngineError, ModelLoadError, UserInputError
 from .errors import InvalidRequest, NotFound, Overloaded, ServiceError, Unavailable
 from .futures import FutureHub
 
-__all__ = ["CallTask", "ForwardTask", "SampleTask", "Scheduler", "Task", "Worker", "error_category"]
+__all__ = ["CallTask", "ForwardTask", "Limits", "SampleTask", "Scheduler", "Task", "Worker", "error_category"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,16 @@ EngineLoader = Callable[[str], Any]
 SAMPLE_ARRIVAL_GAP_S = 0.02
 # After this many waits in a row that no other request joined, lone requests stop waiting.
 LONE_WAITS_LIMIT = 3
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Queue and batching limits of every worker (from the server settings)."""
+
+    max_pending: int  # queued requests per base model before submits get Overloaded
+    max_pending_samples: int  # queued sampling requests, likewise
+    max_sample_batch: int  # sampling requests handed to the engine at once
+    sample_batch_window_s: float = 0.0  # see Worker._gather_samples
 
 
 @dataclass(eq=False)
@@ -111,19 +121,15 @@ class Worker:
         model_name: str,
         loader: EngineLoader,
         futures: FutureHub,
-        *,
-        max_pending: int,
-        max_pending_samples: int,
-        max_sample_batch: int,
-        sample_batch_window_s: float = 0.0,
+        limits: Limits,
     ) -> None:
         self.model_name = model_name
         self._loader = loader
         self._futures = futures
-        self._max_pending = max_pending
-        self._max_pending_samples = max_pending_samples
-        self._max_sample_batch = max_sample_batch
-        self._sample_batch_window_s = sample_batch_window_s
+        self._max_pending = limits.max_pending
+        self._max_pending_samples = limits.max_pending_samples
+        self._max_sample_batch = limits.max_sample_batch
+        self._sample_batch_window_s = limits.sample_batch_window_s
         self._lone_waits = 0  # gathering waits in a row that no other request joined
         self._cond = threading.Condition()
         self._control: deque[Task] = deque()
@@ -364,25 +370,10 @@ class Scheduler:
         models: list[str],
         loader: EngineLoader,
         futures: FutureHub,
-        *,
-        max_pending: int,
-        max_pending_samples: int,
-        max_sample_batch: int,
-        sample_batch_window_s: float = 0.0,
+        limits: Limits,
     ) -> None:
         self.models = list(models)
-        self._workers = {
-            name: Worker(
-                name,
-                loader,
-                futures,
-                max_pending=max_pending,
-                max_pending_samples=max_pending_samples,
-                max_sample_batch=max_sample_batch,
-                sample_batch_window_s=sample_batch_window_s,
-            )
-            for name in self.models
-        }
+        self._workers = {name: Worker(name, loader, futures, limits) for name in self.models}
 
     def worker(self, model_name: str) -> Worker:
         try:
