@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from tinker import types
+from . import wire
 
 from .context import Context
 from .errors import NotFound
@@ -23,11 +23,11 @@ MAX_TOKENIZER_FILE_BYTES = 64 * 1024 * 1024
 class Catalog:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self._tokenizer_cache: dict[str, types.TokenizerFilesResponse] = {}
+        self._tokenizer_cache: dict[str, wire.TokenizerFilesResponse] = {}
 
-    def capabilities(self) -> types.GetServerCapabilitiesResponse:
-        return types.GetServerCapabilitiesResponse(
-            supported_models=[types.SupportedModel(model_name=name) for name in self._ctx.scheduler.models]
+    def capabilities(self) -> wire.GetServerCapabilitiesResponse:
+        return wire.GetServerCapabilitiesResponse(
+            supported_models=[wire.SupportedModel(model_name=name) for name in self._ctx.scheduler.models]
         )
 
     async def model_info(self, model_name: str) -> Any:
@@ -38,20 +38,20 @@ class Catalog:
         task = worker.submit(CallTask(fn=lambda engine: engine.info))
         return await asyncio.wrap_future(task.done)
 
-    async def get_info(self, owner: str, model_id: str) -> types.GetInfoResponse:
+    async def get_info(self, owner: str, model_id: str) -> wire.GetInfoResponse:
         with self._ctx.db.session() as s:
             run = owned_run(s, model_id, owner)
         info = await self.model_info(run.base_model)
-        return types.GetInfoResponse(
+        return wire.GetInfoResponse(
             type="get_info",
-            model_data=types.ModelData(arch=info.arch, model_name=run.base_model, tokenizer_id=run.base_model),
+            model_data=wire.ModelData(arch=info.arch, model_name=run.base_model, tokenizer_id=run.base_model),
             model_id=run.id,
             is_lora=True,
             lora_rank=run.lora_rank,
             model_name=run.base_model,
         )
 
-    async def tokenizer_files(self, tokenizer_id: str) -> types.TokenizerFilesResponse:
+    async def tokenizer_files(self, tokenizer_id: str) -> wire.TokenizerFilesResponse:
         """The text files of a served model's tokenizer folder (binary files are skipped)."""
         if tokenizer_id not in self._ctx.scheduler.models:
             served = ", ".join(self._ctx.scheduler.models)
@@ -68,6 +68,6 @@ class Catalog:
                 files[path.name] = path.read_bytes().decode("utf-8")
             except UnicodeDecodeError:
                 log.warning("tokenizer file %s is not text; not served", path)
-        result = types.TokenizerFilesResponse(tokenizer_id=tokenizer_id, files=files)
+        result = wire.TokenizerFilesResponse(tokenizer_id=tokenizer_id, files=files)
         self._tokenizer_cache[tokenizer_id] = result
         return result

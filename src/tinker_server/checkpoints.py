@@ -15,7 +15,7 @@ import uuid
 
 import sqlalchemy as sa
 
-from tinker import types
+from . import wire
 
 from .archive import ArchiveSigner, build_tar
 from .context import Context
@@ -36,7 +36,7 @@ class CheckpointService:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def list_runs(self, owner: str, limit: int, offset: int) -> types.TrainingRunsResponse:
+    def list_runs(self, owner: str, limit: int, offset: int) -> wire.TrainingRunsResponse:
         limit, offset = page_bounds(limit, offset)
         with self._ctx.db.session() as s:
             total = s.scalar(sa.select(sa.func.count()).select_from(TrainingRunRow).where(TrainingRunRow.owner == owner))
@@ -48,8 +48,8 @@ class CheckpointService:
                 .offset(offset)
             ).all()
             runs = [training_run_model(s, row) for row in rows]
-        return types.TrainingRunsResponse(
-            training_runs=runs, cursor=types.Cursor(offset=offset, limit=limit, total_count=int(total or 0))
+        return wire.TrainingRunsResponse(
+            training_runs=runs, cursor=wire.Cursor(offset=offset, limit=limit, total_count=int(total or 0))
         )
 
     def _has_public(self, s: sa.orm.Session, run_id: str) -> bool:
@@ -60,7 +60,7 @@ class CheckpointService:
             is not None
         )
 
-    def get_run(self, owner: str, run_id: str) -> types.TrainingRun:
+    def get_run(self, owner: str, run_id: str) -> wire.TrainingRun:
         """The owner's run, or another tenant's run that has a public checkpoint."""
         with self._ctx.db.session() as s:
             row = s.get(TrainingRunRow, run_id)
@@ -70,7 +70,7 @@ class CheckpointService:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def list_run_checkpoints(self, owner: str, run_id: str) -> types.CheckpointsListResponse:
+    def list_run_checkpoints(self, owner: str, run_id: str) -> wire.CheckpointsListResponse:
         with self._ctx.db.session() as s:
             run = s.get(TrainingRunRow, run_id)
             query = sa.select(CheckpointRow).where(CheckpointRow.run_id == run_id)
@@ -79,9 +79,9 @@ class CheckpointService:
             rows = s.scalars(query.order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())).all()
             if run is None or (run.owner != owner and not rows):
                 raise NotFound(f"training run {run_id!r} not found")
-            return types.CheckpointsListResponse(checkpoints=[checkpoint_model(r) for r in rows])
+            return wire.CheckpointsListResponse(checkpoints=[checkpoint_model(r) for r in rows])
 
-    def list_user_checkpoints(self, owner: str, limit: int, offset: int) -> types.CheckpointsListResponse:
+    def list_user_checkpoints(self, owner: str, limit: int, offset: int) -> wire.CheckpointsListResponse:
         limit, offset = page_bounds(limit, offset)
         with self._ctx.db.session() as s:
             where = CheckpointRow.owner == owner
@@ -93,9 +93,9 @@ class CheckpointService:
                 .limit(limit)
                 .offset(offset)
             ).all()
-            return types.CheckpointsListResponse(
+            return wire.CheckpointsListResponse(
                 checkpoints=[checkpoint_model(r) for r in rows],
-                cursor=types.Cursor(offset=offset, limit=limit, total_count=int(total or 0)),
+                cursor=wire.Cursor(offset=offset, limit=limit, total_count=int(total or 0)),
             )
 
     def _owned_checkpoint(self, s: sa.orm.Session, owner: str, run_id: str, checkpoint_id: str) -> CheckpointRow:
@@ -126,11 +126,11 @@ class CheckpointService:
                 raise InvalidRequest(f"checkpoint {row.tinker_path} is already {state}")
             row.public = public
 
-    def weights_info(self, owner: str, tinker_path: str) -> types.WeightsInfoResponse:
+    def weights_info(self, owner: str, tinker_path: str) -> wire.WeightsInfoResponse:
         ref = parse_tinker_path(tinker_path)
         with self._ctx.db.session() as s:
             run, _row = readable_checkpoint(s, ref, owner)
-            return types.WeightsInfoResponse(base_model=run.base_model, is_lora=True, lora_rank=run.lora_rank)
+            return wire.WeightsInfoResponse(base_model=run.base_model, is_lora=True, lora_rank=run.lora_rank)
 
     # -- archives ---------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tinker import types
+from . import wire
 
 from .engine import AdamConfig, SampleJob, SampleOutput, TrainDatum, TrainOutput
 from .errors import InvalidRequest
@@ -36,10 +36,10 @@ REQUIRED_INPUTS: dict[str, frozenset[str]] = {
 MAX_NUM_SAMPLES = 1024
 
 
-def _text_tokens(model_input: types.ModelInput, where: str) -> list[int]:
+def _text_tokens(model_input: wire.ModelInput, where: str) -> list[int]:
     tokens: list[int] = []
     for index, chunk in enumerate(model_input.chunks):
-        if not isinstance(chunk, types.EncodedTextChunk):
+        if not isinstance(chunk, wire.EncodedTextChunk):
             raise InvalidRequest(
                 f"{where}.chunks[{index}]: {chunk.type} chunks are not supported; "
                 "the served models take text tokens only"
@@ -61,7 +61,7 @@ def _check_vocab(tokens: list[int], info: Any, where: str) -> None:
             )
 
 
-def _array(tensor: types.TensorData, where: str) -> np.ndarray:
+def _array(tensor: wire.TensorData, where: str) -> np.ndarray:
     dtype = np.int64 if tensor.dtype == "int64" else np.float32
     array = np.asarray(tensor.data, dtype=dtype)
     if tensor.shape is not None:
@@ -71,7 +71,7 @@ def _array(tensor: types.TensorData, where: str) -> np.ndarray:
     return array
 
 
-def train_data(data: list[types.Datum], loss_fn: str, info: Any, *, field: str) -> list[TrainDatum]:
+def train_data(data: list[wire.Datum], loss_fn: str, info: Any, *, field: str) -> list[TrainDatum]:
     """Check and convert the datums of a forward/forward_backward request."""
     if not data:
         raise InvalidRequest(f"{field}.data is empty: send at least one datum")
@@ -116,11 +116,11 @@ def train_data(data: list[types.Datum], loss_fn: str, info: Any, *, field: str) 
     return out
 
 
-def _tensor(array: Any) -> types.TensorData:
+def _tensor(array: Any) -> wire.TensorData:
     a = np.asarray(array)
     if a.dtype.kind in "fc":
-        return types.TensorData(data=a.astype(np.float32).reshape(-1).tolist(), dtype="float32", shape=list(a.shape))
-    return types.TensorData(data=a.astype(np.int64).reshape(-1).tolist(), dtype="int64", shape=list(a.shape))
+        return wire.TensorData(data=a.astype(np.float32).reshape(-1).tolist(), dtype="float32", shape=list(a.shape))
+    return wire.TensorData(data=a.astype(np.int64).reshape(-1).tolist(), dtype="int64", shape=list(a.shape))
 
 
 def train_response(output: TrainOutput, loss_fn: str) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def train_response(output: TrainOutput, loss_fn: str) -> dict[str, Any]:
     for key, value in output.metrics.items():
         # The client splits metric keys on ':' and needs exactly one (Q8).
         metrics[key if key.count(":") == 1 else f"{key.replace(':', '_')}:mean"] = float(value)
-    result = types.ForwardBackwardOutput(
+    result = wire.ForwardBackwardOutput(
         loss_fn_output_type=loss_fn,
         loss_fn_outputs=[{k: _tensor(v) for k, v in item.items()} for item in output.loss_fn_outputs],
         metrics=metrics,
@@ -136,7 +136,17 @@ def train_response(output: TrainOutput, loss_fn: str) -> dict[str, Any]:
     return result.model_dump(mode="json")
 
 
-def adam_config(params: types.AdamParams) -> AdamConfig:
+def adam_config(request: wire.OptimStepRequest) -> AdamConfig:
+    """The AdamW step an ``optim_step`` asks for; other optimizer families are refused."""
+    if request.adam_params is None:
+        family = (request.optimizer_params or {}).get("type", "unknown")
+        if request.optimizer_params is None:
+            raise InvalidRequest("optim_step needs adam_params")
+        raise InvalidRequest(
+            f"optimizer_params of type {family!r} are not supported by this server; "
+            "use AdamParams (the adamw optimizer)"
+        )
+    params = request.adam_params
     checks = {
         "learning_rate": params.learning_rate >= 0,
         "beta1": 0 <= params.beta1 < 1,
@@ -175,7 +185,7 @@ def _stops(stop: Any, info: Any) -> tuple[list[str], list[int]]:
     raise InvalidRequest("sampling_params.stop must be a string, a list of strings or a list of token ids")
 
 
-def sample_job(request: types.SampleRequest, adapter_id: str | None, info: Any) -> SampleJob:
+def sample_job(request: wire.SampleRequest, adapter_id: str | None, info: Any) -> SampleJob:
     """Check and convert a sampling request."""
     prompt = _text_tokens(request.prompt, "prompt")
     _check_vocab(prompt, info, "prompt")
@@ -224,9 +234,9 @@ def sample_response(output: SampleOutput) -> dict[str, Any]:
         topk = [
             None if pos is None else [(int(t), float(lp)) for t, lp in pos] for pos in output.topk_prompt_logprobs
         ]
-    result = types.SampleResponse(
+    result = wire.SampleResponse(
         sequences=[
-            types.SampledSequence(
+            wire.SampledSequence(
                 stop_reason=seq.stop_reason,
                 tokens=[int(t) for t in seq.tokens],
                 logprobs=[float(x) for x in seq.logprobs],

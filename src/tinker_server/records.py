@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from tinker import types
+from . import wire
 
 from .db import CheckpointRow, SamplerRow, SessionRow, TrainingRunRow, as_utc
 from .errors import InvalidRequest, NotFound
@@ -81,8 +81,8 @@ def page_bounds(limit: int, offset: int) -> tuple[int, int]:
     return limit, offset
 
 
-def checkpoint_model(row: CheckpointRow) -> types.Checkpoint:
-    return types.Checkpoint(
+def checkpoint_model(row: CheckpointRow) -> wire.Checkpoint:
+    return wire.Checkpoint(
         checkpoint_id=row.checkpoint_id,
         checkpoint_type=row.checkpoint_type,  # type: ignore[arg-type]
         time=as_utc(row.time),
@@ -107,10 +107,10 @@ def _str_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
     return {str(k): v if isinstance(v, str) else str(v) for k, v in metadata.items()}
 
 
-def training_run_model(session: Session, run: TrainingRunRow) -> types.TrainingRun:
+def training_run_model(session: Session, run: TrainingRunRow) -> wire.TrainingRun:
     last = _latest(session, run.id, "training")
     last_sampler = _latest(session, run.id, "sampler")
-    return types.TrainingRun(
+    return wire.TrainingRun(
         training_run_id=run.id,
         base_model=run.base_model,
         model_owner=run.owner,

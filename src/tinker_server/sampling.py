@@ -19,7 +19,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from tinker import types
+from . import wire
 
 from .context import Context
 from .convert import sample_job, sample_response
@@ -59,14 +59,14 @@ class SamplingService:
                 engine.drop_adapter(victim)
 
     async def create_sampling_session(
-        self, owner: str, req: types.CreateSamplingSessionRequest
-    ) -> types.CreateSamplingSessionResponse:
+        self, owner: str, req: wire.CreateSamplingSessionRequest
+    ) -> wire.CreateSamplingSessionResponse:
         ctx = self._ctx
         sampler_id = f"{req.session_id}:sample:{req.sampling_session_seq_id}"
         with self._lock, ctx.db.session() as s:
             session_row = owned_session(s, req.session_id, owner)
             if s.get(SamplerRow, sampler_id) is not None:
-                return types.CreateSamplingSessionResponse(sampling_session_id=sampler_id)
+                return wire.CreateSamplingSessionResponse(sampling_session_id=sampler_id)
             pending = self._creating.get(sampler_id)
             if pending is None:
                 model_path = req.model_path
@@ -114,9 +114,9 @@ class SamplingService:
             with self._lock:
                 if self._creating.get(sampler_id) is pending:
                     del self._creating[sampler_id]
-        return types.CreateSamplingSessionResponse(sampling_session_id=sampler_id)
+        return wire.CreateSamplingSessionResponse(sampling_session_id=sampler_id)
 
-    def asample(self, owner: str, req: types.SampleRequest, *, backpressure: bool) -> types.UntypedAPIFuture:
+    def asample(self, owner: str, req: wire.SampleRequest, *, backpressure: bool) -> wire.UntypedAPIFuture:
         ctx = self._ctx
         if req.sampling_session_id is None:
             raise InvalidRequest(
@@ -154,9 +154,9 @@ class SamplingService:
                 self._touch(engine, base_model, sampler_id)
 
         worker.submit(SampleTask(request_id=request_id, job=job, prepare=prepare, on_result=sample_response))
-        return types.UntypedAPIFuture(request_id=request_id, model_id=sampler_id)
+        return wire.UntypedAPIFuture(request_id=request_id, model_id=sampler_id)
 
-    def get_sampler(self, owner: str, sampler_id: str) -> types.GetSamplerResponse:
+    def get_sampler(self, owner: str, sampler_id: str) -> wire.GetSamplerResponse:
         with self._ctx.db.session() as s:
             row = owned_sampler(s, sampler_id, owner)
-            return types.GetSamplerResponse(sampler_id=row.id, base_model=row.base_model, model_path=row.model_path)
+            return wire.GetSamplerResponse(sampler_id=row.id, base_model=row.base_model, model_path=row.model_path)

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tinker import types
+from . import wire
 
 from .context import Context
 from .db import SamplerRow, SessionRow, TrainingRunRow, utcnow
@@ -39,7 +39,7 @@ class SessionService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
 
-    def create(self, owner: str, request: types.CreateSessionRequest) -> types.CreateSessionResponse:
+    def create(self, owner: str, request: wire.CreateSessionRequest) -> wire.CreateSessionResponse:
         now = utcnow()
         session_id = str(uuid.uuid4())
         with self._ctx.db.session() as s:
@@ -55,16 +55,16 @@ class SessionService:
                     expired=False,
                 )
             )
-        return types.CreateSessionResponse(session_id=session_id)
+        return wire.CreateSessionResponse(session_id=session_id)
 
-    def heartbeat(self, owner: str, session_id: str) -> types.SessionHeartbeatResponse:
+    def heartbeat(self, owner: str, session_id: str) -> wire.SessionHeartbeatResponse:
         with self._ctx.db.session() as s:
             row = owned_session(s, session_id, owner)
             row.last_heartbeat = utcnow()
             row.expired = False
-        return types.SessionHeartbeatResponse()
+        return wire.SessionHeartbeatResponse()
 
-    def list_sessions(self, owner: str, limit: int, offset: int) -> types.ListSessionsResponse:
+    def list_sessions(self, owner: str, limit: int, offset: int) -> wire.ListSessionsResponse:
         limit, offset = page_bounds(limit, offset)
         with self._ctx.db.session() as s:
             ids = s.scalars(
@@ -74,9 +74,9 @@ class SessionService:
                 .limit(limit)
                 .offset(offset)
             ).all()
-        return types.ListSessionsResponse(sessions=list(ids))
+        return wire.ListSessionsResponse(sessions=list(ids))
 
-    def get(self, owner: str, session_id: str) -> types.GetSessionResponse:
+    def get(self, owner: str, session_id: str) -> wire.GetSessionResponse:
         with self._ctx.db.session() as s:
             owned_session(s, session_id, owner)
             runs = s.scalars(
@@ -87,7 +87,7 @@ class SessionService:
             samplers = s.scalars(
                 sa.select(SamplerRow.id).where(SamplerRow.session_id == session_id).order_by(SamplerRow.created_at)
             ).all()
-        return types.GetSessionResponse(training_run_ids=list(runs), sampler_ids=list(samplers))
+        return wire.GetSessionResponse(training_run_ids=list(runs), sampler_ids=list(samplers))
 
     # -- expiry -----------------------------------------------------------------------------
 

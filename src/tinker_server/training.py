@@ -19,18 +19,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tinker import types
+from . import wire
 
 from .context import Context
 from .convert import adam_config, train_data, train_response
 from .db import CheckpointRow, SamplerRow, TrainingRunRow, utcnow
 from .engine import LoraSpec, UserInputError, validate_train_request
+from .engine.losses import loss_names
 from .errors import Gone, InvalidRequest
 from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
 from .records import find_checkpoint, owned_run, owned_session, readable_checkpoint
 from .scheduler import CallTask, ForwardTask, Task, Worker
 
-__all__ = ["EPHEMERAL_SAMPLERS_KEPT", "LoadWeightsBody", "MAX_LORA_RANK", "TrainingService"]
+__all__ = ["EPHEMERAL_SAMPLERS_KEPT", "MAX_LORA_RANK", "TrainingService"]
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,8 @@ MAX_LORA_RANK = 512
 EPHEMERAL_SAMPLERS_KEPT = 4
 
 
-class LoadWeightsBody(types.LoadWeightsRequest):
-    """``/load_weights`` as both 0.5.1 clients send it: the PyPI release omits ``optimizer``."""
-
-    optimizer: bool = False
-
-
-def _future(request_id: str, model_id: str | None) -> types.UntypedAPIFuture:
-    return types.UntypedAPIFuture(request_id=request_id, model_id=model_id)
+def _future(request_id: str, model_id: str | None) -> wire.UntypedAPIFuture:
+    return wire.UntypedAPIFuture(request_id=request_id, model_id=model_id)
 
 
 class TrainingService:
@@ -58,10 +53,10 @@ class TrainingService:
 
     # -- create / info / unload -------------------------------------------------------------
 
-    def create_model(self, owner: str, req: types.CreateModelRequest) -> types.UntypedAPIFuture:
+    def create_model(self, owner: str, req: wire.CreateModelRequest) -> wire.UntypedAPIFuture:
         ctx = self._ctx
         run_id = f"{req.session_id}:train:{req.model_seq_id}"
-        lora = req.lora_config or types.LoraConfig(rank=DEFAULT_LORA_RANK)
+        lora = req.lora_config or wire.LoraConfig(rank=DEFAULT_LORA_RANK)
         with self._lock, ctx.db.session() as s:
             session_row = owned_session(s, req.session_id, owner)
             if s.get(TrainingRunRow, run_id) is not None:
@@ -119,7 +114,7 @@ class TrainingService:
                 request_id=request_id,
                 queue_key=run_id,
                 fn=lambda engine: engine.create_adapter(run_id, spec),
-                on_result=lambda _: types.CreateModelResponse(model_id=run_id).model_dump(mode="json"),
+                on_result=lambda _: wire.CreateModelResponse(model_id=run_id).model_dump(mode="json"),
                 on_error=on_error,
             )
         )
@@ -129,7 +124,7 @@ class TrainingService:
         with self._ctx.db.session() as s:
             return owned_run(s, model_id, owner)
 
-    def unload_model(self, owner: str, model_id: str) -> types.UntypedAPIFuture:
+    def unload_model(self, owner: str, model_id: str) -> wire.UntypedAPIFuture:
         ctx = self._ctx
         with self._lock, ctx.db.session() as s:
             run = owned_run(s, model_id, owner)
@@ -148,7 +143,7 @@ class TrainingService:
                 request_id=request_id,
                 queue_key=model_id,
                 fn=drop,
-                on_result=lambda _: types.UnloadModelResponse(model_id=model_id, type="unload_model").model_dump(
+                on_result=lambda _: wire.UnloadModelResponse(model_id=model_id, type="unload_model").model_dump(
                     mode="json"
                 ),
             )
@@ -164,7 +159,7 @@ class TrainingService:
         seq_id: int | None,
         kind: str,
         build: Callable[[TrainingRunRow, Worker, Any], Task],
-    ) -> types.UntypedAPIFuture:
+    ) -> wire.UntypedAPIFuture:
         ctx = self._ctx
         with self._lock, ctx.db.session() as s:
             run = owned_run(s, model_id, owner)
@@ -205,17 +200,20 @@ class TrainingService:
 
     # -- forward / backward / optimizer -----------------------------------------------------
 
-    def forward(self, owner: str, req: types.ForwardRequest) -> types.UntypedAPIFuture:
+    def forward(self, owner: str, req: wire.ForwardRequest) -> wire.UntypedAPIFuture:
         return self._forward(owner, req.model_id, req.seq_id, req.forward_input, backward=False)
 
-    def forward_backward(self, owner: str, req: types.ForwardBackwardRequest) -> types.UntypedAPIFuture:
+    def forward_backward(self, owner: str, req: wire.ForwardBackwardRequest) -> wire.UntypedAPIFuture:
         return self._forward(owner, req.model_id, req.seq_id, req.forward_backward_input, backward=True)
 
     def _forward(
-        self, owner: str, model_id: str, seq_id: int | None, fwd: types.ForwardBackwardInput, *, backward: bool
-    ) -> types.UntypedAPIFuture:
+        self, owner: str, model_id: str, seq_id: int | None, fwd: wire.ForwardBackwardInput, *, backward: bool
+    ) -> wire.UntypedAPIFuture:
         field = "forward_backward_input" if backward else "forward_input"
         loss_fn = fwd.loss_fn
+
+        if loss_fn not in loss_names():
+            raise InvalidRequest(f"{field}.loss_fn: unknown loss_fn {loss_fn!r}; expected one of: {', '.join(loss_names())}")
 
         def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
             data = train_data(fwd.data, loss_fn, worker.info, field=field)
@@ -241,14 +239,14 @@ class TrainingService:
 
         return self._submit(owner, model_id, seq_id, "forward_backward" if backward else "forward", build)
 
-    def optim_step(self, owner: str, req: types.OptimStepRequest) -> types.UntypedAPIFuture:
-        config = adam_config(req.adam_params)
+    def optim_step(self, owner: str, req: wire.OptimStepRequest) -> wire.UntypedAPIFuture:
+        config = adam_config(req)
         model_id = req.model_id
 
         def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
             return CallTask(
                 fn=lambda engine: engine.optim_step(model_id, config),
-                on_result=lambda metrics: types.OptimStepResponse(
+                on_result=lambda metrics: wire.OptimStepResponse(
                     metrics={str(k): float(v) for k, v in (metrics or {}).items()}
                 ).model_dump(mode="json"),
             )
@@ -292,7 +290,7 @@ class TrainingService:
             on_result=on_result,
         )
 
-    def save_weights(self, owner: str, req: types.SaveWeightsRequest) -> types.UntypedAPIFuture:
+    def save_weights(self, owner: str, req: wire.SaveWeightsRequest) -> wire.UntypedAPIFuture:
         def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
             name = req.path if req.path is not None else f"ckpt-{req.seq_id if req.seq_id is not None else 0:06d}"
             ref = CheckpointRef(run.id, "weights", validate_checkpoint_name(name))
@@ -300,12 +298,12 @@ class TrainingService:
                 owner,
                 ref,
                 optimizer=True,
-                response=lambda path: types.SaveWeightsResponse(path=path, type="save_weights").model_dump(mode="json"),
+                response=lambda path: wire.SaveWeightsResponse(path=path, type="save_weights").model_dump(mode="json"),
             )
 
         return self._submit(owner, req.model_id, req.seq_id, "save_weights", build)
 
-    def save_weights_for_sampler(self, owner: str, req: types.SaveWeightsForSamplerRequest) -> types.UntypedAPIFuture:
+    def save_weights_for_sampler(self, owner: str, req: wire.SaveWeightsForSamplerRequest) -> wire.UntypedAPIFuture:
         if req.path is None and req.sampling_session_seq_id is None:
             raise InvalidRequest("save_weights_for_sampler needs a name (path) or a sampling_session_seq_id")
 
@@ -316,7 +314,7 @@ class TrainingService:
                     owner,
                     ref,
                     optimizer=False,
-                    response=lambda path: types.SaveWeightsForSamplerResponseInternal(
+                    response=lambda path: wire.SaveWeightsForSamplerResponse(
                         path=path, type="save_weights_for_sampler"
                     ).model_dump(mode="json", exclude_none=True),
                 )
@@ -368,12 +366,12 @@ class TrainingService:
 
         return CallTask(
             fn=fn,
-            on_result=lambda _: types.SaveWeightsForSamplerResponseInternal(
+            on_result=lambda _: wire.SaveWeightsForSamplerResponse(
                 path=None, sampling_session_id=sampler_id, type="save_weights_for_sampler"
             ).model_dump(mode="json"),
         )
 
-    def load_weights(self, owner: str, req: LoadWeightsBody) -> types.UntypedAPIFuture:
+    def load_weights(self, owner: str, req: wire.LoadWeightsRequest) -> wire.UntypedAPIFuture:
         ref = parse_tinker_path(req.path)
         optimizer = bool(req.optimizer)
         if optimizer and ref.kind != "weights":
@@ -396,7 +394,7 @@ class TrainingService:
                 )
             return CallTask(
                 fn=lambda engine: engine.load_adapter(model_id, directory, optimizer=optimizer),
-                on_result=lambda _: types.LoadWeightsResponse(path=req.path, type="load_weights").model_dump(
+                on_result=lambda _: wire.LoadWeightsResponse(path=req.path, type="load_weights").model_dump(
                     mode="json"
                 ),
             )

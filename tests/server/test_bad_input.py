@@ -40,9 +40,10 @@ def test_malformed_json_and_missing_fields(api: Api) -> None:
     response = api.post("create_session", {"tags": []})
     assert response.status_code == 400
     detail = _detail(response)
-    assert "user_metadata" in detail and "sdk_version" in detail
+    assert "sdk_version" in detail  # user_metadata may be absent: 0.18+ clients drop nulls
+    # Unknown keys are ignored, as the official service does: newer clients add fields.
     response = api.post("create_session", {"tags": [], "user_metadata": None, "sdk_version": "0.5.1", "bogus": 1})
-    assert "bogus: unknown field" in _detail(response)
+    assert response.status_code == 200 and response.json()["session_id"]
 
 
 def test_unknown_base_model(api: Api) -> None:

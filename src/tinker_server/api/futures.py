@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from tinker import types
+from .. import wire
 
 from ..errors import NotFound
 from ..futures import render
@@ -15,7 +15,7 @@ router = APIRouter(tags=["futures"])
 
 
 @router.post("/retrieve_future")
-async def retrieve_future(body: types.FutureRetrieveRequest, owner: Owner, runtime: RuntimeDep) -> Response:
+async def retrieve_future(body: wire.FutureRetrieveRequest, owner: Owner, runtime: RuntimeDep) -> Response:
     row = runtime.futures.get(body.request_id)
     if row is None or row.owner != owner:
         raise NotFound(f"unknown request_id {body.request_id!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tinker import types
+from .. import wire
 
 from .deps import Owner, RuntimeDep
 
@@ -12,28 +12,28 @@ router = APIRouter(tags=["models"])
 
 
 @router.post("/create_model")
-async def create_model(body: types.CreateModelRequest, owner: Owner, runtime: RuntimeDep) -> types.UntypedAPIFuture:
+async def create_model(body: wire.CreateModelRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     return runtime.training.create_model(owner, body)
 
 
 @router.post("/get_info")
-async def get_info(body: types.GetInfoRequest, owner: Owner, runtime: RuntimeDep) -> types.GetInfoResponse:
+async def get_info(body: wire.GetInfoRequest, owner: Owner, runtime: RuntimeDep) -> wire.GetInfoResponse:
     return await runtime.catalog.get_info(owner, body.model_id)
 
 
 @router.post("/unload_model")
-async def unload_model(body: types.UnloadModelRequest, owner: Owner, runtime: RuntimeDep) -> types.UntypedAPIFuture:
+async def unload_model(body: wire.UnloadModelRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     return runtime.training.unload_model(owner, body.model_id)
 
 
 @router.post("/weights_info")
-async def weights_info(body: types.WeightsInfoRequest, owner: Owner, runtime: RuntimeDep) -> types.WeightsInfoResponse:
+async def weights_info(body: wire.WeightsInfoRequest, owner: Owner, runtime: RuntimeDep) -> wire.WeightsInfoResponse:
     return runtime.checkpoints.weights_info(owner, body.tinker_path)
 
 
 @router.post("/tokenizer_files")
 async def tokenizer_files(
-    body: types.TokenizerFilesRequest, _owner: Owner, runtime: RuntimeDep
-) -> types.TokenizerFilesResponse:
+    body: wire.TokenizerFilesRequest, _owner: Owner, runtime: RuntimeDep
+) -> wire.TokenizerFilesResponse:
     """Our extension: a served model's tokenizer files, so clients need no model hub."""
     return await runtime.catalog.tokenizer_files(body.tokenizer_id)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
-from tinker import types
+from .. import wire
 
 from ..paths import KIND_TO_TYPE
 from .deps import Limit, Offset, Owner, RuntimeDep
@@ -24,17 +24,17 @@ _CHECKPOINT = "/training_runs/{run_id}/checkpoints/{checkpoint_id:path}"
 @router.get("/training_runs")
 async def list_training_runs(
     owner: Owner, runtime: RuntimeDep, limit: Limit = 20, offset: Offset = 0
-) -> types.TrainingRunsResponse:
+) -> wire.TrainingRunsResponse:
     return runtime.checkpoints.list_runs(owner, limit, offset)
 
 
 @router.get("/training_runs/{run_id}")
-async def get_training_run(run_id: str, owner: Owner, runtime: RuntimeDep) -> types.TrainingRun:
+async def get_training_run(run_id: str, owner: Owner, runtime: RuntimeDep) -> wire.TrainingRun:
     return runtime.checkpoints.get_run(owner, run_id)
 
 
 @router.get("/training_runs/{run_id}/checkpoints")
-async def list_checkpoints(run_id: str, owner: Owner, runtime: RuntimeDep) -> types.CheckpointsListResponse:
+async def list_checkpoints(run_id: str, owner: Owner, runtime: RuntimeDep) -> wire.CheckpointsListResponse:
     return runtime.checkpoints.list_run_checkpoints(owner, run_id)
 
 
@@ -70,7 +70,7 @@ async def delete_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, runti
 @router.get("/checkpoints")
 async def list_user_checkpoints(
     owner: Owner, runtime: RuntimeDep, limit: Limit = 100, offset: Offset = 0
-) -> types.CheckpointsListResponse:
+) -> wire.CheckpointsListResponse:
     return runtime.checkpoints.list_user_checkpoints(owner, limit, offset)
 
 

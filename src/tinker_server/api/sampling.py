@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header
 
-from tinker import types
+from .. import wire
 
 from .deps import Owner, RuntimeDep
 
@@ -15,21 +15,21 @@ router = APIRouter(tags=["sampling"])
 
 @router.post("/create_sampling_session")
 async def create_sampling_session(
-    body: types.CreateSamplingSessionRequest, owner: Owner, runtime: RuntimeDep
-) -> types.CreateSamplingSessionResponse:
+    body: wire.CreateSamplingSessionRequest, owner: Owner, runtime: RuntimeDep
+) -> wire.CreateSamplingSessionResponse:
     return await runtime.sampling.create_sampling_session(owner, body)
 
 
 @router.post("/asample")
 async def asample(
-    body: types.SampleRequest,
+    body: wire.SampleRequest,
     owner: Owner,
     runtime: RuntimeDep,
     backpressure: Annotated[str | None, Header(alias="X-Tinker-Sampling-Backpressure")] = None,
-) -> types.UntypedAPIFuture:
+) -> wire.UntypedAPIFuture:
     return runtime.sampling.asample(owner, body, backpressure=backpressure == "1")
 
 
 @router.get("/samplers/{sampler_id}")
-async def get_sampler(sampler_id: str, owner: Owner, runtime: RuntimeDep) -> types.GetSamplerResponse:
+async def get_sampler(sampler_id: str, owner: Owner, runtime: RuntimeDep) -> wire.GetSamplerResponse:
     return runtime.sampling.get_sampler(owner, sampler_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from tinker import types
+from .. import wire
 
 from .deps import Owner, RuntimeDep
 
@@ -12,17 +12,17 @@ router = APIRouter(tags=["service"])
 
 
 @router.get("/healthz")
-async def healthz() -> types.HealthResponse:
-    return types.HealthResponse(status="ok")
+async def healthz() -> wire.HealthResponse:
+    return wire.HealthResponse(status="ok")
 
 
 @router.get("/get_server_capabilities")
-async def get_server_capabilities(_owner: Owner, runtime: RuntimeDep) -> types.GetServerCapabilitiesResponse:
+async def get_server_capabilities(_owner: Owner, runtime: RuntimeDep) -> wire.GetServerCapabilitiesResponse:
     return runtime.catalog.capabilities()
 
 
 @router.post("/telemetry")
-async def telemetry(request: Request) -> types.TelemetryResponse:
+async def telemetry(request: Request) -> wire.TelemetryResponse:
     """Accepts any body, always: a failing endpoint would slow every client error (Q10)."""
     await request.body()
-    return types.TelemetryResponse(status="accepted")
+    return wire.TelemetryResponse(status="accepted")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tinker import types
+from .. import wire
 
 from .deps import Limit, Offset, Owner, RuntimeDep
 
@@ -13,23 +13,23 @@ router = APIRouter(tags=["sessions"])
 
 @router.post("/create_session")
 async def create_session(
-    body: types.CreateSessionRequest, owner: Owner, runtime: RuntimeDep
-) -> types.CreateSessionResponse:
+    body: wire.CreateSessionRequest, owner: Owner, runtime: RuntimeDep
+) -> wire.CreateSessionResponse:
     return runtime.sessions.create(owner, body)
 
 
 @router.post("/session_heartbeat")
 async def session_heartbeat(
-    body: types.SessionHeartbeatRequest, owner: Owner, runtime: RuntimeDep
-) -> types.SessionHeartbeatResponse:
+    body: wire.SessionHeartbeatRequest, owner: Owner, runtime: RuntimeDep
+) -> wire.SessionHeartbeatResponse:
     return runtime.sessions.heartbeat(owner, body.session_id)
 
 
 @router.get("/sessions")
-async def list_sessions(owner: Owner, runtime: RuntimeDep, limit: Limit = 20, offset: Offset = 0) -> types.ListSessionsResponse:
+async def list_sessions(owner: Owner, runtime: RuntimeDep, limit: Limit = 20, offset: Offset = 0) -> wire.ListSessionsResponse:
     return runtime.sessions.list_sessions(owner, limit, offset)
 
 
 @router.get("/sessions/{session_id}")
-async def get_session(session_id: str, owner: Owner, runtime: RuntimeDep) -> types.GetSessionResponse:
+async def get_session(session_id: str, owner: Owner, runtime: RuntimeDep) -> wire.GetSessionResponse:
     return runtime.sessions.get(owner, session_id)
