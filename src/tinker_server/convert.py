@@ -228,7 +228,8 @@ def sample_job(request: wire.SampleRequest, adapter_id: str | None, info: Any) -
     )
 
 
-def sample_response(output: SampleOutput) -> dict[str, Any]:
+def sample_response(output: SampleOutput, sequence_ids: list[str]) -> dict[str, Any]:
+    """The result of a sample request; ``sequence_ids[i]`` names ``output.sequences[i]``."""
     topk = None
     if output.topk_prompt_logprobs is not None:
         topk = [
@@ -240,8 +241,9 @@ def sample_response(output: SampleOutput) -> dict[str, Any]:
                 stop_reason=seq.stop_reason,
                 tokens=[int(t) for t in seq.tokens],
                 logprobs=[float(x) for x in seq.logprobs],
+                sequence_id=sequence_id,
             )
-            for seq in output.sequences
+            for seq, sequence_id in zip(output.sequences, sequence_ids, strict=True)
         ],
         prompt_logprobs=None
         if output.prompt_logprobs is None

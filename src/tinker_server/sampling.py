@@ -153,8 +153,17 @@ class SamplingService:
                             row.unloaded_reason = None
                 self._touch(engine, base_model, sampler_id)
 
-        worker.submit(SampleTask(request_id=request_id, job=job, prepare=prepare, on_result=sample_response))
-        return wire.UntypedAPIFuture(request_id=request_id, model_id=sampler_id)
+        # One id per sample (0.26+ clients require them); a retried submit gets new ones.
+        sequence_ids = [f"{request_id}:{i}" for i in range(job.num_samples)]
+        worker.submit(
+            SampleTask(
+                request_id=request_id,
+                job=job,
+                prepare=prepare,
+                on_result=lambda output: sample_response(output, sequence_ids),
+            )
+        )
+        return wire.UntypedAPIFuture(request_id=request_id, model_id=sampler_id, sample_sequence_ids=sequence_ids)
 
     def get_sampler(self, owner: str, sampler_id: str) -> wire.GetSamplerResponse:
         with self._ctx.db.session() as s:
