@@ -7,10 +7,10 @@ import logging
 from typing import Any
 
 from . import wire
-
 from .context import Context
 from .errors import NotFound
 from .records import owned_run
+from .training import DEFAULT_OPTIMIZER
 from .scheduler import CallTask
 
 __all__ = ["Catalog"]
@@ -26,9 +26,18 @@ class Catalog:
         self._tokenizer_cache: dict[str, wire.TokenizerFilesResponse] = {}
 
     def capabilities(self) -> wire.GetServerCapabilitiesResponse:
-        return wire.GetServerCapabilitiesResponse(
-            supported_models=[wire.SupportedModel(model_name=name) for name in self._ctx.scheduler.models]
-        )
+        models = []
+        for name in self._ctx.scheduler.models:
+            info = self._ctx.scheduler.worker(name).info  # None until the model is first loaded
+            models.append(
+                wire.SupportedModel(
+                    model_name=name,
+                    max_context_length=None if info is None else int(info.max_context),
+                    trainable=True,
+                    sampleable=True,
+                )
+            )
+        return wire.GetServerCapabilitiesResponse(supported_models=models)
 
     async def model_info(self, model_name: str) -> Any:
         """The engine's :class:`ModelInfo`, loading the model first if needed."""
@@ -49,6 +58,7 @@ class Catalog:
             is_lora=True,
             lora_rank=run.lora_rank,
             model_name=run.base_model,
+            optimizer_config=run.optimizer_config or DEFAULT_OPTIMIZER,
         )
 
     async def tokenizer_files(self, tokenizer_id: str) -> wire.TokenizerFilesResponse:

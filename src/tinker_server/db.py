@@ -1,18 +1,20 @@
 """Metadata tables (SQLAlchemy 2) and the database handle.
 
 The same code runs on SQLite (the embedded default, a file under ``TINKER_HOME``)
-and PostgreSQL: only the URL changes. Tables are created at startup.
+and PostgreSQL: only the URL changes. Tables are created at startup, and columns
+added since an older version are added to its existing tables (``add_missing_columns``).
 
 Ids are the public ones: a training run's id is its model id
 ``<session_id>:train:<model_seq_id>``, a sampler's is
 ``<session_id>:sample:<sampling_session_seq_id>``, a checkpoint is keyed by
-``(run_id, checkpoint_id)`` with ``checkpoint_id`` = ``weights/<name>`` or
-``sampler_weights/<name>``.
+``(run_id, checkpoint_id)`` with ``checkpoint_id`` = ``weights/<name>``,
+``sampler_weights/<name>`` or ``external_weights/<name>``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -21,8 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "Base",
+    "add_missing_columns",
     "CheckpointRow",
     "Database",
     "RequestRow",
@@ -58,6 +63,10 @@ class SessionRow(Base):
     created_at: Mapped[dt.datetime]
     last_heartbeat: Mapped[dt.datetime]
     expired: Mapped[bool] = mapped_column(default=False)
+    display_name: Mapped[str | None] = mapped_column(sa.Text, default=None)
+    project_id: Mapped[str | None] = mapped_column(sa.String(256), default=None)
+    # Set by POST /sessions/{id}/finish ("success", "errored", "interrupted"); later heartbeats get 410.
+    finished_reason: Mapped[str | None] = mapped_column(sa.String(32), default=None)
 
 
 class TrainingRunRow(Base):
@@ -74,6 +83,8 @@ class TrainingRunRow(Base):
     created_at: Mapped[dt.datetime]
     last_request_time: Mapped[dt.datetime]
     corrupted: Mapped[bool] = mapped_column(default=False)
+    # {"type": "adamw"} unless the run was created with another optimizer family.
+    optimizer_config: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # Highest training seq_id accepted so far (0 = none).
     last_seq_id: Mapped[int] = mapped_column(default=0)
     # Why the adapter is no longer in memory (None while it is usable).
@@ -124,11 +135,16 @@ class CheckpointRow(Base):
     run_id: Mapped[str] = mapped_column(sa.String(128), index=True)
     owner: Mapped[str] = mapped_column(sa.String(64), index=True)
     checkpoint_id: Mapped[str] = mapped_column(sa.String(300))
-    checkpoint_type: Mapped[str] = mapped_column(sa.String(16))  # training|sampler
+    checkpoint_type: Mapped[str] = mapped_column(sa.String(16))  # training|sampler|external
     time: Mapped[dt.datetime]
     tinker_path: Mapped[str] = mapped_column(sa.Text)
     size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
     public: Mapped[bool] = mapped_column(default=False)
+    # From the save's ttl_seconds (or PUT .../ttl); None = kept until deleted. Past it the
+    # checkpoint is gone for every reader, and the sweeper removes row and folder.
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
+    # The save's user_metadata (0.27+ clients), shown in listings.
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class Database:
@@ -145,7 +161,12 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def create_tables(self) -> None:
+        """Create missing tables, then add columns that a database made by an older
+        version lacks (see :func:`add_missing_columns`)."""
         Base.metadata.create_all(self.engine)
+        added = add_missing_columns(self.engine, Base.metadata)
+        if added:
+            log.info("database upgraded: added column(s) %s", ", ".join(added))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -155,6 +176,57 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def add_missing_columns(engine: sa.Engine, metadata: sa.MetaData) -> list[str]:
+    """Bring existing tables up to the current models: ``ALTER TABLE … ADD COLUMN`` for
+    every column a model has and its table lacks, plus the indexes on those columns.
+
+    This is the whole migration story: new columns must be nullable or have a scalar
+    default (existing rows get it). Returns the added ``table.column`` names.
+    """
+    added: list[str] = []
+    inspector = sa.inspect(engine)
+    tables = set(inspector.get_table_names())
+    for table in metadata.sorted_tables:
+        if table.name not in tables:
+            continue
+        present = {col["name"] for col in inspector.get_columns(table.name)}
+        missing = [col for col in table.columns if col.name not in present]
+        for column in missing:
+            ddl = _add_column_sql(engine.dialect, table, column)
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+            except sa.exc.DBAPIError:
+                # Another server starting on the same database may have added it first.
+                if column.name not in {col["name"] for col in sa.inspect(engine).get_columns(table.name)}:
+                    raise
+            added.append(f"{table.name}.{column.name}")
+        names = {col.name for col in missing}
+        for index in table.indexes:
+            if names & {col.name for col in index.columns}:
+                index.create(engine, checkfirst=True)
+    return added
+
+
+def _add_column_sql(dialect: sa.Dialect, table: sa.Table, column: sa.Column[Any]) -> str:
+    quote = dialect.identifier_preparer
+    column_type = column.type.compile(dialect=dialect)
+    sql = f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.format_column(column)} {column_type}"
+    default = column.default
+    scalar = default is not None and getattr(default, "is_scalar", False) and getattr(default, "arg", None) is not None
+    if scalar:
+        literal = sa.literal(default.arg, type_=column.type)  # type: ignore[union-attr]
+        sql += " DEFAULT " + str(literal.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    if not column.nullable:
+        if not scalar:
+            raise RuntimeError(
+                f"cannot upgrade the database: new column {table.name}.{column.name} is NOT NULL without a "
+                "default; give it a default or make it nullable"
+            )
+        sql += " NOT NULL"
+    return sql
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

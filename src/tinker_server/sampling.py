@@ -20,7 +20,6 @@ from collections import OrderedDict
 from typing import Any
 
 from . import wire
-
 from .context import Context
 from .convert import sample_job, sample_response
 from .db import SamplerRow, utcnow

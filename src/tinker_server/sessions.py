@@ -17,15 +17,21 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import wire
-
 from .context import Context
 from .db import SamplerRow, SessionRow, TrainingRunRow, utcnow
+from .errors import Gone
 from .records import owned_session, page_bounds
 from .scheduler import CallTask
 
-__all__ = ["SessionService"]
+__all__ = ["SessionService", "check_not_finished"]
 
 log = logging.getLogger(__name__)
+
+
+def check_not_finished(row: SessionRow) -> None:
+    """410 for work in a session the client has finished (0.26+ clients stop heartbeating on 410)."""
+    if row.finished_reason is not None:
+        raise Gone(f"session {row.id} was finished by the client ({row.finished_reason}); start a new session")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class SessionService:
                     created_at=now,
                     last_heartbeat=now,
                     expired=False,
+                    display_name=request.display_name,
+                    project_id=request.project_id,
                 )
             )
         return wire.CreateSessionResponse(session_id=session_id)
@@ -60,9 +68,21 @@ class SessionService:
     def heartbeat(self, owner: str, session_id: str) -> wire.SessionHeartbeatResponse:
         with self._ctx.db.session() as s:
             row = owned_session(s, session_id, owner)
+            check_not_finished(row)
             row.last_heartbeat = utcnow()
             row.expired = False
         return wire.SessionHeartbeatResponse()
+
+    def finish(self, owner: str, session_id: str, request: wire.SessionFinishRequest) -> dict[str, str]:
+        """The client is done with the session (0.27+ ``ServiceClient.close``): its adapters
+        leave memory at once; runs, samplers' metadata and checkpoints stay. The first reason
+        wins; finishing again is a no-op."""
+        with self._ctx.db.session() as s:
+            row = owned_session(s, session_id, owner)
+            if row.finished_reason is None:
+                row.finished_reason = request.reason.type
+        self._release([session_id], f"its session was finished by the client ({request.reason.type})")
+        return {"status": "finished"}
 
     def list_sessions(self, owner: str, limit: int, offset: int) -> wire.ListSessionsResponse:
         limit, offset = page_bounds(limit, offset)
@@ -78,7 +98,7 @@ class SessionService:
 
     def get(self, owner: str, session_id: str) -> wire.GetSessionResponse:
         with self._ctx.db.session() as s:
-            owned_session(s, session_id, owner)
+            row = owned_session(s, session_id, owner)
             runs = s.scalars(
                 sa.select(TrainingRunRow.id)
                 .where(TrainingRunRow.session_id == session_id)
@@ -87,7 +107,12 @@ class SessionService:
             samplers = s.scalars(
                 sa.select(SamplerRow.id).where(SamplerRow.session_id == session_id).order_by(SamplerRow.created_at)
             ).all()
-        return wire.GetSessionResponse(training_run_ids=list(runs), sampler_ids=list(samplers))
+            return wire.GetSessionResponse(
+                training_run_ids=list(runs),
+                sampler_ids=list(samplers),
+                display_name=row.display_name,
+                user_metadata=row.user_metadata,
+            )
 
     # -- expiry -----------------------------------------------------------------------------
 
@@ -96,17 +121,21 @@ class SessionService:
         now = now or utcnow()
         timeout = self._ctx.settings.session_timeout_s
         cutoff = now - dt.timedelta(seconds=timeout)
-        drops: list[_Drop] = []
         with self._ctx.db.session() as s:
             stale = s.scalars(
                 sa.select(SessionRow).where(SessionRow.expired.is_(False), SessionRow.last_heartbeat < cutoff)
             ).all()
-            if not stale:
-                return []
             ids = [row.id for row in stale]
-            for row in stale:
+        if ids:
+            self._release(ids, f"its session expired (no heartbeat for {timeout:g} s)")
+        return ids
+
+    def _release(self, ids: list[str], reason: str) -> None:
+        """Mark the sessions expired and drop their runs' and samplers' adapters."""
+        drops: list[_Drop] = []
+        with self._ctx.db.session() as s:
+            for row in s.scalars(sa.select(SessionRow).where(SessionRow.id.in_(ids))).all():
                 row.expired = True
-            reason = f"its session expired (no heartbeat for {timeout:g} s)"
             runs = s.scalars(
                 sa.select(TrainingRunRow).where(
                     TrainingRunRow.session_id.in_(ids), TrainingRunRow.unloaded_reason.is_(None)
@@ -125,8 +154,7 @@ class SessionService:
                 drops.append(_Drop(sampler.base_model, sampler.id, None))
         for drop in drops:
             self._drop_adapter(drop)
-        log.info("expired %d session(s), dropped %d adapter(s)", len(ids), len(drops))
-        return ids
+        log.info("released %d session(s) (%s), dropped %d adapter(s)", len(ids), reason, len(drops))
 
     def _drop_adapter(self, drop: _Drop) -> None:
         try:

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     # derived from session_timeout_s.
     sweep_interval_s: Annotated[float | None, pydantic.Field(gt=0)] = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Keys merged over the answer to POST /api/v1/client/config (JSON object in the
+    # environment), e.g. {"fwdbwd_max_chunk_len": 2, "proto_compress_fwdbwd": true}.
+    client_config: dict[str, Any] = {}
+    # How long a run holds a forward_backward whose seq_id is ahead of the next expected
+    # one (0.20+ clients send the chunks of a large call concurrently, the first last)
+    # before failing the held requests; and how many it holds at most.
+    seq_gap_timeout_s: Annotated[float, pydantic.Field(gt=0)] = 60.0
+    max_held_requests: Annotated[int, pydantic.Field(ge=1)] = 256
 
     @pydantic.field_validator("home", mode="after")
     @classmethod

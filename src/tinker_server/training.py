@@ -20,7 +20,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import wire
-
 from .context import Context
 from .convert import adam_config, train_data, train_response
 from .db import CheckpointRow, SamplerRow, TrainingRunRow, utcnow
@@ -30,12 +29,14 @@ from .errors import Gone, InvalidRequest
 from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
 from .records import find_checkpoint, owned_run, owned_session, readable_checkpoint
 from .scheduler import CallTask, ForwardTask, Task, Worker
+from .sessions import check_not_finished
 
-__all__ = ["EPHEMERAL_SAMPLERS_KEPT", "MAX_LORA_RANK", "TrainingService"]
+__all__ = ["DEFAULT_OPTIMIZER", "EPHEMERAL_SAMPLERS_KEPT", "MAX_LORA_RANK", "TrainingService", "optimizer_family"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LORA_RANK = 32
+DEFAULT_OPTIMIZER: dict[str, Any] = {"type": "adamw"}
 MAX_LORA_RANK = 512
 # Ephemeral samplers (save_weights_and_get_sampling_client) kept in memory per run;
 # older ones are dropped when a newer one is made.
@@ -54,23 +55,60 @@ class TrainingService:
     # -- create / info / unload -------------------------------------------------------------
 
     def create_model(self, owner: str, req: wire.CreateModelRequest) -> wire.UntypedAPIFuture:
-        ctx = self._ctx
-        run_id = f"{req.session_id}:train:{req.model_seq_id}"
         lora = req.lora_config or wire.LoraConfig(rank=DEFAULT_LORA_RANK)
+        if not 1 <= lora.rank <= MAX_LORA_RANK:
+            raise InvalidRequest(f"lora_config.rank must be between 1 and {MAX_LORA_RANK}, got {lora.rank}")
+        if not (lora.train_mlp or lora.train_attn or lora.train_unembed):
+            raise InvalidRequest("lora_config: at least one of train_mlp, train_attn, train_unembed must be true")
+        spec = LoraSpec(
+            rank=lora.rank,
+            seed=lora.seed,
+            train_mlp=lora.train_mlp,
+            train_attn=lora.train_attn,
+            train_unembed=lora.train_unembed,
+        )
+        return self._new_run(
+            owner,
+            req.session_id,
+            req.model_seq_id,
+            base_model=req.base_model,
+            lora_config=lora.model_dump(mode="json"),
+            optimizer_config=optimizer_family(req.optimizer_config, "optimizer_config"),
+            user_metadata=req.user_metadata,
+            kind="create_model",
+            fn=lambda engine, run_id: engine.create_adapter(run_id, spec),
+            response=lambda run_id: wire.CreateModelResponse(model_id=run_id),
+        )
+
+    def _new_run(
+        self,
+        owner: str,
+        session_id: str,
+        model_seq_id: int,
+        *,
+        base_model: str,
+        lora_config: dict[str, Any],
+        optimizer_config: dict[str, Any],
+        user_metadata: dict[str, Any] | None,
+        kind: str,
+        fn: Callable[[Any, str], Any],
+        response: Callable[[str], Any],
+    ) -> wire.UntypedAPIFuture:
+        """Record a new run ``<session>:train:<model_seq_id>`` and queue ``fn(engine, run_id)``
+        that creates its adapter. A retried submit returns the first one's request id."""
+        ctx = self._ctx
+        run_id = f"{session_id}:train:{model_seq_id}"
         with self._lock, ctx.db.session() as s:
-            session_row = owned_session(s, req.session_id, owner)
+            session_row = owned_session(s, session_id, owner)
+            check_not_finished(session_row)
             if s.get(TrainingRunRow, run_id) is not None:
                 dup = ctx.futures.find_by_dedup(s, f"{run_id}#create")
                 if dup is not None:
                     return _future(dup.id, run_id)
-                raise InvalidRequest(f"model_seq_id {req.model_seq_id} was already used in session {req.session_id}")
-            if req.model_seq_id < 0:
-                raise InvalidRequest(f"model_seq_id must be >= 0, got {req.model_seq_id}")
-            worker = ctx.scheduler.worker(req.base_model)
-            if not 1 <= lora.rank <= MAX_LORA_RANK:
-                raise InvalidRequest(f"lora_config.rank must be between 1 and {MAX_LORA_RANK}, got {lora.rank}")
-            if not (lora.train_mlp or lora.train_attn or lora.train_unembed):
-                raise InvalidRequest("lora_config: at least one of train_mlp, train_attn, train_unembed must be true")
+                raise InvalidRequest(f"model_seq_id {model_seq_id} was already used in session {session_id}")
+            if model_seq_id < 0:
+                raise InvalidRequest(f"model_seq_id must be >= 0, got {model_seq_id}")
+            worker = ctx.scheduler.worker(base_model)
             worker.check_capacity()
             now = utcnow()
             session_row.expired = False
@@ -79,28 +117,20 @@ class TrainingService:
                 TrainingRunRow(
                     id=run_id,
                     owner=owner,
-                    session_id=req.session_id,
-                    model_seq_id=req.model_seq_id,
-                    base_model=req.base_model,
-                    lora_rank=lora.rank,
-                    lora_config=lora.model_dump(mode="json"),
-                    user_metadata=req.user_metadata,
+                    session_id=session_id,
+                    model_seq_id=model_seq_id,
+                    base_model=base_model,
+                    lora_rank=int(lora_config["rank"]),
+                    lora_config=lora_config,
+                    optimizer_config=optimizer_config,
+                    user_metadata=user_metadata,
                     created_at=now,
                     last_request_time=now,
                     last_seq_id=0,
                 )
             )
             request_id = ctx.futures.new_id()
-            ctx.futures.add(
-                s, request_id=request_id, owner=owner, kind="create_model", model_id=run_id, dedup_key=f"{run_id}#create"
-            )
-        spec = LoraSpec(
-            rank=lora.rank,
-            seed=lora.seed,
-            train_mlp=lora.train_mlp,
-            train_attn=lora.train_attn,
-            train_unembed=lora.train_unembed,
-        )
+            ctx.futures.add(s, request_id=request_id, owner=owner, kind=kind, model_id=run_id, dedup_key=f"{run_id}#create")
 
         def on_error(exc: BaseException) -> None:
             with ctx.db.session() as s2:
@@ -113,8 +143,8 @@ class TrainingService:
             CallTask(
                 request_id=request_id,
                 queue_key=run_id,
-                fn=lambda engine: engine.create_adapter(run_id, spec),
-                on_result=lambda _: wire.CreateModelResponse(model_id=run_id).model_dump(mode="json"),
+                fn=lambda engine: fn(engine, run_id),
+                on_result=lambda _: response(run_id).model_dump(mode="json"),
                 on_error=on_error,
             )
         )
@@ -380,6 +410,8 @@ class TrainingService:
                 "load it without the optimizer, or use a tinker://.../weights/<name> checkpoint"
             )
         directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
+        if req.model_id is None:
+            return self._create_from_checkpoint(owner, req, ref, directory, optimizer=optimizer)
         model_id = req.model_id
 
         def build(run: TrainingRunRow, worker: Worker, s: Any) -> Task:
@@ -400,3 +432,52 @@ class TrainingService:
             )
 
         return self._submit(owner, model_id, req.seq_id, "load_weights", build)
+
+    def _create_from_checkpoint(
+        self, owner: str, req: wire.LoadWeightsRequest, ref: CheckpointRef, directory: Any, *, optimizer: bool
+    ) -> wire.UntypedAPIFuture:
+        """``load_weights`` with ``session_id`` + ``model_seq_id`` (0.24+ clients): a new run
+        ``<session>:train:<model_seq_id>`` configured like the checkpoint's run, holding its
+        weights (and optimizer state when ``optimizer``)."""
+        if req.session_id is None or req.model_seq_id is None:
+            raise InvalidRequest(
+                "load_weights needs model_id (load into an existing run) or session_id and model_seq_id "
+                "(create a run from the checkpoint)"
+            )
+        with self._ctx.db.session() as s:
+            source_run, _row = readable_checkpoint(s, ref, owner)
+            base_model = source_run.base_model
+            lora_config = dict(source_run.lora_config)
+            source_optimizer = source_run.optimizer_config or DEFAULT_OPTIMIZER
+        if req.base_model is not None and req.base_model != base_model:
+            raise InvalidRequest(f"{req.path} was trained on {base_model}; it cannot be loaded onto {req.base_model}")
+        if optimizer:
+            optimizer_config = source_optimizer
+        else:
+            optimizer_config = optimizer_family(req.optimizer_config or source_optimizer, "optimizer_config")
+        path = req.path
+        return self._new_run(
+            owner,
+            req.session_id,
+            req.model_seq_id,
+            base_model=base_model,
+            lora_config=lora_config,
+            optimizer_config=optimizer_config,
+            user_metadata=req.user_metadata,
+            kind="load_weights",
+            fn=lambda engine, run_id: engine.load_adapter(run_id, directory, optimizer=optimizer),
+            response=lambda run_id: wire.LoadWeightsResponse(model_id=run_id, path=path),
+        )
+
+
+def optimizer_family(config: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """The optimizer a run is created with: AdamW (the default) is the one this server has."""
+    if config is None:
+        return dict(DEFAULT_OPTIMIZER)
+    family = config.get("type", "adamw")
+    if family != "adamw":
+        raise InvalidRequest(
+            f"{where}: the {family!r} optimizer is not supported by this server; use the default adamw "
+            "(AdamParams in optim_step)"
+        )
+    return {"type": "adamw"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from .. import wire
-
 from .deps import Owner, RuntimeDep
 
 router = APIRouter(tags=["models"])

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 
 from .. import wire
-
 from .deps import Owner, RuntimeDep
 
 router = APIRouter(tags=["sampling"])

@@ -1,11 +1,13 @@
-"""Service endpoints: health, capabilities, telemetry."""
+"""Service endpoints: health, capabilities, client configuration, telemetry, the caller's key."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
-from .. import wire
-
+from .. import protocol, wire
+from ..auth import api_key_info
 from .deps import Owner, RuntimeDep
 
 router = APIRouter(tags=["service"])
@@ -26,3 +28,20 @@ async def telemetry(request: Request) -> wire.TelemetryResponse:
     """Accepts any body, always: a failing endpoint would slow every client error (Q10)."""
     await request.body()
     return wire.TelemetryResponse(status="accepted")
+
+
+@router.post("/client/config")
+async def client_config(_owner: Owner, runtime: RuntimeDep) -> dict[str, Any]:
+    """What 0.18+ clients ask first: the protocol features this server supports."""
+    return protocol.client_config(runtime.settings)
+
+
+@router.post("/client/dynamic_config")
+async def client_dynamic_config(_owner: Owner, runtime: RuntimeDep) -> dict[str, Any]:
+    return protocol.client_dynamic_config(runtime.settings)
+
+
+@router.get("/auth/apikey/me")
+async def api_key_me(owner: Owner) -> wire.ApiKeyInfo:
+    """The key in use (``tinker auth login`` checks a pasted key with it)."""
+    return api_key_info(owner)

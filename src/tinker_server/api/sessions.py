@@ -1,11 +1,10 @@
-"""Sessions: create, heartbeat, list, get."""
+"""Sessions: create, heartbeat, finish, list, get."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from .. import wire
-
 from .deps import Limit, Offset, Owner, RuntimeDep
 
 router = APIRouter(tags=["sessions"])
@@ -33,3 +32,10 @@ async def list_sessions(owner: Owner, runtime: RuntimeDep, limit: Limit = 20, of
 @router.get("/sessions/{session_id}")
 async def get_session(session_id: str, owner: Owner, runtime: RuntimeDep) -> wire.GetSessionResponse:
     return runtime.sessions.get(owner, session_id)
+
+
+@router.post("/sessions/{session_id}/finish")
+async def finish_session(
+    session_id: str, body: wire.SessionFinishRequest, owner: Owner, runtime: RuntimeDep
+) -> dict[str, str]:
+    return runtime.sessions.finish(owner, session_id, body)
