@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinker_server.engine import Engine, LoraSpec, TrainDatum
+from tinker_server.engine import TINY_MODEL, Engine, LoraSpec, TrainDatum, load_engine
 
 from .conftest import MergedReference, adapter_grads, assert_tensors_close, random_datums, randomize_adapter
 
@@ -134,3 +134,120 @@ def test_per_token_clip_thresholds_override_config(engine: Engine) -> None:
         d.loss_fn_inputs["clip_high_threshold"] = np.full(n, 1.1, np.float32)
     via_tensors = engine.forward_backward("a", data, "ppo", None, backward=False).metrics["loss:sum"]
     assert via_tensors == pytest.approx(via_config, rel=1e-6)
+
+
+# -- gspo: one importance ratio per sequence ----------------------------------------------------
+
+
+def ref_gspo(lp, d, cfg):
+    """Tinker's GSPO-token: every token's ratio has the value of its sequence's ratio
+    ``s = exp(mean(lp - q))`` over the counted tokens, and the gradient of its own ``lp``."""
+    lo, hi = cfg.get("clip_low_threshold", 0.8), cfg.get("clip_high_threshold", 1.2)
+    q, a = _t(d, "logprobs"), _t(d, "advantages")
+    counted = (_t(d, "sequence_ratio_mask") != 0) if "sequence_ratio_mask" in d.loss_fn_inputs else (a != 0)
+    s = torch.exp((lp.detach() - q)[counted].mean()) if bool(counted.any()) else torch.tensor(1.0)
+    p = torch.exp(lp)
+    r = s * p / p.detach()
+    return -torch.minimum(r * a, torch.clamp(r, lo, hi) * a).sum()
+
+
+def _sequence_ratio(engine: Engine, datum: TrainDatum) -> float:
+    lp = torch.from_numpy(engine.forward_backward("a", [datum], "cross_entropy", None, backward=False)
+                          .loss_fn_outputs[0]["logprobs"])
+    a = _t(datum, "advantages")
+    mask = (_t(datum, "sequence_ratio_mask") != 0) if "sequence_ratio_mask" in datum.loss_fn_inputs else (a != 0)
+    return float(torch.exp((lp - _t(datum, "logprobs"))[mask].mean())) if bool(mask.any()) else 1.0
+
+
+def _gspo_data(engine: Engine, mask: str) -> list[TrainDatum]:
+    """Six datums whose sequence ratios fall below, inside and above [0.8, 1.2]; ``mask``:
+    ``"all"`` (every datum has sequence_ratio_mask), ``"none"`` (none has: nonzero advantages
+    count), or ``"mixed"``."""
+    data = random_datums(6, seed=21, keys=("advantages",))
+    rng = np.random.default_rng(22)
+    current = engine.forward_backward("a", data, "cross_entropy", None, backward=False).loss_fn_outputs
+    # log s = -offset: ratios 1.82, 1.16, 0.95, (1.0: no counted token when masked), 0.74, 0.50
+    for i, (datum, out, offset) in enumerate(zip(data, current, (-0.6, -0.15, 0.05, 0.1, 0.3, 0.7))):
+        n = len(datum.tokens)
+        counted = np.ones(n, bool)
+        counted[:2] = False
+        if mask == "all" or (mask == "mixed" and i % 2 == 0):
+            m = counted.astype(np.float32)  # prompt-like positions outside the ratio (they still carry advantages)
+            if i == 3:
+                m[:] = 0.0  # no counted token: the ratio is 1
+            datum.loss_fn_inputs["sequence_ratio_mask"] = m
+        else:
+            datum.loss_fn_inputs["advantages"][:2] = 0.0  # prompt positions: no advantage, not counted
+        noise = rng.normal(0.0, 0.4, n)  # token ratios spread widely; their mean over the counted tokens is 0
+        noise -= noise[counted].mean()
+        datum.loss_fn_inputs["logprobs"] = (out["logprobs"] + noise + offset).astype(np.float32)
+    return data
+
+
+@pytest.mark.parametrize(("mask", "config", "microbatch"), [
+    ("all", None, 2048),
+    ("all", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}, 2048),
+    ("none", None, 2048),
+    ("mixed", None, 2048),
+    ("mixed", None, 24),  # datums spread over several micro-batches
+])
+def test_gspo_matches_autograd_reference(home, mask: str, config, microbatch: int) -> None:
+    engine = load_engine(TINY_MODEL, home=home, max_tokens_per_microbatch=microbatch)
+    engine.create_adapter("a", LoraSpec(rank=4, seed=3))
+    randomize_adapter(engine, "a", seed=11)
+    data = _gspo_data(engine, mask)
+    ratios = [_sequence_ratio(engine, d) for d in data]
+    low, high = (config or {}).get("clip_low_threshold", 0.8), (config or {}).get("clip_high_threshold", 1.2)
+    assert min(ratios) < low and max(ratios) > high and any(low < r < high and r != 1.0 for r in ratios)
+
+    out = engine.forward_backward("a", data, "gspo", config, backward=True)
+
+    ref = MergedReference(engine, "a")
+    total = torch.zeros(())
+    for datum, output in zip(data, out.loss_fn_outputs):
+        lp = ref.logprobs(datum)
+        torch.testing.assert_close(torch.from_numpy(output["logprobs"]), lp.detach(), rtol=1e-5, atol=1e-5)
+        total = total + ref_gspo(lp, datum, config or {})
+    total.backward()
+    assert out.metrics["loss:sum"] == pytest.approx(float(total.detach()), rel=1e-5)
+    assert_tensors_close(adapter_grads(engine, "a"), ref.grads())
+    assert any(float(g.abs().max()) > 0 for k, g in ref.grads().items() if "lora_A" in k)
+
+
+def test_gspo_of_one_token_sequences_is_ppo(engine: Engine) -> None:
+    """With one token per datum the sequence ratio is the token ratio, value and gradient."""
+    engine.create_adapter("a", LoraSpec(rank=4, seed=3))
+    randomize_adapter(engine, "a", seed=5)
+    data = random_datums(12, seed=8, lengths=(1, 1), keys=("advantages",))
+    _old_logprobs_near_current(engine, data, seed=3)
+    config = {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}
+    ppo = engine.forward_backward("a", data, "ppo", config, backward=True).metrics["loss:sum"]
+    ppo_grads = adapter_grads(engine, "a")
+    engine._adapters["a"].zero_grad()
+    gspo = engine.forward_backward("a", data, "gspo", config, backward=True).metrics["loss:sum"]
+    assert gspo == pytest.approx(ppo, rel=1e-6)
+    assert_tensors_close(adapter_grads(engine, "a"), ppo_grads, rtol=1e-6)
+
+
+def test_string_config_values(engine: Engine) -> None:
+    """A loss may declare a string-valued config key; numbers are refused there, strings elsewhere."""
+    from tinker_server.engine import UserInputError, losses
+
+    seen: list[object] = []
+
+    @losses.loss("string_config_for_test", optional=("weights",), config={"mode": "sum", "scale": 2.0})
+    def scaled(lp, inputs, cfg):
+        seen.append(dict(cfg))
+        return -losses.config_number(cfg, "scale") * lp.sum()
+
+    try:
+        engine.create_adapter("a", LoraSpec(rank=2, seed=1))
+        data = random_datums(1, seed=2, keys=())
+        engine.forward_backward("a", data, "string_config_for_test", {"mode": "mean", "scale": 3}, backward=False)
+        assert seen == [{"mode": "mean", "scale": 3.0}]
+        with pytest.raises(UserInputError, match=r"loss_fn_config\['mode'\] must be a string, got 1.0"):
+            engine.forward_backward("a", data, "string_config_for_test", {"mode": 1.0}, backward=False)
+        with pytest.raises(UserInputError, match=r"loss_fn_config\['scale'\] must be a finite number, got 'big'"):
+            engine.forward_backward("a", data, "string_config_for_test", {"scale": "big"}, backward=False)
+    finally:
+        losses.LOSSES.pop("string_config_for_test", None)

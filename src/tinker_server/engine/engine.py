@@ -25,7 +25,7 @@ __all__ = ["Engine", "load_engine"]
 # Errors from torch while computing (out of memory, a kernel refusing a shape).
 _COMPUTE_ERRORS = (RuntimeError, MemoryError, ValueError, IndexError)
 
-FbItem = tuple[str, list[TrainDatum], str, "Mapping[str, float] | None", bool]
+FbItem = tuple[str, list[TrainDatum], str, "Mapping[str, float | str] | None", bool]
 
 
 def load_engine(
@@ -157,7 +157,7 @@ class Engine:
         adapter_id: str,
         data: list[TrainDatum],
         loss_fn: str,
-        loss_fn_config: Mapping[str, float] | None,
+        loss_fn_config: Mapping[str, float | str] | None,
         *,
         backward: bool,
     ) -> TrainOutput:

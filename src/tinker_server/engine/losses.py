@@ -14,6 +14,16 @@ decided here: ``cispo`` clips the ratio to [0.0, 4.0]; ``dro`` uses ``beta = 0.0
 ``ppo`` and ``cispo`` also accept per-token ``clip_low_threshold`` /
 ``clip_high_threshold`` inputs (older clients sent them as tensors); per-token
 values win over the config.
+
+A loss registered with ``per_datum=True`` also receives :class:`Segments`, the
+datum each token of the flat tensors belongs to (``gspo`` needs it: its ratio is
+one value per sequence). Config values are numbers, or strings for keys whose
+default is a string (no built-in loss has one yet); :func:`config_number` reads
+a numeric one.
+
+``stable_reinforce`` is not implemented: its public description needs
+per-sequence "stability information" recorded by the sampler and does not give
+the objective's formula (see docs/losses.md).
 """
 
 from __future__ import annotations
@@ -23,25 +33,61 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LOSSES", "LossFn", "loss_names"]
+__all__ = ["LOSSES", "UNSUPPORTED_LOSSES", "ConfigValue", "LossFn", "Segments", "config_number", "loss_names"]
 
 Tensor = torch.Tensor
-LossCompute = Callable[[Tensor, Mapping[str, Tensor], Mapping[str, float]], Tensor]
+ConfigValue = float | str
+LossCompute = Callable[[Tensor, Mapping[str, Tensor], Mapping[str, ConfigValue]], Tensor]
+SegmentedLossCompute = Callable[[Tensor, Mapping[str, Tensor], Mapping[str, ConfigValue], "Segments"], Tensor]
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Datum boundaries of the flat tensors a loss receives.
+
+    ``ids``: (N,) int64, the datum (0 .. ``count`` - 1, in order, contiguous) that
+    each token belongs to; ``count``: the number of datums.
+    """
+
+    ids: Tensor
+    count: int
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], device: torch.device | str | None = None) -> Segments:
+        counts = torch.tensor(lengths, dtype=torch.long, device=device)
+        ids = torch.repeat_interleave(torch.arange(len(lengths), device=device), counts)
+        return cls(ids, len(lengths))
 
 
 @dataclass(frozen=True)
 class LossFn:
     """A registered loss: its name, the per-token inputs it needs (besides
-    ``target_tokens``), the ones it may take, and its config keys with defaults."""
+    ``target_tokens``), the ones it may take, and its config keys with defaults.
+    ``per_datum``: ``compute`` takes a fourth argument, the :class:`Segments`."""
 
     name: str
-    compute: LossCompute
+    compute: LossCompute | SegmentedLossCompute
     required: tuple[str, ...]
     optional: tuple[str, ...]
-    config: Mapping[str, float]
+    config: Mapping[str, ConfigValue]
+    per_datum: bool = False
+
+    def __call__(self, lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue],
+                 segments: Segments) -> Tensor:
+        """The loss of the flat batch ``lp`` whose datums ``segments`` delimits."""
+        if self.per_datum:
+            return self.compute(lp, inputs, cfg, segments)  # type: ignore[call-arg]
+        return self.compute(lp, inputs, cfg)  # type: ignore[call-arg]
 
 
 LOSSES: dict[str, LossFn] = {}
+
+# Losses the official client can name but this engine does not compute, with the reason
+# (resolving one is a UserInputError that says so, rather than "unknown loss").
+UNSUPPORTED_LOSSES: dict[str, str] = {
+    "stable_reinforce": "its objective is not publicly specified and it needs stability information "
+                        "recorded by the sampler",
+}
 
 
 def loss_names() -> list[str]:
@@ -53,22 +99,31 @@ def loss(
     *,
     required: tuple[str, ...] = (),
     optional: tuple[str, ...] = (),
-    config: Mapping[str, float] | None = None,
+    config: Mapping[str, ConfigValue] | None = None,
+    per_datum: bool = False,
 ) -> Callable[[LossCompute], LossCompute]:
     def register(fn: LossCompute) -> LossCompute:
-        LOSSES[name] = LossFn(name, fn, required, optional, dict(config or {}))
+        LOSSES[name] = LossFn(name, fn, required, optional, dict(config or {}), per_datum)
         return fn
 
     return register
+
+
+def config_number(cfg: Mapping[str, ConfigValue], key: str) -> float:
+    """A numeric config value (validation has already refused strings for numeric keys)."""
+    value = cfg[key]
+    if isinstance(value, str):
+        raise TypeError(f"loss_fn_config[{key!r}] is a string, not a number")
+    return float(value)
 
 
 def _ratio(lp: Tensor, old_lp: Tensor) -> Tensor:
     return torch.exp(lp - old_lp)
 
 
-def _clip_bounds(inputs: Mapping[str, Tensor], cfg: Mapping[str, float]) -> tuple[Tensor | float, Tensor | float]:
-    low = inputs.get("clip_low_threshold", cfg["clip_low_threshold"])
-    high = inputs.get("clip_high_threshold", cfg["clip_high_threshold"])
+def _clip_bounds(inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> tuple[Tensor | float, Tensor | float]:
+    low = inputs.get("clip_low_threshold", config_number(cfg, "clip_low_threshold"))
+    high = inputs.get("clip_high_threshold", config_number(cfg, "clip_high_threshold"))
     return low, high
 
 
@@ -81,7 +136,7 @@ def _clamp(x: Tensor, low: Tensor | float, high: Tensor | float) -> Tensor:
 
 
 @loss("cross_entropy", optional=("weights",))
-def cross_entropy(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, float]) -> Tensor:
+def cross_entropy(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``L = -sum(w * lp)``; ``weights`` default to ones and may be any real value."""
     weights = inputs.get("weights")
     if weights is None:
@@ -90,7 +145,7 @@ def cross_entropy(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, fl
 
 
 @loss("importance_sampling", required=("logprobs", "advantages"))
-def importance_sampling(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, float]) -> Tensor:
+def importance_sampling(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``r = exp(lp - logprobs)``; ``L = -sum(r * A)``."""
     return -(_ratio(lp, inputs["logprobs"]) * inputs["advantages"]).sum()
 
@@ -101,7 +156,7 @@ def importance_sampling(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[s
     optional=("clip_low_threshold", "clip_high_threshold"),
     config={"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
 )
-def ppo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, float]) -> Tensor:
+def ppo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``L = -sum(min(r * A, clamp(r, low, high) * A))``."""
     ratio = _ratio(lp, inputs["logprobs"])
     adv = inputs["advantages"]
@@ -115,7 +170,7 @@ def ppo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, float]) -> T
     optional=("clip_low_threshold", "clip_high_threshold"),
     config={"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
 )
-def cispo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, float]) -> Tensor:
+def cispo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``L = -sum(stopgrad(clamp(r, low, high)) * lp * A)``."""
     low, high = _clip_bounds(inputs, cfg)
     weight = _clamp(_ratio(lp, inputs["logprobs"]), low, high).detach()
@@ -123,7 +178,36 @@ def cispo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, float]) ->
 
 
 @loss("dro", required=("logprobs", "advantages"), config={"beta": 0.05})
-def dro(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, float]) -> Tensor:
+def dro(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``L = -sum(lp * A - beta/2 * (lp - logprobs)^2)``."""
     diff = lp - inputs["logprobs"]
-    return -(lp * inputs["advantages"] - 0.5 * cfg["beta"] * diff * diff).sum()
+    return -(lp * inputs["advantages"] - 0.5 * config_number(cfg, "beta") * diff * diff).sum()
+
+
+@loss(
+    "gspo",
+    required=("logprobs", "advantages"),
+    optional=("sequence_ratio_mask",),
+    config={"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
+    per_datum=True,
+)
+def gspo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue], segments: Segments) -> Tensor:
+    """GSPO, token-level form (the one Tinker documents).
+
+    Per datum ``d``, over its tokens ``M_d`` (``sequence_ratio_mask != 0``; without
+    the mask, the tokens with a nonzero advantage): ``log s_d = mean(lp - logprobs)``
+    taken without gradient, and ``log s_d = 0`` when ``M_d`` is empty. Token ``t``
+    of datum ``d`` has the ratio ``r_t = s_d * exp(lp_t - sg(lp_t))``: value ``s_d``,
+    gradient that of its own ``lp_t``. ``L = -sum(min(r * A, clamp(r, low, high) * A))``.
+    """
+    adv = inputs["advantages"]
+    mask = inputs.get("sequence_ratio_mask")
+    counted = (mask != 0) if mask is not None else (adv != 0)
+    weight = counted.to(lp.dtype)
+    log_ratio = (lp.detach() - inputs["logprobs"]) * weight
+    sums = torch.zeros(segments.count, dtype=lp.dtype, device=lp.device).index_add_(0, segments.ids, log_ratio)
+    sizes = torch.zeros(segments.count, dtype=lp.dtype, device=lp.device).index_add_(0, segments.ids, weight)
+    seq_log_ratio = torch.where(sizes > 0, sums / sizes.clamp(min=1.0), torch.zeros_like(sums))
+    ratio = torch.exp(seq_log_ratio.index_select(0, segments.ids) + (lp - lp.detach()))
+    low, high = config_number(cfg, "clip_low_threshold"), config_number(cfg, "clip_high_threshold")
+    return -torch.minimum(ratio * adv, torch.clamp(ratio, min=low, max=high) * adv).sum()

@@ -25,7 +25,13 @@ from .errors import UserInputError
 from .lora import Adapter
 from .messages import AdamConfig
 
-__all__ = ["adamw_step", "validate_adam"]
+__all__ = ["UNSUPPORTED_OPTIMIZERS", "adamw_step", "validate_adam"]
+
+# Optimizer families the official client can request (create_model's optimizer_config)
+# that this engine does not implement, with the reason. AdamW is the only one implemented.
+UNSUPPORTED_OPTIMIZERS: dict[str, str] = {
+    "dimuon": "its update rule is not publicly specified (only its hyper-parameters are documented)",
+}
 
 
 def validate_adam(cfg: AdamConfig) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from .errors import UserInputError
 from .lora import Adapter
-from .losses import LOSSES, LossFn
+from .losses import LOSSES, UNSUPPORTED_LOSSES, ConfigValue, LossFn, Segments, config_number
 from .messages import TrainDatum, TrainOutput
 from .models import ModelParts
 
@@ -52,7 +52,7 @@ class PreparedRequest:
 
     adapter: Adapter
     loss: LossFn
-    config: dict[str, float]
+    config: dict[str, ConfigValue]
     backward: bool
     rows: list[Row]
     loss_sum: float = 0.0
@@ -60,29 +60,42 @@ class PreparedRequest:
 
 
 def resolve_loss(name: object) -> LossFn:
+    if isinstance(name, str) and name in UNSUPPORTED_LOSSES:
+        raise UserInputError(
+            f"loss_fn {name!r} is not supported by this server: {UNSUPPORTED_LOSSES[name]}; "
+            f"supported: {', '.join(LOSSES)}"
+        )
     if not isinstance(name, str) or name not in LOSSES:
         raise UserInputError(f"unknown loss_fn {name!r}; expected one of: {', '.join(LOSSES)}")
     return LOSSES[name]
 
 
-def resolve_config(loss: LossFn, config: Mapping[str, float] | None) -> dict[str, float]:
+def resolve_config(loss: LossFn, config: Mapping[str, ConfigValue] | None) -> dict[str, ConfigValue]:
+    """``config`` merged over the loss's defaults. A key whose default is a string takes a
+    string; every other key takes a finite number (stored as float)."""
     merged = dict(loss.config)
     if config is None:
         return merged
     if not isinstance(config, Mapping):
-        raise UserInputError(f"loss_fn_config must be a mapping of names to numbers, got {type(config).__name__}")
+        raise UserInputError(f"loss_fn_config must be a mapping of names to values, got {type(config).__name__}")
     for key, value in config.items():
         if key not in loss.config:
             expected = ", ".join(loss.config) if loss.config else "none"
             raise UserInputError(f"unknown loss_fn_config key {key!r} for {loss.name}; accepted keys: {expected}")
+        if isinstance(loss.config[key], str):
+            if not isinstance(value, str):
+                raise UserInputError(f"loss_fn_config[{key!r}] must be a string, got {value!r}")
+            merged[key] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise UserInputError(f"loss_fn_config[{key!r}] must be a finite number, got {value!r}")
         merged[key] = float(value)
-    if "clip_low_threshold" in merged and merged["clip_low_threshold"] > merged["clip_high_threshold"]:
-        raise UserInputError(
-            f"loss_fn_config clip_low_threshold ({merged['clip_low_threshold']}) is greater than "
-            f"clip_high_threshold ({merged['clip_high_threshold']})"
-        )
+    if "clip_low_threshold" in merged:
+        low, high = config_number(merged, "clip_low_threshold"), config_number(merged, "clip_high_threshold")
+        if low > high:
+            raise UserInputError(
+                f"loss_fn_config clip_low_threshold ({low}) is greater than clip_high_threshold ({high})"
+            )
     return merged
 
 
@@ -181,7 +194,7 @@ def prepare_request(
     adapter: Adapter,
     data: Sequence[TrainDatum],
     loss_fn: str,
-    loss_fn_config: Mapping[str, float] | None,
+    loss_fn_config: Mapping[str, ConfigValue] | None,
     backward: bool,
     *,
     vocab_size: int,
@@ -196,12 +209,12 @@ def prepare_request(
 def validate_train_request(
     data: Sequence[TrainDatum],
     loss_fn: str,
-    loss_fn_config: Mapping[str, float] | None,
+    loss_fn_config: Mapping[str, ConfigValue] | None,
     *,
     backward: bool,
     vocab_size: int,
     max_context: int,
-) -> tuple[LossFn, dict[str, float], list[Row]]:
+) -> tuple[LossFn, dict[str, ConfigValue], list[Row]]:
     """Every check of a training request, needing no adapter (so a server can also run it
     when the request is submitted). Returns the loss, its resolved config and the datums'
     rows; raises :class:`UserInputError` naming what is wrong."""
@@ -327,7 +340,8 @@ def _run_microbatch(parts: ModelParts, requests: list[PreparedRequest],
             flat = torch.cat(pieces)
             inputs = {key: torch.cat([batch[i][2].inputs[key] for i in positions]).to(device)
                       for key in batch[positions[0]][2].inputs}
-            value = req.loss.compute(flat, inputs, req.config)
+            segments = Segments.from_lengths([int(p.shape[0]) for p in pieces], device)
+            value = req.loss(flat, inputs, req.config, segments)
             number = float(value.detach())
             if not math.isfinite(number):
                 raise UserInputError(
