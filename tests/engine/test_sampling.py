@@ -271,3 +271,168 @@ def test_kv_cache_room_is_bounded_and_grows(tuned: Engine) -> None:
     big = sampling._new_cache(tuned._parts, room=10_000).layers[0]
     big.update(keys, keys)
     assert big.key_buffer.shape[2] == 10 + 64  # not 10 + 10_000
+
+
+# -- extra outputs: top-k sampled logprobs, prompt_logprobs_last_n, target / alternative prompt tokens --
+
+
+def _reference_prompt_logp(engine: Engine, adapter_id: str, prompt: list[int]) -> torch.Tensor:
+    """(P - 1, V) log p(. | prompt[:i + 1]) from a plain teacher-forced forward at T = 1."""
+    return torch.log_softmax(MergedReference(engine, adapter_id).logits(prompt)[:-1].detach(), dim=-1)
+
+
+@pytest.mark.parametrize(("temperature", "top_k"), [(0.7, 5), (0.0, -1), (1.0, -1)])
+def test_topk_sample_logprobs_match_a_plain_forward(tuned: Engine, temperature: float, top_k: int) -> None:
+    out = _one(tuned, SampleJob("a", PROMPT, num_samples=2, max_tokens=7, seed=3, temperature=temperature,
+                                top_k=top_k, topk_sample_logprobs=4))
+    ref = MergedReference(tuned, "a")
+    for seq in out.sequences:
+        assert seq.topk_logprobs is not None and len(seq.topk_logprobs) == len(seq.tokens) == 7
+        logits = ref.logits(PROMPT + seq.tokens)[len(PROMPT) - 1 : -1].detach()
+        logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # same distribution as seq.logprobs
+        best = torch.topk(logp, 4, dim=-1)
+        for step, pairs in enumerate(seq.topk_logprobs):
+            assert [t for t, _ in pairs] == best.indices[step].tolist()
+            # Decoding through the KV cache and the teacher-forced forward round differently in
+            # float32 (~1e-4 after dividing by T here, packed weights or not), as for seq.logprobs.
+            np.testing.assert_allclose([v for _, v in pairs], best.values[step].numpy(), rtol=0, atol=3e-4)
+            # the reported logprob of the sampled token is read from the very same distribution
+            listed = dict(pairs)
+            if seq.tokens[step] in listed:
+                assert listed[seq.tokens[step]] == seq.logprobs[step]
+    assert out.target_prompt_logprobs is None and out.prompt_alt_tokens is None
+
+
+def test_new_options_off_leave_sampling_unchanged(tuned: Engine) -> None:
+    """The extra outputs only read what sampling computes: tokens and logprobs are bit-identical
+    with every option on or off, and nothing extra is returned when they are off."""
+    jobs = [SampleJob("a", PROMPT, num_samples=3, max_tokens=9, seed=1, top_p=0.8, temperature=0.9),
+            SampleJob(None, PROMPT[:5], max_tokens=6, seed=2, temperature=0.0, stop_token_ids=[85]),
+            SampleJob("a", [5, 6], max_tokens=8, seed=4, top_k=7)]
+    plain = tuned.sample(jobs)
+    extras = dict(topk_sample_logprobs=3, prompt_alt_tokens_k=2, prompt_logprobs=True, prompt_logprobs_last_n=2,
+                  topk_prompt_logprobs=2)
+    rich = tuned.sample([
+        SampleJob(**{**vars(job), **extras,
+                     "target_prompt_logprobs": np.full((len(job.prompt) - 1, 2), 7, dtype=np.int64)})
+        for job in jobs
+    ])
+    for x, y in zip(plain, rich):
+        assert isinstance(x, SampleOutput) and isinstance(y, SampleOutput)
+        assert x.prompt_logprobs is None and x.topk_prompt_logprobs is None
+        assert x.target_prompt_logprobs is None and x.prompt_alt_tokens is None
+        assert y.target_prompt_logprobs is not None and y.prompt_alt_tokens is not None
+        for sx, sy in zip(x.sequences, y.sequences):
+            assert sx.topk_logprobs is None and sy.topk_logprobs is not None
+            assert sx.tokens == sy.tokens and sx.logprobs == sy.logprobs and sx.stop_reason == sy.stop_reason
+
+
+def test_choose_tokens_with_a_precomputed_distribution_is_identical() -> None:
+    from tinker_server.engine import sampling
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=gen) * 3
+    temperature = torch.tensor([0.0, 0.5, 1.0, 1.7])
+    top_k = torch.tensor([0, 5, 0, 10])
+    top_p = torch.tensor([1.0, 1.0, 0.6, 0.9])
+    a = sampling.choose_tokens(logits, temperature, top_k, top_p, [torch.Generator().manual_seed(i) for i in range(4)])
+    b = sampling.choose_tokens(logits, temperature, top_k, top_p, [torch.Generator().manual_seed(i) for i in range(4)],
+                               logp=sampling.scaled_logprobs(logits, temperature))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_prompt_logprobs_last_n(tuned: Engine) -> None:
+    logp = _reference_prompt_logp(tuned, "a", PROMPT)
+    expected = logp.gather(1, torch.tensor(PROMPT[1:])[:, None])[:, 0].numpy()
+    n = 3
+    out = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, prompt_logprobs=True, prompt_logprobs_last_n=n,
+                                topk_prompt_logprobs=2))
+    assert len(out.prompt_logprobs) == len(out.topk_prompt_logprobs) == len(PROMPT)
+    assert out.prompt_logprobs[: len(PROMPT) - n] == [None] * (len(PROMPT) - n)
+    assert out.topk_prompt_logprobs[: len(PROMPT) - n] == [None] * (len(PROMPT) - n)
+    np.testing.assert_allclose(out.prompt_logprobs[-n:], expected[-n:], rtol=1e-5, atol=1e-5)
+    for pos, pairs in zip(range(len(PROMPT) - n, len(PROMPT)), out.topk_prompt_logprobs[-n:]):
+        assert [t for t, _ in pairs] == torch.topk(logp[pos - 1], 2).indices.tolist()
+    for big in (len(PROMPT) - 1, len(PROMPT), 100):  # n >= the prompt: every position but the first
+        whole = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, prompt_logprobs=True, prompt_logprobs_last_n=big))
+        assert whole.prompt_logprobs[0] is None
+        np.testing.assert_allclose(whole.prompt_logprobs[1:], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prompt_logprobs_last_n_runs_the_unembedding_only_where_needed(tuned: Engine, monkeypatch) -> None:
+    parts = tuned._parts
+    rows: list[int] = []
+    original = parts.logits
+
+    def counting(hidden: torch.Tensor) -> torch.Tensor:
+        rows.append(int(hidden.shape[0] * hidden.shape[1]))
+        return original(hidden)
+
+    monkeypatch.setattr(parts, "logits", counting)
+    long_prompt = (PROMPT * 40)[:300]
+    _one(tuned, SampleJob("a", long_prompt, max_tokens=0, prompt_logprobs=True, prompt_logprobs_last_n=4))
+    assert sum(rows) == 1 + 4  # the last position (for decoding) and the 4 asked for
+    rows.clear()
+    _one(tuned, SampleJob("a", long_prompt, max_tokens=0, prompt_logprobs=True))
+    assert sum(rows) == 1 + len(long_prompt) - 1
+
+
+def test_target_prompt_logprobs_match_a_plain_forward(tuned: Engine) -> None:
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 512, (len(PROMPT) - 1, 3)).astype(np.int64)
+    targets[:, 0] = PROMPT[1:]  # the prompt's own next tokens ...
+    targets[rng.random(targets.shape) < 0.3] = -1  # ... and some cells without a request
+    out = _one(tuned, SampleJob("a", PROMPT, max_tokens=2, seed=1, target_prompt_logprobs=targets))
+    got = out.target_prompt_logprobs
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == targets.shape
+    logp = _reference_prompt_logp(tuned, "a", PROMPT)
+    expected = logp.gather(1, torch.from_numpy(targets).clamp(min=0)).numpy()
+    expected[targets == -1] = 0.0
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got[targets == -1] == 0.0).all()
+    assert out.prompt_logprobs is None and out.prompt_alt_tokens is None
+
+
+def test_prompt_alt_tokens_match_a_plain_forward(tuned: Engine) -> None:
+    out = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, prompt_alt_tokens_k=5))
+    assert out.prompt_alt_tokens is not None
+    ids, lps = out.prompt_alt_tokens
+    assert ids.dtype == np.int32 and lps.dtype == np.float32
+    assert ids.shape == lps.shape == (len(PROMPT) - 1, 5)
+    best = torch.topk(_reference_prompt_logp(tuned, "a", PROMPT), 5, dim=-1)
+    np.testing.assert_array_equal(ids, best.indices.numpy())
+    np.testing.assert_allclose(lps, best.values.numpy(), rtol=1e-5, atol=1e-5)
+    assert (np.diff(lps, axis=1) <= 0).all()  # best first
+    assert out.prompt_logprobs is None and out.target_prompt_logprobs is None
+
+
+def test_prompt_outputs_of_a_one_token_prompt_are_empty(tuned: Engine) -> None:
+    out = _one(tuned, SampleJob("a", [7], max_tokens=2, seed=1, prompt_alt_tokens_k=3,
+                                target_prompt_logprobs=np.zeros((0, 2), np.int64), prompt_logprobs=True,
+                                prompt_logprobs_last_n=1))
+    assert out.prompt_logprobs == [None]
+    assert out.target_prompt_logprobs.shape == (0, 2)
+    assert out.prompt_alt_tokens[0].shape == out.prompt_alt_tokens[1].shape == (0, 3)
+
+
+def test_extra_outputs_survive_split_batches(tuned: Engine) -> None:
+    """A job split over several decode batches (a small KV budget) keeps its prompt outputs
+    (computed once, with the first piece) and every sample's top-k rows."""
+    from tinker_server.engine import sampling
+
+    targets = np.tile(np.array([[3, -1]], np.int64), (len(PROMPT) - 1, 1))
+    job = SampleJob("a", PROMPT, num_samples=5, max_tokens=6, seed=1, prompt_logprobs=True, prompt_logprobs_last_n=2,
+                    topk_sample_logprobs=2, prompt_alt_tokens_k=2, target_prompt_logprobs=targets)
+    prepared = [sampling.prepare_job(job, tuned._adapters["a"], vocab_size=512, max_context=2048)]
+    whole = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared)[0]
+    per_token = sampling.kv_bytes_per_token(tuned._parts)
+    split = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared, max_kv_bytes=per_token * 30)[0]
+    assert [s.tokens for s in whole.sequences] == [s.tokens for s in split.sequences]
+    for x, y in zip(whole.sequences, split.sequences):  # other batch shapes round differently (~1e-5 per step)
+        assert len(x.topk_logprobs) == len(y.topk_logprobs) == 6
+        assert [[t for t, _ in row] for row in x.topk_logprobs] == [[t for t, _ in row] for row in y.topk_logprobs]
+        np.testing.assert_allclose([[v for _, v in row] for row in x.topk_logprobs],
+                                   [[v for _, v in row] for row in y.topk_logprobs], rtol=0, atol=1e-4)
+    assert whole.prompt_logprobs == split.prompt_logprobs
+    np.testing.assert_array_equal(whole.target_prompt_logprobs, split.target_prompt_logprobs)
+    np.testing.assert_array_equal(whole.prompt_alt_tokens[0], split.prompt_alt_tokens[0])

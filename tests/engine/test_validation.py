@@ -154,6 +154,18 @@ SAMPLE_CASES = [
     (dict(stop_token_ids=[9999]), "stop token id 9999 is outside the vocabulary"),
     (dict(topk_prompt_logprobs=-1), "topk_prompt_logprobs must be an integer from 0 to 512"),
     (dict(prompt=[1] * 2049), "prompt has 2049 tokens, more than the model's context of 2048"),
+    (dict(topk_sample_logprobs=21), "topk_sample_logprobs must be an integer from 0 to 20, got 21"),
+    (dict(topk_sample_logprobs=1.0), "topk_sample_logprobs must be an integer from 0 to 20"),
+    (dict(prompt_alt_tokens_k=-1), "prompt_alt_tokens_k must be an integer from 0 to 20, got -1"),
+    (dict(prompt_logprobs_last_n=2), "prompt_logprobs_last_n requires prompt_logprobs"),
+    (dict(prompt_logprobs=True, prompt_logprobs_last_n=0), "prompt_logprobs_last_n must be a positive integer"),
+    (dict(target_prompt_logprobs=np.zeros((3, 2), np.int64)),
+     "target_prompt_logprobs must have shape [len(prompt) - 1, K] = [2, K], got [3, 2]"),
+    (dict(target_prompt_logprobs=np.zeros(2, np.int64)), "target_prompt_logprobs must have shape"),
+    (dict(target_prompt_logprobs=np.array([[1, 512], [0, -1]])),
+     "target_prompt_logprobs token id 512 is outside the vocabulary (size 512; -1 means no request)"),
+    (dict(target_prompt_logprobs=np.array([[1, -2], [0, -1]])), "target_prompt_logprobs token id -2 is outside"),
+    (dict(target_prompt_logprobs=np.array([[1.5], [0.0]])), "target_prompt_logprobs must hold integer token ids"),
 ]
 
 

@@ -25,12 +25,14 @@ from .messages import (
     TrainOutput,
 )
 from .models import DEFAULT_MODEL, TINY_MODEL, known_models
+from .sampling import MAX_TOPK_LOGPROBS
 from .train import validate_train_request
 
 __all__ = [
     "validate_train_request",
     "DEFAULT_MODEL",
     "LORA_ALPHA",
+    "MAX_TOPK_LOGPROBS",
     "TINY_MODEL",
     "AdamConfig",
     "AdapterNotFound",

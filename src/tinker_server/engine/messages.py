@@ -89,6 +89,22 @@ class SampleJob:
     ``top_k=-1`` and ``top_p=1`` switch those filters off. ``max_tokens=None``
     generates until a stop condition, the context limit or the engine's cap
     (:data:`~tinker_server.engine.sampling.MAX_TOKENS_WHEN_UNSET`).
+
+    Extra outputs (all off by default; ``P = len(prompt)``):
+
+    * ``prompt_logprobs`` / ``topk_prompt_logprobs``: per prompt position, at T = 1.
+      ``prompt_logprobs_last_n=n`` (needs ``prompt_logprobs``) computes both for the
+      last ``n`` prompt positions only; earlier positions are ``None``.
+    * ``topk_sample_logprobs=k``: per generated token, the ``k`` best
+      ``(token_id, logprob)`` pairs of the distribution it was drawn from (the one
+      its reported logprob comes from).
+    * ``target_prompt_logprobs``: int64 ``[P - 1, K]`` token ids, ``-1`` = none;
+      cell ``[i, j]`` asks for ``log p(target[i, j] | prompt[:i + 1])`` at T = 1.
+    * ``prompt_alt_tokens_k=k``: for every prompt position ``i + 1``, the ``k`` most
+      likely tokens given ``prompt[:i + 1]`` and their logprobs (T = 1).
+
+    ``k`` is at most :data:`~tinker_server.engine.sampling.MAX_TOPK_LOGPROBS` for
+    ``topk_sample_logprobs`` and ``prompt_alt_tokens_k``.
     """
 
     adapter_id: str | None
@@ -103,26 +119,43 @@ class SampleJob:
     stop_token_ids: list[int] = field(default_factory=list)
     prompt_logprobs: bool = False
     topk_prompt_logprobs: int = 0
+    topk_sample_logprobs: int = 0
+    prompt_logprobs_last_n: int | None = None
+    target_prompt_logprobs: np.ndarray | None = None
+    prompt_alt_tokens_k: int = 0
 
 
 @dataclass
 class SampledSequence:
-    """Generated tokens (stop token included), their logprobs and why generation ended."""
+    """Generated tokens (stop token included), their logprobs and why generation ended.
+
+    ``topk_logprobs`` (when ``topk_sample_logprobs=k`` was asked): one row per generated
+    token, its distribution's ``k`` best ``(token_id, logprob)`` pairs, best first."""
 
     tokens: list[int]
     logprobs: list[float]
     stop_reason: Literal["length", "stop"]
+    topk_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 @dataclass
 class SampleOutput:
     """``sequences``: one per sample. ``prompt_logprobs``: one per prompt token, the
-    first ``None`` (when requested). ``topk_prompt_logprobs``: per prompt position up to
-    k ``(token_id, logprob)`` pairs, best first, the first ``None`` (when requested)."""
+    first ``None`` (when requested; with ``prompt_logprobs_last_n=n`` all but the last
+    ``n`` are ``None``). ``topk_prompt_logprobs``: per prompt position up to k
+    ``(token_id, logprob)`` pairs, best first, ``None`` where ``prompt_logprobs`` is.
+
+    ``target_prompt_logprobs`` (when requested): float32, the request's shape
+    ``[P - 1, K]``, the asked logprobs and ``0.0`` where the request cell is ``-1``.
+    ``prompt_alt_tokens`` (when ``prompt_alt_tokens_k=k > 0``): ``(ids, logprobs)``,
+    int32 and float32, both ``[P - 1, k]``, row ``i`` the best ``k`` next tokens
+    after ``prompt[:i + 1]``, best first."""
 
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None
+    target_prompt_logprobs: np.ndarray | None = None
+    prompt_alt_tokens: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)

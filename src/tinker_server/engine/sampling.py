@@ -19,7 +19,12 @@ per step and the inverse CDF of the filtered distribution.
 
 Reported logprobs are those of the temperature-scaled distribution
 ``log_softmax(logits / T)`` *before* top-k / top-p truncation (for ``T = 0``,
-``log_softmax(logits)``). Prompt logprobs are always at temperature 1.
+``log_softmax(logits)``); ``topk_sample_logprobs`` reports the best pairs of
+that same distribution. Prompt-side outputs (prompt logprobs, their top-k,
+``target_prompt_logprobs``, ``prompt_alt_tokens``) are always at temperature 1
+and come from the prefill's hidden states: the unembedding runs only over the
+prompt positions some output needs (with ``prompt_logprobs_last_n`` alone, the
+last ``n``), :data:`PROMPT_LOGPROB_CHUNK` positions at a time.
 
 Stopping: a row stops (reason ``"stop"``) right after emitting a token in
 ``stop_token_ids`` or a token that completes one of ``stop_strings`` in the
@@ -41,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .errors import UserInputError
@@ -54,10 +60,13 @@ if TYPE_CHECKING:
 PromptLogprobs = list[float | None]
 TopkPromptLogprobs = list[list[tuple[int, float]] | None]
 
-__all__ = ["MAX_NUM_SAMPLES", "MAX_TOKENS_WHEN_UNSET", "PreparedJob", "prepare_job", "run_jobs"]
+__all__ = ["MAX_NUM_SAMPLES", "MAX_TOKENS_WHEN_UNSET", "MAX_TOPK_LOGPROBS", "PreparedJob", "prepare_job", "run_jobs"]
 
 MAX_TOKENS_WHEN_UNSET = 1024
 MAX_NUM_SAMPLES = 512
+# Most (token, logprob) pairs per position for topk_sample_logprobs and prompt_alt_tokens_k
+# (also capped by the vocabulary size). topk_prompt_logprobs keeps its older limit, the vocabulary.
+MAX_TOPK_LOGPROBS = 20
 PROMPT_LOGPROB_CHUNK = 1024  # prompt positions per lm_head call when computing prompt logprobs
 MAX_KV_CACHE_BYTES = 4 * 2**30  # key/value cache of one decode batch; larger requests run in several
 
@@ -78,6 +87,10 @@ class PreparedJob:
     stop_ids: frozenset[int]
     prompt_logprobs: bool
     topk_prompt_logprobs: int
+    topk_sample_logprobs: int = 0
+    prompt_logprobs_last_n: int | None = None
+    target_prompt_logprobs: np.ndarray | None = None  # int64 [P - 1, K], -1 = none
+    prompt_alt_tokens_k: int = 0
 
 
 def _is_int(value: object) -> bool:
@@ -140,6 +153,18 @@ def prepare_job(job: SampleJob, adapter: Adapter | None, *, vocab_size: int, max
         raise UserInputError(
             f"topk_prompt_logprobs must be an integer from 0 to {vocab_size}, got {job.topk_prompt_logprobs!r}"
         )
+    limit = min(MAX_TOPK_LOGPROBS, vocab_size)
+    for name in ("topk_sample_logprobs", "prompt_alt_tokens_k"):
+        value = getattr(job, name)
+        if not _is_int(value) or not 0 <= value <= limit:
+            raise UserInputError(f"{name} must be an integer from 0 to {limit}, got {value!r}")
+    last_n = job.prompt_logprobs_last_n
+    if last_n is not None:
+        if not _is_int(last_n) or last_n < 1:
+            raise UserInputError(f"prompt_logprobs_last_n must be a positive integer or None, got {last_n!r}")
+        if not job.prompt_logprobs:
+            raise UserInputError("prompt_logprobs_last_n requires prompt_logprobs")
+    targets = _target_ids(job.target_prompt_logprobs, len(prompt), vocab_size)
     job_seed = int(job.seed) if job.seed is not None else secrets.randbits(63)
     return PreparedJob(
         adapter=adapter,
@@ -154,7 +179,35 @@ def prepare_job(job: SampleJob, adapter: Adapter | None, *, vocab_size: int, max
         stop_ids=frozenset(int(t) for t in stop_ids),
         prompt_logprobs=bool(job.prompt_logprobs),
         topk_prompt_logprobs=int(job.topk_prompt_logprobs),
+        topk_sample_logprobs=int(job.topk_sample_logprobs),
+        prompt_logprobs_last_n=None if last_n is None else int(last_n),
+        target_prompt_logprobs=targets,
+        prompt_alt_tokens_k=int(job.prompt_alt_tokens_k),
     )
+
+
+def _target_ids(value: object, prompt_len: int, vocab_size: int) -> np.ndarray | None:
+    """``target_prompt_logprobs`` as an int64 ``[prompt_len - 1, K]`` array, or ``None``."""
+    if value is None:
+        return None
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError):
+        raise UserInputError("target_prompt_logprobs must be a 2-D array of integer token ids") from None
+    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
+        raise UserInputError(f"target_prompt_logprobs must hold integer token ids, got {arr.dtype} values")
+    if arr.ndim != 2 or arr.shape[0] != prompt_len - 1:
+        raise UserInputError(
+            f"target_prompt_logprobs must have shape [len(prompt) - 1, K] = [{prompt_len - 1}, K], "
+            f"got {list(arr.shape)}"
+        )
+    bad = arr[(arr < -1) | (arr >= vocab_size)]
+    if bad.size:
+        raise UserInputError(
+            f"target_prompt_logprobs token id {int(bad[0])} is outside the vocabulary "
+            f"(size {vocab_size}; -1 means no request)"
+        )
+    return arr.astype(np.int64, copy=True)
 
 
 @dataclass
@@ -164,6 +217,7 @@ class _Row:
     position: int  # position id of the next token fed to the model
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    topk: list[list[tuple[int, float]]] = field(default_factory=list)
     stop_reason: str | None = None
 
 
@@ -235,14 +289,23 @@ def _grown(old: torch.Tensor | None, new: torch.Tensor, capacity: int, length: i
     return buffer
 
 
+@dataclass
+class _PromptOutputs:
+    """One job's prompt-side outputs (``None`` where not asked for)."""
+
+    logprobs: PromptLogprobs | None = None
+    topk: TopkPromptLogprobs | None = None
+    targets: np.ndarray | None = None
+    alt: tuple[np.ndarray, np.ndarray] | None = None
+
+
 def _prefill(
     parts: ModelParts, jobs: list[PreparedJob]
-) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, list[PromptLogprobs | None], list[TopkPromptLogprobs | None]]:
+) -> tuple[DynamicCache, torch.Tensor, torch.Tensor, list[_PromptOutputs]]:
     """Run all prompts in one left-padded batch, each row through its own adapter.
 
     Returns (cache with J rows of Pmax positions, valid (J, Pmax) bool mask of real
-    positions, last-position logits (J, V), prompt logprobs and top-k prompt logprobs
-    per job (``None`` where not asked for)).
+    positions, last-position logits (J, V), and each job's prompt-side outputs).
     """
     device = parts.device
     lengths = [len(job.prompt) for job in jobs]
@@ -266,26 +329,57 @@ def _prefill(
             use_cache=True,
         ).last_hidden_state  # (J, Pmax, H)
         last = parts.logits(hidden[:, -1:])[:, 0]  # (J, V)
-    all_lps: list[PromptLogprobs | None] = []
-    all_topk: list[TopkPromptLogprobs | None] = []
-    for j, job in enumerate(jobs):
-        lps: PromptLogprobs = [None]
-        topk: TopkPromptLogprobs = [None]
-        if job.prompt_logprobs or job.topk_prompt_logprobs:
-            offset = width - lengths[j]
-            targets = ids[j, offset + 1 :]
-            with parts.router.route([job.adapter], device):  # type: ignore[attr-defined]
-                for start in range(0, lengths[j] - 1, PROMPT_LOGPROB_CHUNK):
-                    stop = min(start + PROMPT_LOGPROB_CHUNK, lengths[j] - 1)
-                    logits = parts.logits(hidden[j : j + 1, offset + start : offset + stop])[0]
-                    logp = torch.log_softmax(logits, dim=-1)  # (c, V)
-                    lps.extend(logp.gather(1, targets[start:stop, None])[:, 0].tolist())
-                    if job.topk_prompt_logprobs:
-                        vals, idx = torch.topk(logp, job.topk_prompt_logprobs, dim=-1)
-                        topk.extend(list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist()))
-        all_lps.append(lps if job.prompt_logprobs else None)
-        all_topk.append(topk if job.topk_prompt_logprobs else None)
-    return cache, valid, last, all_lps, all_topk
+    outputs = [_prompt_outputs(parts, job, hidden[j, width - lengths[j] :], ids[j, width - lengths[j] :])
+               for j, job in enumerate(jobs)]
+    return cache, valid, last, outputs
+
+
+def _prompt_outputs(parts: ModelParts, job: PreparedJob, hidden: torch.Tensor, prompt: torch.Tensor) -> _PromptOutputs:
+    """The prompt-side outputs of one job from its prompt's hidden states ``(P, H)``.
+
+    Row ``i`` of the next-token distributions (``i`` in ``0 .. P - 2``) follows
+    ``prompt[:i + 1]`` and predicts ``prompt[i + 1]``. Only the rows some output
+    needs go through the unembedding.
+    """
+    count = len(job.prompt) - 1  # next-token distributions inside the prompt
+    out = _PromptOutputs()
+    per_position = job.prompt_logprobs or job.topk_prompt_logprobs > 0
+    first_lp = 0 if job.prompt_logprobs_last_n is None else max(0, count - job.prompt_logprobs_last_n)
+    if job.prompt_logprobs:
+        out.logprobs = [None] * len(job.prompt)
+    if job.topk_prompt_logprobs:
+        out.topk = [None] * len(job.prompt)
+    targets = job.target_prompt_logprobs
+    if targets is not None:
+        out.targets = np.zeros(targets.shape, dtype=np.float32)
+    k_alt = job.prompt_alt_tokens_k
+    if k_alt:
+        out.alt = (np.zeros((count, k_alt), dtype=np.int32), np.zeros((count, k_alt), dtype=np.float32))
+    whole = targets is not None or k_alt > 0
+    start = 0 if whole else (first_lp if per_position else count)
+    if start >= count:
+        return out
+    with parts.router.route([job.adapter], parts.device):  # type: ignore[attr-defined]
+        for a in range(start, count, PROMPT_LOGPROB_CHUNK):
+            b = min(a + PROMPT_LOGPROB_CHUNK, count)
+            logp = torch.log_softmax(parts.logits(hidden[None, a:b])[0], dim=-1)  # (b - a, V)
+            lo = max(a, first_lp)
+            if per_position and lo < b:
+                part = logp[lo - a :]
+                if out.logprobs is not None:
+                    out.logprobs[lo + 1 : b + 1] = part.gather(1, prompt[lo + 1 : b + 1, None])[:, 0].tolist()
+                if out.topk is not None:
+                    vals, idx = torch.topk(part, job.topk_prompt_logprobs, dim=-1)
+                    out.topk[lo + 1 : b + 1] = [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
+            if targets is not None and out.targets is not None and targets.shape[1]:
+                want = torch.from_numpy(targets[a:b]).to(logp.device)
+                got = logp.gather(1, want.clamp(min=0))
+                out.targets[a:b] = torch.where(want >= 0, got, torch.zeros_like(got)).cpu().numpy()
+            if out.alt is not None:
+                vals, idx = torch.topk(logp, k_alt, dim=-1)
+                out.alt[0][a:b] = idx.cpu().numpy()
+                out.alt[1][a:b] = vals.cpu().numpy()
+    return out
 
 
 def _kv(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,23 +410,33 @@ def _attention_mask(parts: ModelParts, mask: torch.Tensor, dtype: torch.dtype) -
     return mask
 
 
+def scaled_logprobs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits / T)`` per row, ``T = 1`` for greedy rows (``T <= 0``): (R, V)."""
+    scale = torch.where(temperature <= 0, torch.ones_like(temperature), temperature)
+    return torch.log_softmax(logits / scale[:, None], dim=-1)
+
+
 def choose_tokens(
     logits: torch.Tensor,
     temperature: torch.Tensor,
     top_k: torch.Tensor,
     top_p: torch.Tensor,
     generators: Sequence[torch.Generator],
+    *,
+    logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row.
 
     ``logits``: (R, V) float32; ``temperature``, ``top_p``: (R,) float; ``top_k``: (R,) int
     (0 = off). Returns ``tokens`` (R,) int64 and their logprobs (R,) under
     ``log_softmax(logits / T)`` (``T = 1`` for greedy rows), before truncation.
+    ``logp``: that distribution when the caller has already computed it
+    (:func:`scaled_logprobs`).
     """
     rows, vocab = logits.shape
     greedy = temperature <= 0
-    scale = torch.where(greedy, torch.ones_like(temperature), temperature)
-    logp = torch.log_softmax(logits / scale[:, None], dim=-1)
+    if logp is None:
+        logp = scaled_logprobs(logits, temperature)
     tokens = logits.argmax(dim=-1)
     sampled = (~greedy).nonzero()[:, 0]
     if sampled.numel():
@@ -400,6 +504,8 @@ def run_jobs(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[P
                 seeds=job.seeds[start : start + step],
                 prompt_logprobs=job.prompt_logprobs and first,
                 topk_prompt_logprobs=job.topk_prompt_logprobs if first else 0,
+                target_prompt_logprobs=job.target_prompt_logprobs if first else None,
+                prompt_alt_tokens_k=job.prompt_alt_tokens_k if first else 0,
             )))
     batches: list[list[tuple[int, PreparedJob]]] = [[]]
     used = 0
@@ -423,7 +529,7 @@ def run_jobs(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[P
 def _run_batch(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[PreparedJob]) -> list[SampleOutput]:
     """Sample the jobs with all their rows in one decode batch."""
     with torch.no_grad():
-        cache, valid, last_logits, prompt_lps, prompt_topk = _prefill(parts, jobs)
+        cache, valid, last_logits, prompt_outputs = _prefill(parts, jobs)
         rows = [
             _Row(job=j, generator=torch.Generator().manual_seed(seed), position=len(job.prompt))
             for j, job in enumerate(jobs)
@@ -437,11 +543,14 @@ def _run_batch(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list
     outputs = []
     for j, job in enumerate(jobs):
         seqs = [
-            SampledSequence(tokens=r.tokens, logprobs=r.logprobs, stop_reason=r.stop_reason or "length")  # type: ignore[arg-type]
+            SampledSequence(tokens=r.tokens, logprobs=r.logprobs, stop_reason=r.stop_reason or "length",  # type: ignore[arg-type]
+                            topk_logprobs=r.topk if job.topk_sample_logprobs else None)
             for r in rows
             if r.job == j
         ]
-        outputs.append(SampleOutput(sequences=seqs, prompt_logprobs=prompt_lps[j], topk_prompt_logprobs=prompt_topk[j]))
+        prompt = prompt_outputs[j]
+        outputs.append(SampleOutput(sequences=seqs, prompt_logprobs=prompt.logprobs, topk_prompt_logprobs=prompt.topk,
+                                    target_prompt_logprobs=prompt.targets, prompt_alt_tokens=prompt.alt))
     return outputs
 
 
@@ -466,7 +575,9 @@ def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[Pr
 
     temperature, top_k, top_p = row_params(active)
     while True:
-        tokens, lps = choose_tokens(logits, temperature, top_k, top_p, [rows[i].generator for i in active])
+        logp = scaled_logprobs(logits, temperature)
+        tokens, lps = choose_tokens(logits, temperature, top_k, top_p, [rows[i].generator for i in active], logp=logp)
+        best = _sample_topk(logp, [jobs[rows[i].job].topk_sample_logprobs for i in active])
         keep: list[int] = []
         for slot, (i, tok, lp) in enumerate(zip(active, tokens.tolist(), lps.tolist())):
             row, job = rows[i], jobs[rows[i].job]
@@ -475,6 +586,8 @@ def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[Pr
                 continue
             row.tokens.append(tok)
             row.logprobs.append(lp)
+            if slot in best:
+                row.topk.append(best[slot])
             if tok in job.stop_ids or (
                 job.stop_strings and _stopped_by_string(tokenizer, row.tokens, job.stop_strings, windows[row.job])
             ):
@@ -503,3 +616,13 @@ def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[Pr
                 use_cache=True,
             ).last_hidden_state
             logits = parts.logits(hidden[:, -1])
+
+
+def _sample_topk(logp: torch.Tensor, ks: list[int]) -> dict[int, list[tuple[int, float]]]:
+    """For each row ``slot`` with ``ks[slot] > 0``: its ``ks[slot]`` best ``(id, logprob)`` pairs."""
+    slots = [slot for slot, k in enumerate(ks) if k > 0]
+    if not slots:
+        return {}
+    index = torch.tensor(slots, dtype=torch.long, device=logp.device)
+    vals, idx = torch.topk(logp.index_select(0, index), max(ks[slot] for slot in slots), dim=-1)
+    return {slot: list(zip(i[: ks[slot]], v[: ks[slot]])) for slot, i, v in zip(slots, idx.tolist(), vals.tolist())}
