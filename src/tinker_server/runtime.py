@@ -133,7 +133,9 @@ class Runtime:
 
     def sweep_once(self) -> None:
         self.sessions.expire_stale()
+        self.training.fail_stalled()
         self.futures.purge_finished_before(utcnow() - dt.timedelta(seconds=self.settings.future_retention_s))
+        self.checkpoints.delete_expired()  # checkpoints past their ttl: row, then folder
 
     async def run_sweeper(self) -> None:
         interval = self.settings.effective_sweep_interval_s

@@ -12,8 +12,10 @@ never seen is an error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +23,14 @@ import sqlalchemy as sa
 
 from . import wire
 from .context import Context
-from .convert import adam_config, train_data, train_response
-from .db import CheckpointRow, SamplerRow, TrainingRunRow, utcnow
+from .convert import adam_config, train_data, train_result
+from .checkpoints import FILES_LOCK, expiry, validate_ttl
+from .db import CheckpointRow, SamplerRow, TrainingRunRow, as_utc, utcnow
 from .engine import LoraSpec, UserInputError, validate_train_request
 from .engine.losses import loss_names
-from .errors import Gone, InvalidRequest
+from .errors import Gone, InvalidRequest, Overloaded
 from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
+from .reorder import ReorderFull, SeqReorder
 from .records import find_checkpoint, owned_run, owned_session, readable_checkpoint
 from .scheduler import CallTask, ForwardTask, Task, Worker
 from .sessions import check_not_finished
@@ -41,6 +45,30 @@ MAX_LORA_RANK = 512
 # Ephemeral samplers (save_weights_and_get_sampling_client) kept in memory per run;
 # older ones are dropped when a newer one is made.
 EPHEMERAL_SAMPLERS_KEPT = 4
+# save_weights_for_sampler kinds (0.38); both are served as a snapshot of the current weights.
+SAMPLER_KINDS = ("snapshot", "inflight")
+
+
+def _exists_message(ref: CheckpointRef) -> str:
+    return (
+        f"checkpoint {ref.tinker_path} already exists; pass overwrite=True to replace it, "
+        "or save under another name"
+    )
+
+
+def _seq_ordered(method: Callable[[Any, str, Any], wire.UntypedAPIFuture]) -> Callable[[Any, str, Any], wire.UntypedAPIFuture]:
+    """For an operation that takes a ``seq_id``: when it is refused with a 400, that id is used
+    up (the client moves on to the next), so it must not hold later submits back."""
+
+    @functools.wraps(method)
+    def submit(self: TrainingService, owner: str, req: Any) -> wire.UntypedAPIFuture:
+        try:
+            return method(self, owner, req)
+        except InvalidRequest:
+            self._use_up(owner, getattr(req, "model_id", None), getattr(req, "seq_id", None))
+            raise
+
+    return submit
 
 
 def _future(request_id: str, model_id: str | None) -> wire.UntypedAPIFuture:
@@ -51,6 +79,9 @@ class TrainingService:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._lock = threading.Lock()
+        self._held: SeqReorder[Task] = SeqReorder(
+            max_held=ctx.settings.max_held_requests, gap_timeout_s=ctx.settings.seq_gap_timeout_s
+        )
 
     # -- create / info / unload -------------------------------------------------------------
 
@@ -190,49 +221,134 @@ class TrainingService:
         kind: str,
         build: Callable[[TrainingRunRow, Worker, Any], Task],
     ) -> wire.UntypedAPIFuture:
+        """Check, record and queue one operation of a run, in ``seq_id`` order.
+
+        A submit ahead of the next expected ``seq_id`` is recorded at once (the client
+        polls it) but held until the ones before it arrive (:mod:`.reorder`). A submit
+        rejected with a 400 uses its ``seq_id`` up, so it leaves no gap behind.
+        """
         ctx = self._ctx
-        with self._lock, ctx.db.session() as s:
-            run = owned_run(s, model_id, owner)
-            dedup_key = f"{model_id}#{seq_id}" if seq_id is not None else None
-            if dedup_key is not None:
-                dup = ctx.futures.find_by_dedup(s, dedup_key)
-                if dup is not None:
-                    if dup.kind != kind:
-                        raise InvalidRequest(
-                            f"seq_id {seq_id} of {model_id} was already used by a {dup.kind} request; "
-                            f"a retried {kind} must not reuse another operation's seq_id"
-                        )
-                    return _future(dup.id, model_id)
-            if run.unloaded_reason is not None:
-                raise Gone(
-                    f"training run {model_id} is no longer loaded: {run.unloaded_reason}. Resume it from a "
-                    f"checkpoint with ServiceClient.create_training_client_from_state('tinker://{model_id}/weights/<name>')"
-                )
-            if seq_id is not None and seq_id <= run.last_seq_id:
-                raise InvalidRequest(
-                    f"seq_id {seq_id} of {model_id} is not after the last accepted seq_id {run.last_seq_id}; "
-                    "operations of a training client must be submitted in order"
-                )
-            worker = ctx.scheduler.worker(run.base_model)
-            worker.check_capacity()
-            task = build(run, worker, s)
-            request_id = ctx.futures.new_id()
-            ctx.futures.add(
-                s, request_id=request_id, owner=owner, kind=kind, model_id=model_id, seq_id=seq_id, dedup_key=dedup_key
-            )
-            if seq_id is not None:
-                run.last_seq_id = seq_id
-            run.last_request_time = utcnow()
+        with self._lock:
+            with ctx.db.session() as s:
+                run = owned_run(s, model_id, owner)
+                dedup_key = f"{model_id}#{seq_id}" if seq_id is not None else None
+                if dedup_key is not None:
+                    dup = ctx.futures.find_by_dedup(s, dedup_key)
+                    if dup is not None:
+                        if dup.kind != kind:
+                            raise InvalidRequest(
+                                f"seq_id {seq_id} of {model_id} was already used by a {dup.kind} request; "
+                                f"a retried {kind} must not reuse another operation's seq_id"
+                            )
+                        return _future(dup.id, model_id)
+                if run.unloaded_reason is not None:
+                    raise Gone(
+                        f"training run {model_id} is no longer loaded: {run.unloaded_reason}. Resume it from a "
+                        f"checkpoint with ServiceClient.create_training_client_from_state("
+                        f"'tinker://{model_id}/weights/<name>')"
+                    )
+                if seq_id is not None and (seq_id <= run.last_seq_id or self._held.is_held(model_id, seq_id)):
+                    raise InvalidRequest(
+                        f"seq_id {seq_id} of {model_id} is not after the last accepted seq_id {run.last_seq_id}; "
+                        "operations of a training client must be submitted in order"
+                    )
+                worker = ctx.scheduler.worker(run.base_model)
+                worker.check_capacity()
+                task = build(run, worker, s)
+                ready = self._accept(s, run, owner, kind, seq_id, dedup_key, task)
+            # Queued under the lock, after the rows are committed: the run's queue keeps seq_id order.
+            for item in ready:
+                worker.submit(item)
+        return _future(task.request_id or "", model_id)
+
+    def _accept(
+        self, s: Any, run: TrainingRunRow, owner: str, kind: str, seq_id: int | None, dedup_key: str | None, task: Task
+    ) -> list[Task]:
+        """Record an accepted submit; the tasks now ready to queue (none while it is held)."""
+        ctx = self._ctx
+        request_id = ctx.futures.new_id()
+        ready: list[Task] = []
+        if seq_id is not None:
+            # Ids used up by rejected submits no longer hold anything back.
+            self._held.discard(run.id, seq_id)
+            run.last_seq_id, ready = self._held.release(run.id, run.last_seq_id)
+        if seq_id is not None and seq_id > run.last_seq_id + 1:
+            try:
+                self._held.hold(run.id, seq_id, task, time.monotonic())
+            except ReorderFull as exc:
+                raise Overloaded(str(exc)) from None
+        ctx.futures.add(
+            s,
+            request_id=request_id,
+            owner=owner,
+            kind=kind,
+            model_id=run.id,
+            seq_id=seq_id,
+            dedup_key=dedup_key,
+        )
         task.request_id = request_id
-        task.queue_key = model_id
-        worker.submit(task)
-        return _future(request_id, model_id)
+        task.queue_key = run.id
+        run.last_request_time = utcnow()
+        if seq_id is None:
+            return [*ready, task]
+        if seq_id > run.last_seq_id + 1:
+            return ready
+        run.last_seq_id, held = self._held.release(run.id, seq_id)
+        return [*ready, task, *held]
+
+    def _use_up(self, owner: str, model_id: str | None, seq_id: int | None) -> None:
+        """Mark the ``seq_id`` of a submit rejected with a 400 used up, so later submits need
+        not wait for it, and queue the held ones this releases."""
+        if model_id is None or seq_id is None:
+            return
+        with self._lock:
+            with self._ctx.db.session() as s:
+                run = s.get(TrainingRunRow, model_id)
+                if run is None or run.owner != owner or seq_id <= run.last_seq_id:
+                    return
+                if self._held.is_held(model_id, seq_id):
+                    return  # a retry of a held submit was refused; the held one stands
+                self._held.hold(model_id, seq_id, None, time.monotonic())
+                if not self._held.has_items(model_id):
+                    return  # nothing waits behind it: the client may still send this id again
+                run.last_seq_id, ready = self._held.release(model_id, run.last_seq_id)
+                worker = self._ctx.scheduler.worker(run.base_model)
+            for item in ready:
+                worker.submit(item)
+
+    def fail_stalled(self, now: float | None = None) -> int:
+        """Fail the submits held for a ``seq_id`` that never came (after ``seq_gap_timeout_s``);
+        the run goes on after the last of them. Returns how many were failed."""
+        ctx = self._ctx
+        failed = 0
+        with self._lock:
+            for run_id, entries in self._held.expire(time.monotonic() if now is None else now):
+                with ctx.db.session() as s:
+                    run = s.get(TrainingRunRow, run_id)
+                    if run is None:
+                        continue
+                    have = {h.seq_id for h in entries}
+                    missing = [i for i in range(run.last_seq_id + 1, entries[-1].seq_id) if i not in have]
+                    run.last_seq_id = max(run.last_seq_id, entries[-1].seq_id)
+                gap = ", ".join(str(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
+                message = (
+                    f"seq_id {gap} of {run_id} never arrived within {ctx.settings.seq_gap_timeout_s:g} s, "
+                    "so the requests after it were not run; submit them again"
+                )
+                for entry in entries:
+                    if entry.item is not None and entry.item.request_id is not None:
+                        ctx.futures.fail(entry.item.request_id, message, "user")
+                        failed += 1
+                log.warning("%s (%d request(s) failed)", message, failed)
+        return failed
 
     # -- forward / backward / optimizer -----------------------------------------------------
 
+    @_seq_ordered
     def forward(self, owner: str, req: wire.ForwardRequest) -> wire.UntypedAPIFuture:
         return self._forward(owner, req.model_id, req.seq_id, req.forward_input, backward=False)
 
+    @_seq_ordered
     def forward_backward(self, owner: str, req: wire.ForwardBackwardRequest) -> wire.UntypedAPIFuture:
         return self._forward(owner, req.model_id, req.seq_id, req.forward_backward_input, backward=True)
 
@@ -264,11 +380,12 @@ class TrainingService:
                 loss_fn=loss_fn,
                 loss_fn_config=dict(fwd.loss_fn_config) if fwd.loss_fn_config is not None else None,
                 backward=backward,
-                on_result=lambda out: train_response(out, loss_fn),
+                on_result=lambda out: train_result(out, loss_fn),
             )
 
         return self._submit(owner, model_id, seq_id, "forward_backward" if backward else "forward", build)
 
+    @_seq_ordered
     def optim_step(self, owner: str, req: wire.OptimStepRequest) -> wire.UntypedAPIFuture:
         config = adam_config(req)
         model_id = req.model_id
@@ -285,11 +402,24 @@ class TrainingService:
 
     # -- weights ----------------------------------------------------------------------------
 
-    def _record_checkpoint(self, ref: CheckpointRef, owner: str, size: int | None) -> None:
-        """Insert or overwrite the checkpoint's row (runs in the worker thread)."""
+    def _record_checkpoint(
+        self,
+        ref: CheckpointRef,
+        owner: str,
+        size: int | None,
+        *,
+        ttl_seconds: int | None,
+        user_metadata: dict[str, Any] | None,
+    ) -> None:
+        """Insert or replace the checkpoint's row (worker thread, under ``FILES_LOCK``).
+
+        A replaced checkpoint takes the new save's time, size, expiry and
+        user_metadata; it stays public if it was, unless it had already expired.
+        """
         with self._ctx.db.session() as s:
-            row = find_checkpoint(s, ref)
+            row = find_checkpoint(s, ref, include_expired=True)
             now = utcnow()
+            expires_at = expiry(ttl_seconds, now)
             if row is None:
                 s.add(
                     CheckpointRow(
@@ -301,50 +431,93 @@ class TrainingService:
                         tinker_path=ref.tinker_path,
                         size_bytes=size,
                         public=False,
+                        expires_at=expires_at,
+                        user_metadata=user_metadata,
                     )
                 )
             else:
+                if row.expires_at is not None and as_utc(row.expires_at) <= now:
+                    row.public = False  # an expired checkpoint is gone; this is a new one
                 row.time = now
                 row.size_bytes = size
+                row.expires_at = expires_at
+                row.user_metadata = user_metadata
 
-    def _save_task(self, owner: str, ref: CheckpointRef, *, optimizer: bool, response: Callable[[str], Any]) -> Task:
+    def _save_task(
+        self,
+        owner: str,
+        ref: CheckpointRef,
+        *,
+        optimizer: bool,
+        response: Callable[[str, int | None], Any],
+        refuse_existing: bool = False,
+        ttl_seconds: int | None = None,
+        user_metadata: dict[str, Any] | None = None,
+    ) -> Task:
+        """Write the adapter to ``ref``'s folder and record its row, as one step under
+        ``FILES_LOCK`` (so neither a delete nor the expiry sweep can come between)."""
         directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
         model_id = ref.run_id
+        db = self._ctx.db
 
-        def on_result(size: Any) -> Any:
-            self._record_checkpoint(ref, owner, int(size) if size is not None else None)
-            return response(ref.tinker_path)
+        def fn(engine: Any) -> int | None:
+            with FILES_LOCK:
+                if refuse_existing:
+                    # Re-checked here: an earlier queued save may have taken the name since the submit.
+                    with db.session() as s:
+                        if find_checkpoint(s, ref) is not None:
+                            raise InvalidRequest(_exists_message(ref))
+                written = engine.save_adapter(model_id, directory, optimizer=optimizer)
+                size = int(written) if written is not None else None
+                self._record_checkpoint(ref, owner, size, ttl_seconds=ttl_seconds, user_metadata=user_metadata)
+            return size
 
-        return CallTask(
-            fn=lambda engine: engine.save_adapter(model_id, directory, optimizer=optimizer),
-            on_result=on_result,
-        )
+        return CallTask(fn=fn, on_result=lambda size: response(ref.tinker_path, size))
 
+    @_seq_ordered
     def save_weights(self, owner: str, req: wire.SaveWeightsRequest) -> wire.UntypedAPIFuture:
-        def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
+        def build(run: TrainingRunRow, worker: Worker, s: Any) -> Task:
             name = req.path if req.path is not None else f"ckpt-{req.seq_id if req.seq_id is not None else 0:06d}"
             ref = CheckpointRef(run.id, "weights", validate_checkpoint_name(name))
+            ttl_seconds = validate_ttl(req.ttl_seconds)
+            # 0.20+ clients always send overwrite (default false); 0.5.1 clients never do,
+            # and for them saving an existing name keeps replacing it.
+            refuse_existing = "overwrite" in req.model_fields_set and not req.overwrite
+            if refuse_existing and find_checkpoint(s, ref) is not None:
+                raise InvalidRequest(_exists_message(ref))
             return self._save_task(
                 owner,
                 ref,
                 optimizer=True,
-                response=lambda path: wire.SaveWeightsResponse(path=path, type="save_weights").model_dump(mode="json"),
+                refuse_existing=refuse_existing,
+                ttl_seconds=ttl_seconds,
+                user_metadata=req.user_metadata,
+                response=lambda path, _size: wire.SaveWeightsResponse(path=path, type="save_weights").model_dump(
+                    mode="json"
+                ),
             )
 
         return self._submit(owner, req.model_id, req.seq_id, "save_weights", build)
 
+    @_seq_ordered
     def save_weights_for_sampler(self, owner: str, req: wire.SaveWeightsForSamplerRequest) -> wire.UntypedAPIFuture:
-        if req.path is None and req.sampling_session_seq_id is None:
-            raise InvalidRequest("save_weights_for_sampler needs a name (path) or a sampling_session_seq_id")
-
         def build(run: TrainingRunRow, worker: Worker, s: Any) -> Task:
+            # "inflight" (0.38) asks for a sampler that serves these weights or newer ones; a
+            # frozen copy of these weights satisfies that, so both kinds make a snapshot.
+            if req.kind not in SAMPLER_KINDS:
+                raise InvalidRequest(f"kind must be one of {', '.join(SAMPLER_KINDS)}; got {req.kind!r}")
+            ttl_seconds = validate_ttl(req.ttl_seconds)
+            if req.path is None and req.sampling_session_seq_id is None:
+                raise InvalidRequest("save_weights_for_sampler needs a name (path) or a sampling_session_seq_id")
             if req.path is not None:
                 ref = CheckpointRef(run.id, "sampler_weights", validate_checkpoint_name(req.path))
                 return self._save_task(
                     owner,
                     ref,
                     optimizer=False,
-                    response=lambda path: wire.SaveWeightsForSamplerResponse(
+                    ttl_seconds=ttl_seconds,
+                    user_metadata=req.user_metadata,
+                    response=lambda path, _size: wire.SaveWeightsForSamplerResponse(
                         path=path, type="save_weights_for_sampler"
                     ).model_dump(mode="json", exclude_none=True),
                 )
@@ -357,6 +530,33 @@ class TrainingService:
             return self._ephemeral_task(owner, run, sampler_id)
 
         return self._submit(owner, req.model_id, req.seq_id, "save_weights_for_sampler", build)
+
+    @_seq_ordered
+    def save_weights_external(self, owner: str, req: wire.SaveWeightsExternalRequest) -> wire.UntypedAPIFuture:
+        """A Hugging Face/PEFT-format copy of the adapter (no optimizer state) at
+        ``tinker://<run>/external_weights/<name>``; its files are fetched through
+        signed per-file URLs (``…/external_weights_urls``). Saving a name again replaces it."""
+
+        def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
+            if req.age_encryption_recipients:
+                raise InvalidRequest(
+                    "age_encryption_recipients: encrypted exports are not supported by this server; "
+                    "export without recipients (the files are plain adapter_config.json and safetensors)"
+                )
+            ttl_seconds = validate_ttl(req.ttl_seconds)
+            name = req.path if req.path is not None else f"ckpt-{req.seq_id if req.seq_id is not None else 0:06d}"
+            ref = CheckpointRef(run.id, "external_weights", validate_checkpoint_name(name))
+            return self._save_task(
+                owner,
+                ref,
+                optimizer=False,
+                ttl_seconds=ttl_seconds,
+                response=lambda path, size: wire.SaveWeightsExternalResponse(path=path, size_bytes=size).model_dump(
+                    mode="json"
+                ),
+            )
+
+        return self._submit(owner, req.model_id, req.seq_id, "save_weights_external", build)
 
     def _ephemeral_task(self, owner: str, run: TrainingRunRow, sampler_id: str) -> Task:
         db = self._ctx.db
@@ -401,6 +601,7 @@ class TrainingService:
             ).model_dump(mode="json"),
         )
 
+    @_seq_ordered
     def load_weights(self, owner: str, req: wire.LoadWeightsRequest) -> wire.UntypedAPIFuture:
         ref = parse_tinker_path(req.path)
         optimizer = bool(req.optimizer)
