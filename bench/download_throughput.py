@@ -40,7 +40,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
 MODEL = "tinker-test/tiny-llama"
-API_KEY = "bench"
+API_KEY = "tml-bench"
 
 
 def free_port() -> int:

@@ -93,7 +93,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "models").symlink_to(args.home / "models")  # reuse the converted model; runs stay out of home
         with background_server(Path(tmp), [args.model], timeout=300) as url:
-            sc = tinker.ServiceClient(base_url=url, api_key="bench")
+            sc = tinker.ServiceClient(base_url=url, api_key="tml-bench")
             tc = sc.create_lora_training_client(base_model=args.model, rank=args.rank, seed=0)
             api = api_step(tc, rows)
             direct_times, api_times = [], []

@@ -72,7 +72,7 @@ def greedy_samples(sampler: tinker.SamplingClient, tokenizer) -> list[str]:
 
 
 def run(base_url: str, steps: int, rank: int, learning_rate: float) -> None:
-    service = tinker.ServiceClient(base_url=base_url, api_key=os.environ.get("TINKER_API_KEY", "tinker-local"))
+    service = tinker.ServiceClient(base_url=base_url, api_key=os.environ.get("TINKER_API_KEY", "tml-local"))
     with console.status(f"Loading {BASE_MODEL} and creating a LoRA adapter (rank {rank})..."):
         trainer = service.create_lora_training_client(base_model=BASE_MODEL, rank=rank, seed=0)
         tokenizer = trainer.get_tokenizer()
