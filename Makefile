@@ -6,7 +6,7 @@ COMPAT := .venv-compat
 # Shared cache of converted models for the test suite (SmolLM2 is converted from its GGUF once).
 export TINKER_TEST_MODEL_HOME ?= $(CURDIR)/.tinker-test-home
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench proto clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/sft_overhead.py
+
+# Regenerate the protobuf module of the server's wire schema (tests/server/test_protobuf.py checks it is current).
+proto: install
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src src/tinker_server/wire/tinker_wire.proto
 
 clean:
 	rm -rf $(VENV) $(COMPAT) .tinker-test-home
