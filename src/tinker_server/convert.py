@@ -1,27 +1,32 @@
 """Wire types ↔ engine messages, with the checks that are cheap at submit time.
 
-No tensor math: TensorData becomes a numpy array and back. Every failed check
-raises :class:`InvalidRequest` with a message naming the offending field.
+No tensor math: tensors become numpy arrays and back. Training datums come as
+JSON-parsed :class:`wire.Datum` or protobuf-decoded :class:`wire.ArrayDatum`;
+both get the same checks and messages. Results leave as typed
+:class:`wire.TrainResult` / :class:`wire.SampleResult` (the HTTP edge encodes
+them). Every failed check raises :class:`InvalidRequest` with a message naming
+the offending field.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import wire
-
 from .engine import AdamConfig, SampleJob, SampleOutput, TrainDatum, TrainOutput
 from .errors import InvalidRequest
+from .wire.arrays import dense_from_csr
 
 __all__ = [
     "adam_config",
     "sample_job",
-    "sample_response",
+    "sample_result",
     "train_data",
-    "train_response",
+    "train_result",
 ]
 
 KNOWN_INPUT_KEYS = ("target_tokens", "weights", "advantages", "logprobs", "clip_low_threshold", "clip_high_threshold")
@@ -34,44 +39,84 @@ REQUIRED_INPUTS: dict[str, frozenset[str]] = {
     "dro": _RL_INPUTS,
 }
 MAX_NUM_SAMPLES = 1024
+_INT64 = np.iinfo(np.int64)
 
 
-def _text_tokens(model_input: wire.ModelInput, where: str) -> list[int]:
-    tokens: list[int] = []
-    for index, chunk in enumerate(model_input.chunks):
-        if not isinstance(chunk, wire.EncodedTextChunk):
+def _token_array(chunks: Iterable[Any], info: Any, where: str) -> np.ndarray:
+    """The token ids of a model input's chunks, concatenated (int64), checked against
+    the vocabulary. Text chunks are ``EncodedTextChunk`` (JSON) or int arrays (protobuf)."""
+    parts: list[np.ndarray] = []
+    for index, chunk in enumerate(chunks):
+        if isinstance(chunk, np.ndarray):
+            parts.append(chunk)
+        elif isinstance(chunk, wire.EncodedTextChunk):
+            parts.append(_int_array(chunk.tokens, info, where))
+        else:
             raise InvalidRequest(
                 f"{where}.chunks[{index}]: {chunk.type} chunks are not supported; "
                 "the served models take text tokens only"
             )
-        tokens.extend(int(t) for t in chunk.tokens)
-    if not tokens:
+    tokens = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, dtype=np.int64)
+    if tokens.size == 0:
         raise InvalidRequest(f"{where} is empty: it needs at least one token")
+    _check_vocab(tokens, info, where)
     return tokens
 
 
-def _check_vocab(tokens: list[int], info: Any, where: str) -> None:
+def _text_tokens(model_input: wire.ModelInput, where: str) -> list[int]:
+    return _token_array(model_input.chunks, None, where).tolist()
+
+
+def _int_array(values: Sequence[int] | Sequence[float], info: Any, where: str) -> np.ndarray:
+    """Token ids as int64; a value that is no int64 (huge, NaN) is reported as outside the vocabulary."""
+    try:
+        return np.asarray(values, dtype=np.int64)
+    except (OverflowError, ValueError):
+        bad = next(v for v in values if not (math.isfinite(v) and _INT64.min <= v <= _INT64.max))
+        vocab = f"the vocabulary of {info.name}" if info is not None else "int64"
+        raise InvalidRequest(f"{where}: token id {bad} is outside {vocab}") from None
+
+
+def _check_vocab(tokens: Sequence[int] | np.ndarray, info: Any, where: str) -> None:
     if info is None:
         return
     vocab = int(info.vocab_size)
-    for token in tokens:
-        if token < 0 or token >= vocab:
-            raise InvalidRequest(
-                f"{where}: token id {token} is outside the vocabulary of {info.name} (valid ids: 0..{vocab - 1})"
+    ids = np.asarray(tokens)
+    bad = ids[(ids < 0) | (ids >= vocab)]
+    if bad.size:
+        raise InvalidRequest(
+            f"{where}: token id {int(bad[0])} is outside the vocabulary of {info.name} (valid ids: 0..{vocab - 1})"
+        )
+
+
+def _input_array(tensor: wire.TensorData | wire.ArrayTensor, info: Any, where: str) -> tuple[np.ndarray, str]:
+    """A loss input as a flat numpy array, and the dtype it was sent as."""
+    if isinstance(tensor, wire.ArrayTensor):
+        return tensor.array.reshape(-1), tensor.dtype
+    if tensor.dtype == "int64":
+        array = _int_array(tensor.data, info, where)
+    else:
+        array = np.asarray(tensor.data, dtype=np.float32)
+    if tensor.sparse_crow_indices is not None and tensor.shape is not None:
+        try:
+            array = dense_from_csr(
+                array,
+                np.asarray(tensor.sparse_crow_indices, dtype=np.int64),
+                np.asarray(tensor.sparse_col_indices or [], dtype=np.int64),
+                tensor.shape,
             )
-
-
-def _array(tensor: wire.TensorData, where: str) -> np.ndarray:
-    dtype = np.int64 if tensor.dtype == "int64" else np.float32
-    array = np.asarray(tensor.data, dtype=dtype)
-    if tensor.shape is not None:
+        except ValueError as exc:
+            raise InvalidRequest(f"{where}: {exc}") from None
+    elif tensor.shape is not None:
         expected = math.prod(tensor.shape)
         if expected != array.size:
             raise InvalidRequest(f"{where}: shape {tensor.shape} needs {expected} values, got {array.size}")
-    return array
+    return array.reshape(-1), tensor.dtype
 
 
-def train_data(data: list[wire.Datum], loss_fn: str, info: Any, *, field: str) -> list[TrainDatum]:
+def train_data(
+    data: Sequence[wire.Datum] | Sequence[wire.ArrayDatum], loss_fn: str, info: Any, *, field: str
+) -> list[TrainDatum]:
     """Check and convert the datums of a forward/forward_backward request."""
     if not data:
         raise InvalidRequest(f"{field}.data is empty: send at least one datum")
@@ -79,9 +124,9 @@ def train_data(data: list[wire.Datum], loss_fn: str, info: Any, *, field: str) -
     out: list[TrainDatum] = []
     for i, datum in enumerate(data):
         where = f"{field}.data[{i}]"
-        tokens = _text_tokens(datum.model_input, f"{where}.model_input")
-        _check_vocab(tokens, info, f"{where}.model_input")
-        n = len(tokens)
+        chunks = datum.chunks if isinstance(datum, wire.ArrayDatum) else datum.model_input.chunks
+        tokens = _token_array(chunks, info, f"{where}.model_input")
+        n = int(tokens.size)
         if info is not None and n > int(info.max_context):
             raise InvalidRequest(
                 f"{where}.model_input has {n} tokens, more than the context length of {info.name} ({info.max_context})"
@@ -97,43 +142,40 @@ def train_data(data: list[wire.Datum], loss_fn: str, info: Any, *, field: str) -
             kwhere = f"{where}.loss_fn_inputs[{key!r}]"
             if key not in KNOWN_INPUT_KEYS:
                 raise InvalidRequest(f"{where}.loss_fn_inputs has unknown key {key!r}; known keys: {', '.join(KNOWN_INPUT_KEYS)}")
-            array = _array(tensor, kwhere).reshape(-1)
+            array, dtype = _input_array(tensor, info, kwhere)
             if array.size != n:
                 raise InvalidRequest(
                     f"{kwhere} has {array.size} values but model_input has {n} tokens; "
                     "every loss_fn_inputs tensor needs one value per input token"
                 )
             if key == "target_tokens":
-                if tensor.dtype != "int64":
-                    raise InvalidRequest(f"{kwhere} must have dtype int64, got {tensor.dtype}")
-                _check_vocab(array.tolist(), info, kwhere)
+                if dtype not in ("int64", "int32"):
+                    raise InvalidRequest(f"{kwhere} must have dtype int64, got {dtype}")
+                array = array.astype(np.int64, copy=False)
+                _check_vocab(array, info, kwhere)
             else:
                 array = array.astype(np.float32, copy=False)
                 if not np.all(np.isfinite(array)):
                     raise InvalidRequest(f"{kwhere} contains NaN or infinite values")
             arrays[key] = array
-        out.append(TrainDatum(tokens=tokens, loss_fn_inputs=arrays))
+        out.append(TrainDatum(tokens=tokens, loss_fn_inputs=arrays))  # type: ignore[arg-type]
     return out
 
 
-def _tensor(array: Any) -> wire.TensorData:
-    a = np.asarray(array)
-    if a.dtype.kind in "fc":
-        return wire.TensorData(data=a.astype(np.float32).reshape(-1).tolist(), dtype="float32", shape=list(a.shape))
-    return wire.TensorData(data=a.astype(np.int64).reshape(-1).tolist(), dtype="int64", shape=list(a.shape))
-
-
-def train_response(output: TrainOutput, loss_fn: str) -> dict[str, Any]:
+def train_result(output: TrainOutput, loss_fn: str) -> wire.TrainResult:
+    """A forward/forward_backward result; ``loss_fn_output_type`` is the loss name."""
     metrics: dict[str, float] = {}
     for key, value in output.metrics.items():
         # The client splits metric keys on ':' and needs exactly one (Q8).
         metrics[key if key.count(":") == 1 else f"{key.replace(':', '_')}:mean"] = float(value)
-    result = wire.ForwardBackwardOutput(
-        loss_fn_output_type=loss_fn,
-        loss_fn_outputs=[{k: _tensor(v) for k, v in item.items()} for item in output.loss_fn_outputs],
-        metrics=metrics,
-    )
-    return result.model_dump(mode="json")
+    outputs = [{key: _output_array(value) for key, value in item.items()} for item in output.loss_fn_outputs]
+    return wire.TrainResult(loss_fn_output_type=loss_fn, loss_fn_outputs=outputs, metrics=metrics)
+
+
+def _output_array(value: Any) -> np.ndarray:
+    """Floats as float32, anything else as int64 (the two output types of the wire)."""
+    array = np.asarray(value)
+    return array.astype(np.float32 if array.dtype.kind in "fc" else np.int64, copy=False)
 
 
 def adam_config(request: wire.OptimStepRequest) -> AdamConfig:
@@ -228,26 +270,29 @@ def sample_job(request: wire.SampleRequest, adapter_id: str | None, info: Any) -
     )
 
 
-def sample_response(output: SampleOutput, sequence_ids: list[str]) -> dict[str, Any]:
+def sample_result(output: SampleOutput, sequence_ids: list[str]) -> wire.SampleResult:
     """The result of a sample request; ``sequence_ids[i]`` names ``output.sequences[i]``."""
-    topk = None
-    if output.topk_prompt_logprobs is not None:
-        topk = [
-            None if pos is None else [(int(t), float(lp)) for t, lp in pos] for pos in output.topk_prompt_logprobs
-        ]
-    result = wire.SampleResponse(
-        sequences=[
-            wire.SampledSequence(
-                stop_reason=seq.stop_reason,
-                tokens=[int(t) for t in seq.tokens],
-                logprobs=[float(x) for x in seq.logprobs],
-                sequence_id=sequence_id,
-            )
-            for seq, sequence_id in zip(output.sequences, sequence_ids, strict=True)
-        ],
-        prompt_logprobs=None
-        if output.prompt_logprobs is None
-        else [None if x is None else float(x) for x in output.prompt_logprobs],
-        topk_prompt_logprobs=topk,
+    sequences = [
+        wire.SequenceResult(
+            tokens=np.asarray(seq.tokens, dtype=np.int32),
+            logprobs=np.asarray(seq.logprobs, dtype=np.float32),
+            stop_reason=seq.stop_reason,
+            sequence_id=sequence_id,
+            topk_logprobs=None if seq.topk_logprobs is None else wire.TopK.from_rows(seq.topk_logprobs),
+        )
+        for seq, sequence_id in zip(output.sequences, sequence_ids, strict=True)
+    ]
+    prompt_logprobs = None
+    if output.prompt_logprobs is not None:
+        prompt_logprobs = np.array([math.nan if x is None else x for x in output.prompt_logprobs], dtype=np.float32)
+    topk = output.topk_prompt_logprobs
+    alt = output.prompt_alt_tokens
+    return wire.SampleResult(
+        sequences=sequences,
+        prompt_logprobs=prompt_logprobs,
+        topk_prompt_logprobs=None if topk is None else wire.TopK.from_rows(topk),
+        target_prompt_logprobs=None
+        if output.target_prompt_logprobs is None
+        else np.asarray(output.target_prompt_logprobs, dtype=np.float32),
+        prompt_alt_tokens=None if alt is None else (np.asarray(alt[0], np.int32), np.asarray(alt[1], np.float32)),
     )
-    return result.model_dump(mode="json")

@@ -30,6 +30,7 @@ __all__ = [
     "add_missing_columns",
     "CheckpointRow",
     "Database",
+    "RequestResultRow",
     "RequestRow",
     "SamplerRow",
     "SessionRow",
@@ -125,6 +126,21 @@ class RequestRow(Base):
     category: Mapped[str | None] = mapped_column(sa.String(16), default=None)
     created_at: Mapped[dt.datetime]
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
+
+
+class RequestResultRow(Base):
+    """A finished request's result in binary form (training and sampling results): the
+    protobuf message ``message`` of ``wire/tinker_wire.proto``, serialized. Its request
+    row then has no ``result`` text. A table of its own, so the small request rows stay
+    small (dedup and purge read them) and an older database gains it at startup."""
+
+    __tablename__ = "request_results"
+
+    request_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("requests.id"), primary_key=True)
+    message: Mapped[str] = mapped_column(sa.String(64))
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    # What the message does not hold: a sample's sequence ids, in sequence order.
+    sequence_ids: Mapped[list[str] | None] = mapped_column(default=None)
 
 
 class CheckpointRow(Base):

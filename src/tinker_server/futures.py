@@ -1,9 +1,16 @@
 """Durable futures: one database row per submitted request, plus in-process wake-ups.
 
 A submit creates a ``pending`` row and returns its id at once. A worker thread
-resolves it (``done`` with the result JSON, or ``failed`` with a message and a
+resolves it (``done`` with its result, or ``failed`` with a message and a
 category) and wakes every ``retrieve_future`` long-poll waiting on it. Waiters
 may live on any event loop; they are woken thread-safely.
+
+Results are stored typed, not as answers: a training or sampling result
+(:class:`~tinker_server.wire.TrainResult`, :class:`~tinker_server.wire.SampleResult`)
+as its serialized protobuf message in ``request_results``, any other result
+(a response model or a JSON-ready object) as JSON text in the request row. The
+HTTP edge reads a :class:`StoredResult` and answers it in the encoding the
+client accepts.
 """
 
 from __future__ import annotations
@@ -13,14 +20,33 @@ import json
 import logging
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .db import Database, RequestRow, utcnow
+from . import wire
+from .db import Database, RequestResultRow, RequestRow, utcnow
+from .wire import codec
 
-__all__ = ["FutureHub", "render"]
+__all__ = ["FutureHub", "StoredResult", "render"]
+
+# The protobuf message a typed result is stored as.
+TRAIN_MESSAGE = "ForwardBackwardOutput"
+SAMPLE_MESSAGE = "SampleResponse"
+QUEUE_STATE_REASON = "the request is queued or running; poll again"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A finished request's result as stored: JSON text (``message`` is ``None``), or
+    the protobuf ``message`` of ``tinker_wire.proto`` (with a sample's ``sequence_ids``)."""
+
+    body: bytes
+    message: str | None = None
+    sequence_ids: tuple[str, ...] = ()
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +92,26 @@ class FutureHub:
 
     # -- resolution (any thread) ------------------------------------------------------------
 
-    def resolve(self, request_id: str, result: dict[str, Any]) -> None:
-        text = json.dumps(result, separators=(",", ":"))
-        self._finish(request_id, status="done", result=text, error=None, category=None)
+    def resolve(self, request_id: str, result: Any) -> None:
+        """Record the result: a :class:`wire.TrainResult` or :class:`wire.SampleResult`
+        (stored as protobuf), a response model or a JSON-ready object (stored as JSON)."""
+        binary = _binary(result)
+        text = None if binary is not None else _json_text(result)
+        self._finish(request_id, status="done", result=text, error=None, category=None, binary=binary)
 
     def fail(self, request_id: str, message: str, category: str) -> None:
         self._finish(request_id, status="failed", result=None, error=message, category=category)
 
-    def _finish(self, request_id: str, *, status: str, result: str | None, error: str | None, category: str | None) -> None:
+    def _finish(
+        self,
+        request_id: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        category: str | None,
+        binary: RequestResultRow | None = None,
+    ) -> None:
         try:
             with self._db.session() as session:
                 session.execute(
@@ -81,6 +119,9 @@ class FutureHub:
                     .where(RequestRow.id == request_id)
                     .values(status=status, result=result, error=error, category=category, finished_at=utcnow())
                 )
+                if binary is not None:
+                    binary.request_id = request_id
+                    session.merge(binary)
         finally:
             self._wake(request_id)
 
@@ -99,6 +140,16 @@ class FutureHub:
         with self._db.session() as session:
             row: RequestRow | None = session.get(RequestRow, request_id)
             return row
+
+    def stored_result(self, row: RequestRow) -> StoredResult:
+        """The result of a finished (``done``) request, as stored."""
+        if row.result is not None:
+            return StoredResult(row.result.encode())
+        with self._db.session() as session:
+            binary = session.get(RequestResultRow, row.id)
+            if binary is None:
+                return StoredResult(b"{}")
+            return StoredResult(binary.body, binary.message, tuple(binary.sequence_ids or ()))
 
     async def wait(self, request_id: str, timeout: float) -> RequestRow | None:
         """The request's row once it is finished, or ``None`` after ``timeout`` seconds.
@@ -147,10 +198,11 @@ class FutureHub:
             return int(getattr(result, "rowcount", 0) or 0)
 
     def purge_finished_before(self, cutoff: Any) -> int:
+        finished = sa.and_(RequestRow.status != "pending", RequestRow.finished_at < cutoff)
         with self._db.session() as session:
-            result = session.execute(
-                sa.delete(RequestRow).where(RequestRow.status != "pending", RequestRow.finished_at < cutoff)
-            )
+            purged = sa.select(RequestRow.id).where(finished)
+            session.execute(sa.delete(RequestResultRow).where(RequestResultRow.request_id.in_(purged)))
+            result = session.execute(sa.delete(RequestRow).where(finished))
             return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -159,15 +211,40 @@ def _set_done(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def render(row: RequestRow | None, request_id: str) -> tuple[int, Any]:
+def _binary(result: Any) -> RequestResultRow | None:
+    """The stored form of a training or sampling result (``None`` for any other result)."""
+    if isinstance(result, wire.TrainResult):
+        return RequestResultRow(message=TRAIN_MESSAGE, body=codec.encode_train_result(result))
+    if isinstance(result, wire.SampleResult):
+        ids = [seq.sequence_id or "" for seq in result.sequences]
+        return RequestResultRow(
+            message=SAMPLE_MESSAGE,
+            body=codec.encode_sample_result(result),
+            sequence_ids=ids if any(ids) else None,
+        )
+    return None
+
+
+def _json_text(result: Any) -> str:
+    if isinstance(result, pydantic.BaseModel):
+        return result.model_dump_json()
+    return json.dumps(result, separators=(",", ":"))
+
+
+def render(row: RequestRow | None, request_id: str) -> tuple[int, dict[str, Any] | None]:
     """The ``retrieve_future`` answer for a request row: ``(status, body)``.
 
-    A body that is ``str`` is the stored result JSON, sent verbatim. Not finished
-    yet → 408 with a ``TryAgainResponse``; failed → 200 with ``error`` and
-    ``category`` (the only answer that carries an ``error`` key).
+    Not finished yet → 408 with a ``TryAgainResponse``; failed → 200 with ``error``
+    and ``category`` (the only answer that carries an ``error`` key); done → 200
+    and ``None``: the result is read with :meth:`FutureHub.stored_result`.
     """
     if row is None or row.status == "pending":
-        return 408, {"type": "try_again", "request_id": request_id, "queue_state": "active"}
+        return 408, {
+            "type": "try_again",
+            "request_id": request_id,
+            "queue_state": "active",
+            "queue_state_reason": QUEUE_STATE_REASON,
+        }
     if row.status == "done":
-        return 200, row.result or "{}"
+        return 200, None
     return 200, {"error": row.error or "the request failed", "category": row.category or "unknown"}

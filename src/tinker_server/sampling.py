@@ -21,7 +21,7 @@ from typing import Any
 
 from . import wire
 from .context import Context
-from .convert import sample_job, sample_response
+from .convert import sample_job, sample_result
 from .db import SamplerRow, utcnow
 from .errors import Gone, InvalidRequest
 from .paths import checkpoint_dir, parse_tinker_path
@@ -159,7 +159,7 @@ class SamplingService:
                 request_id=request_id,
                 job=job,
                 prepare=prepare,
-                on_result=lambda output: sample_response(output, sequence_ids),
+                on_result=lambda output: sample_result(output, sequence_ids),
             )
         )
         return wire.UntypedAPIFuture(request_id=request_id, model_id=sampler_id, sample_sequence_ids=sequence_ids)

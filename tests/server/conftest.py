@@ -67,7 +67,12 @@ class Api:
                 return response.json()
             assert response.status_code == 408, response.text
             body = response.json()
-            assert body == {"type": "try_again", "request_id": request_id, "queue_state": "active"}
+            assert body == {
+                "type": "try_again",
+                "request_id": request_id,
+                "queue_state": "active",
+                "queue_state_reason": "the request is queued or running; poll again",
+            }
             assert time.monotonic() < deadline, "future did not finish in time"
 
     def result(self, path: str, body: Any, timeout: float = 30.0) -> Any:

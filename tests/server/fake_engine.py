@@ -171,7 +171,7 @@ class FakeEngine:
             ]
             plp = [None] + [-1.0] * (len(job.prompt) - 1) if job.prompt_logprobs else None
             topk = (
-                [None] + [[(1, -0.1), (2, -0.2)][: job.topk_prompt_logprobs] for _ in job.prompt[1:]]
+                [None] + [[(1, -0.125), (2, -0.25)][: job.topk_prompt_logprobs] for _ in job.prompt[1:]]
                 if job.topk_prompt_logprobs
                 else None
             )

@@ -119,7 +119,7 @@ def test_train_and_sample_flow(api: Api) -> None:
             },
             )
         assert out["prompt_logprobs"] == [None, -1.0, -1.0]
-        assert out["topk_prompt_logprobs"] == [None, [[1, -0.1], [2, -0.2]], [[1, -0.1], [2, -0.2]]]
+        assert out["topk_prompt_logprobs"] == [None, [[1, -0.125], [2, -0.25]], [[1, -0.125], [2, -0.25]]]
 
 
 def test_tokenizer_files(api: Api) -> None:

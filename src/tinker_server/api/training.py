@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+import pydantic
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
 
 from .. import wire
-
+from ..wire import codec
 from .deps import Owner, RuntimeDep
 
 router = APIRouter(tags=["training"])
+
+
+async def training_body(request: Request) -> wire.ForwardRequest | wire.ForwardBackwardRequest:
+    """A ``forward_backward`` body: protobuf when the Content-Type says so (0.25+ clients;
+    ``forward_only`` makes it a forward), else JSON. Either may be zstd-compressed."""
+    raw = await request.body()
+    encoding = request.headers.get("content-encoding")
+    if codec.PROTOBUF in request.headers.get("content-type", "").lower():
+        return codec.decode_training_request(raw, encoding)
+    try:
+        return wire.ForwardBackwardRequest.model_validate_json(codec.decompress(raw, encoding))
+    except pydantic.ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+TrainingBody = Annotated[wire.ForwardRequest | wire.ForwardBackwardRequest, Depends(training_body)]
+
+_TRAINING_BODY_DOCS: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object", "title": "ForwardBackwardRequest"}},
+            codec.PROTOBUF: {
+                "schema": {"type": "string", "format": "binary", "title": "tinker_oss.wire.v1.ForwardBackwardRequest"}
+            },
+        },
+    }
+}
 
 
 @router.post("/forward")
@@ -16,10 +48,10 @@ async def forward(body: wire.ForwardRequest, owner: Owner, runtime: RuntimeDep) 
     return runtime.training.forward(owner, body)
 
 
-@router.post("/forward_backward")
-async def forward_backward(
-    body: wire.ForwardBackwardRequest, owner: Owner, runtime: RuntimeDep
-) -> wire.UntypedAPIFuture:
+@router.post("/forward_backward", openapi_extra=_TRAINING_BODY_DOCS)
+async def forward_backward(body: TrainingBody, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+    if isinstance(body, wire.ForwardRequest):
+        return runtime.training.forward(owner, body)
     return runtime.training.forward_backward(owner, body)
 
 
@@ -31,6 +63,13 @@ async def optim_step(body: wire.OptimStepRequest, owner: Owner, runtime: Runtime
 @router.post("/save_weights")
 async def save_weights(body: wire.SaveWeightsRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     return runtime.training.save_weights(owner, body)
+
+
+@router.post("/save_weights_external")
+async def save_weights_external(
+    body: wire.SaveWeightsExternalRequest, owner: Owner, runtime: RuntimeDep
+) -> wire.UntypedAPIFuture:
+    return runtime.training.save_weights_external(owner, body)
 
 
 @router.post("/load_weights")

@@ -3,8 +3,11 @@
 The server owns these models (it imports nothing from the ``tinker`` SDK, so it
 installs beside any official client). Request models accept the union of the
 versions' fields; the encoding (JSON, protobuf) is chosen at the HTTP edge.
+Protobuf bodies follow ``tinker_wire.proto`` and are read and written by
+:mod:`.codec` (imported on its own: it loads protobuf and zstandard).
 """
 
+from .arrays import ArrayDatum, ArrayTensor, ProvenanceSpan
 from .checkpoints import (
     Checkpoint,
     CheckpointsListResponse,
@@ -43,6 +46,7 @@ from .session import (
     TokenizerFilesRequest,
     TokenizerFilesResponse,
 )
+from .results import SampleResult, SequenceResult, TopK, TrainResult
 from .tensor import Datum, TensorData
 from .training import (
     AdamParams,
@@ -75,6 +79,8 @@ from .training import (
 __all__ = [
     "AdamParams",
     "ApiKeyInfo",
+    "ArrayDatum",
+    "ArrayTensor",
     "Checkpoint",
     "CheckpointType",
     "CheckpointsListResponse",
@@ -110,8 +116,10 @@ __all__ = [
     "ModelInput",
     "OptimStepRequest",
     "OptimStepResponse",
+    "ProvenanceSpan",
     "SampleRequest",
     "SampleResponse",
+    "SampleResult",
     "SampledSequence",
     "SamplingParams",
     "SaveWeightsExternalRequest",
@@ -120,6 +128,7 @@ __all__ = [
     "SaveWeightsForSamplerResponse",
     "SaveWeightsRequest",
     "SaveWeightsResponse",
+    "SequenceResult",
     "SessionFinishRequest",
     "SessionHeartbeatRequest",
     "SessionHeartbeatResponse",
@@ -129,6 +138,8 @@ __all__ = [
     "TensorData",
     "TokenizerFilesRequest",
     "TokenizerFilesResponse",
+    "TopK",
+    "TrainResult",
     "TrainingRun",
     "TrainingRunsResponse",
     "UnloadModelRequest",

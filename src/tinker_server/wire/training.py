@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import pydantic
 
 from ._base import Request, Response
+from .arrays import ArrayDatum
 from .tensor import Datum, TensorData
 
 __all__ = [
@@ -61,8 +64,24 @@ class CreateModelResponse(Response):
     type: Literal["create_model"] = "create_model"
 
 
+def _keep_array_datums(value: Any, handler: pydantic.ValidatorFunctionWrapHandler) -> Any:
+    """Datums decoded from protobuf are already checked numpy forms: kept as they are."""
+    if isinstance(value, list) and value and all(isinstance(item, ArrayDatum) for item in value):
+        return value
+    return handler(value)
+
+
+if TYPE_CHECKING:
+    Datums = list[Datum] | list[ArrayDatum]
+else:  # JSON bodies (and the API docs) see only Datum.
+    Datums = Annotated[list[Datum], pydantic.WrapValidator(_keep_array_datums)]
+
+
 class ForwardBackwardInput(Request):
-    data: list[Datum]
+    """``data``: :class:`Datum` objects parsed from JSON, or :class:`~.arrays.ArrayDatum`
+    objects (numpy arrays) decoded from a protobuf body."""
+
+    data: Datums
     loss_fn: str
     loss_fn_config: LossConfig | None = None
 
