@@ -1,10 +1,11 @@
-"""Signed, expiring archive URLs and the tar files they serve.
+"""Signed, expiring download URLs (archives and single files) and the tars they serve.
 
 A token is ``<payload>.<signature>``: the payload is base64url JSON
-``{"r": run_id, "c": checkpoint_id, "e": expiry_unix}``, the signature
+``{"r": run_id, "c": checkpoint_id, "e": expiry_unix}`` (plus ``"f": <relative
+file path>`` for a link to one file of an external export), the signature
 HMAC-SHA256 of the payload under a secret generated once per ``TINKER_HOME``
 (file ``archive_secret``). Downloads need no API key; a tampered or expired
-token is refused.
+token is refused. A file token never opens an archive and vice versa.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class SignedArchive:
     run_id: str
     checkpoint_id: str
     expires: float
+    file: str | None = None  # relative path of one file, for external-export file links
 
 
 def _load_secret(path: pathlib.Path) -> bytes:
@@ -72,9 +74,14 @@ class ArchiveSigner:
             self._secret = _load_secret(self._secret_path)
         return self._secret
 
-    def sign(self, run_id: str, checkpoint_id: str, ttl_s: float, now: float | None = None) -> tuple[str, float]:
+    def sign(
+        self, run_id: str, checkpoint_id: str, ttl_s: float, now: float | None = None, *, file: str | None = None
+    ) -> tuple[str, float]:
         expires = int((now if now is not None else time.time()) + ttl_s)
-        payload = _b64(json.dumps({"r": run_id, "c": checkpoint_id, "e": expires}, separators=(",", ":")).encode())
+        claims: dict[str, object] = {"r": run_id, "c": checkpoint_id, "e": expires}
+        if file is not None:
+            claims["f"] = file
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signature = _b64(hmac.new(self.secret, payload.encode("ascii"), hashlib.sha256).digest())
         return f"{payload}.{signature}", float(expires)
 
@@ -82,15 +89,16 @@ class ArchiveSigner:
         payload, sep, signature = token.partition(".")
         expected = _b64(hmac.new(self.secret, payload.encode("ascii"), hashlib.sha256).digest())
         if not sep or not hmac.compare_digest(signature.encode("ascii", "replace"), expected.encode("ascii")):
-            raise AccessDenied("invalid archive link: the signature does not match")
+            raise AccessDenied("invalid download link: the signature does not match")
         try:
             data = json.loads(_unb64(payload))
             run_id, checkpoint_id, expires = str(data["r"]), str(data["c"]), float(data["e"])
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            raise AccessDenied("invalid archive link") from None
+            file = str(data["f"]) if data.get("f") is not None else None
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            raise AccessDenied("invalid download link") from None
         if (now if now is not None else time.time()) > expires:
-            raise AccessDenied("the archive link has expired; request a new one")
-        return SignedArchive(run_id, checkpoint_id, expires)
+            raise AccessDenied("the download link has expired; request a new one")
+        return SignedArchive(run_id, checkpoint_id, expires, file)
 
 
 def build_tar(directory: pathlib.Path, tmp_dir: pathlib.Path) -> pathlib.Path:

@@ -1,7 +1,15 @@
 """Training runs and checkpoints as the REST endpoints show them.
 
-Listing, deleting, publishing, weights info and archive links. Only the run's
-owner may change a checkpoint; public checkpoints can be read by anyone.
+Listing, deleting, publishing, expiry (TTL), weights info, archive links and the
+per-file links of external exports. Only the run's owner may change a
+checkpoint; public checkpoints can be read by anyone.
+
+Expiry: a checkpoint past ``expires_at`` is invisible at once (see
+``records.not_expired``); :meth:`CheckpointService.delete_expired`, run by the
+sweeper, removes its row and then its folder, exactly as ``delete`` does.
+Folder changes (a save writing a checkpoint and recording its row, a delete, an
+expiry) hold :data:`FILES_LOCK`, so a save onto an expired name never loses its
+new folder to the sweeper.
 """
 
 from __future__ import annotations
@@ -11,22 +19,60 @@ import email.utils
 import logging
 import pathlib
 import shutil
+import threading
+import time
 import uuid
 
 import sqlalchemy as sa
 
 from . import wire
-
 from .archive import ArchiveSigner, build_tar
 from .context import Context
-from .db import CheckpointRow, TrainingRunRow
-from .errors import InvalidRequest, NotFound
-from .paths import checkpoint_dir, parse_checkpoint_id, parse_tinker_path
-from .records import checkpoint_model, find_checkpoint, owned_run, page_bounds, readable_checkpoint, training_run_model
+from .db import CheckpointRow, TrainingRunRow, as_utc, utcnow
+from .errors import AccessDenied, InvalidRequest, NotFound
+from .paths import CheckpointRef, checkpoint_dir, parse_checkpoint_id, parse_tinker_path
+from .records import (
+    checkpoint_model,
+    find_checkpoint,
+    not_expired,
+    owned_run,
+    page_bounds,
+    readable_checkpoint,
+    training_run_model,
+)
 
-__all__ = ["CheckpointService"]
+__all__ = ["FILES_LOCK", "MAX_TTL_S", "MIN_TTL_S", "CheckpointService", "expiry", "remove_folder", "validate_ttl"]
 
 log = logging.getLogger(__name__)
+
+MIN_TTL_S = 3600  # one hour
+MAX_TTL_S = 10 * 365 * 24 * 3600  # ten years (of 365 days)
+# Held while a checkpoint's folder and row change together (save, delete, expiry).
+FILES_LOCK = threading.RLock()
+
+
+def validate_ttl(ttl_seconds: int | None, field: str = "ttl_seconds") -> int | None:
+    """``None`` (never expires) or a whole number of seconds from one hour to ten years."""
+    if ttl_seconds is None:
+        return None
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or not MIN_TTL_S <= ttl_seconds <= MAX_TTL_S:
+        raise InvalidRequest(
+            f"{field} must be between {MIN_TTL_S} (one hour) and {MAX_TTL_S} (ten years) seconds, "
+            f"or null for a checkpoint that never expires; got {ttl_seconds!r}"
+        )
+    return ttl_seconds
+
+
+def expiry(ttl_seconds: int | None, now: dt.datetime) -> dt.datetime | None:
+    return now + dt.timedelta(seconds=ttl_seconds) if ttl_seconds is not None else None
+
+
+def remove_folder(directory: pathlib.Path) -> None:
+    """Delete a checkpoint folder; renamed first so a half-deleted folder is never seen under its name."""
+    if directory.exists():
+        trash = directory.with_name(f".deleted-{directory.name}-{uuid.uuid4().hex[:8]}")
+        directory.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 class CheckpointService:
@@ -55,7 +101,9 @@ class CheckpointService:
     def _has_public(self, s: sa.orm.Session, run_id: str) -> bool:
         return (
             s.scalars(
-                sa.select(CheckpointRow.pk).where(CheckpointRow.run_id == run_id, CheckpointRow.public.is_(True))
+                sa.select(CheckpointRow.pk).where(
+                    CheckpointRow.run_id == run_id, CheckpointRow.public.is_(True), not_expired()
+                )
             ).first()
             is not None
         )
@@ -70,10 +118,16 @@ class CheckpointService:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def list_run_checkpoints(self, owner: str, run_id: str) -> wire.CheckpointsListResponse:
+    def list_run_checkpoints(
+        self, owner: str, run_id: str, *, include_external: bool = True
+    ) -> wire.CheckpointsListResponse:
+        """``include_external=False`` leaves out external exports, for clients older than
+        0.28 whose ``Checkpoint`` model does not know the ``external`` type."""
         with self._ctx.db.session() as s:
             run = s.get(TrainingRunRow, run_id)
-            query = sa.select(CheckpointRow).where(CheckpointRow.run_id == run_id)
+            query = sa.select(CheckpointRow).where(CheckpointRow.run_id == run_id, not_expired())
+            if not include_external:
+                query = query.where(CheckpointRow.checkpoint_type != "external")
             if run is not None and run.owner != owner:
                 query = query.where(CheckpointRow.public.is_(True))
             rows = s.scalars(query.order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())).all()
@@ -81,10 +135,14 @@ class CheckpointService:
                 raise NotFound(f"training run {run_id!r} not found")
             return wire.CheckpointsListResponse(checkpoints=[checkpoint_model(r) for r in rows])
 
-    def list_user_checkpoints(self, owner: str, limit: int, offset: int) -> wire.CheckpointsListResponse:
+    def list_user_checkpoints(
+        self, owner: str, limit: int, offset: int, *, include_external: bool = True
+    ) -> wire.CheckpointsListResponse:
         limit, offset = page_bounds(limit, offset)
         with self._ctx.db.session() as s:
-            where = CheckpointRow.owner == owner
+            where = sa.and_(CheckpointRow.owner == owner, not_expired())
+            if not include_external:
+                where = sa.and_(where, CheckpointRow.checkpoint_type != "external")
             total = s.scalar(sa.select(sa.func.count()).select_from(CheckpointRow).where(where))
             rows = s.scalars(
                 sa.select(CheckpointRow)
@@ -107,16 +165,12 @@ class CheckpointService:
         return row
 
     def delete(self, owner: str, run_id: str, checkpoint_id: str) -> None:
-        with self._ctx.db.session() as s:
-            row = self._owned_checkpoint(s, owner, run_id, checkpoint_id)
-            ref = parse_checkpoint_id(run_id, checkpoint_id)
-            s.delete(row)
-        directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
-        if directory.exists():
-            # Rename first so a half-deleted folder is never seen under the real name.
-            trash = directory.with_name(f".deleted-{directory.name}-{uuid.uuid4().hex[:8]}")
-            directory.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        with FILES_LOCK:
+            with self._ctx.db.session() as s:
+                row = self._owned_checkpoint(s, owner, run_id, checkpoint_id)
+                ref = parse_checkpoint_id(run_id, checkpoint_id)
+                s.delete(row)
+            remove_folder(checkpoint_dir(self._ctx.settings.checkpoints_dir, ref))
 
     def set_public(self, owner: str, run_id: str, checkpoint_id: str, public: bool) -> None:
         with self._ctx.db.session() as s:
@@ -125,6 +179,40 @@ class CheckpointService:
                 state = "public" if public else "private"
                 raise InvalidRequest(f"checkpoint {row.tinker_path} is already {state}")
             row.public = public
+
+    def set_ttl(self, owner: str, run_id: str, checkpoint_id: str, ttl_seconds: int | None) -> wire.Checkpoint:
+        """Expire the checkpoint ``ttl_seconds`` from now, or never (``None``)."""
+        validate_ttl(ttl_seconds)
+        with self._ctx.db.session() as s:
+            row = self._owned_checkpoint(s, owner, run_id, checkpoint_id)
+            row.expires_at = expiry(ttl_seconds, utcnow())
+            s.flush()
+            return checkpoint_model(row)
+
+    def delete_expired(self, now: dt.datetime | None = None) -> int:
+        """Remove every checkpoint whose expiry has passed (row, then folder); returns how many."""
+        now = now or utcnow()
+        with self._ctx.db.session() as s:
+            due = s.scalars(
+                sa.select(CheckpointRow.pk).where(CheckpointRow.expires_at.is_not(None), CheckpointRow.expires_at <= now)
+            ).all()
+        removed = 0
+        for pk in due:
+            with FILES_LOCK:
+                with self._ctx.db.session() as s:
+                    row = s.get(CheckpointRow, pk)
+                    # A save or PUT .../ttl may have renewed it since the query above.
+                    if row is None or row.expires_at is None or as_utc(row.expires_at) > now:
+                        continue
+                    ref = parse_checkpoint_id(row.run_id, row.checkpoint_id)
+                    s.delete(row)
+                try:
+                    remove_folder(checkpoint_dir(self._ctx.settings.checkpoints_dir, ref))
+                except OSError:
+                    log.exception("could not remove the folder of expired checkpoint %s", ref.tinker_path)
+            removed += 1
+            log.info("checkpoint %s expired and was deleted", ref.tinker_path)
+        return removed
 
     def weights_info(self, owner: str, tinker_path: str) -> wire.WeightsInfoResponse:
         ref = parse_tinker_path(tinker_path)
@@ -143,9 +231,11 @@ class CheckpointService:
         when = dt.datetime.fromtimestamp(expires, dt.timezone.utc)
         return f"{base_url.rstrip('/')}/api/v1/archives/{token}", email.utils.format_datetime(when, usegmt=True)
 
-    def archive_file(self, token: str) -> tuple[pathlib.Path, str]:
-        """Verify ``token`` and build the tar; returns ``(temp tar path, download file name)``."""
+    def _signed_folder(self, token: str, *, file_link: bool) -> tuple[CheckpointRef, pathlib.Path, str | None]:
+        """Verify ``token`` (403) and find its checkpoint's folder (404 once deleted or expired)."""
         signed = self._signer.verify(token)
+        if (signed.file is not None) != file_link:
+            raise AccessDenied("invalid download link: " + ("not a file link" if file_link else "not an archive link"))
         ref = parse_checkpoint_id(signed.run_id, signed.checkpoint_id)
         with self._ctx.db.session() as s:
             if find_checkpoint(s, ref) is None:
@@ -153,6 +243,71 @@ class CheckpointService:
         directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
         if not directory.is_dir():
             raise NotFound(f"the files of checkpoint {ref.tinker_path} are missing")
+        return ref, directory, signed.file
+
+    def archive_file(self, token: str) -> tuple[pathlib.Path, str]:
+        """Verify ``token`` and build the tar; returns ``(temp tar path, download file name)``."""
+        ref, directory, _file = self._signed_folder(token, file_link=False)
         path = build_tar(directory, self._ctx.settings.home / "tmp")
         filename = f"{ref.run_id}_{ref.kind}_{ref.name}.tar".replace(":", "_")
         return path, filename
+
+    # -- external exports -------------------------------------------------------------------
+
+    def external_urls(
+        self, owner: str, run_id: str, checkpoint_id: str, base_url: str
+    ) -> wire.ExternalWeightsUrlsResponse:
+        """One signed, expiring URL per file of an external export (``external_weights/<name>``)."""
+        ref = parse_checkpoint_id(run_id, checkpoint_id)
+        if ref.kind != "external_weights":
+            raise InvalidRequest(
+                f"{ref.tinker_path} is not an external export: only external_weights/<name> checkpoints "
+                "(made by save_weights_external) have per-file URLs"
+            )
+        with self._ctx.db.session() as s:
+            readable_checkpoint(s, ref, owner)
+        directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
+        files = export_files(directory)
+        if not files:
+            raise NotFound(f"the files of checkpoint {ref.tinker_path} are missing")
+        ttl_s = self._ctx.settings.archive_url_ttl_s
+        now = time.time()
+        urls: dict[str, str] = {}
+        expires = now + ttl_s
+        for name in files:
+            token, expires = self._signer.sign(ref.run_id, ref.checkpoint_id, ttl_s, now, file=name)
+            urls[name] = f"{base_url.rstrip('/')}/api/v1/external_files/{token}"
+        return wire.ExternalWeightsUrlsResponse(
+            urls=urls, expires=dt.datetime.fromtimestamp(expires, dt.timezone.utc)
+        )
+
+    def external_file(self, token: str) -> pathlib.Path:
+        """The one file a signed external-export link names; it never leaves the export's folder."""
+        ref, directory, name = self._signed_folder(token, file_link=True)
+        assert name is not None
+        root = directory.resolve()
+        path = (directory / name).resolve()
+        if (
+            name.startswith("/")
+            or "\\" in name
+            or any(part in ("", ".", "..") for part in name.split("/"))
+            or root not in path.parents
+        ):
+            raise AccessDenied("invalid download link: the file is outside the export")
+        candidate = directory / name
+        if candidate.is_symlink() or not path.is_file():
+            raise NotFound(f"{name} is not a file of checkpoint {ref.tinker_path}")
+        return path
+
+
+def export_files(directory: pathlib.Path) -> list[str]:
+    """Relative POSIX paths of the regular files under ``directory`` (symlinks and dot-files skipped)."""
+    if not directory.is_dir():
+        return []
+    names = []
+    for item in sorted(directory.rglob("*")):
+        relative = item.relative_to(directory)
+        if item.is_symlink() or not item.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        names.append(relative.as_posix())
+    return names

@@ -1,9 +1,11 @@
 """Tinker paths, checkpoint names and where checkpoints live on disk.
 
-``tinker://<run_id>/<weights|sampler_weights>/<name>``; the checkpoint id is
-``<kind>/<name>``. The server is stricter than the SDK's parser: empty parts,
-``.``/``..`` and unusual characters are rejected, because names become
-directory names under ``TINKER_HOME/checkpoints/<run_id>/<kind>/<name>/``.
+``tinker://<run_id>/<weights|sampler_weights|external_weights>/<name>``; the
+checkpoint id is ``<kind>/<name>``. ``external_weights`` (0.28+ clients) are
+Hugging Face/PEFT-format exports made by ``save_weights_external``. The server
+is stricter than the SDK's parser: empty parts, ``.``/``..`` and unusual
+characters are rejected, because names become directory names under
+``TINKER_HOME/checkpoints/<run_id>/<kind>/<name>/``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ __all__ = [
 ]
 
 PREFIX = "tinker://"
-KIND_TO_TYPE = {"weights": "training", "sampler_weights": "sampler"}
+KIND_TO_TYPE = {"weights": "training", "sampler_weights": "sampler", "external_weights": "external"}
+_KINDS_HINT = "'weights/<name>', 'sampler_weights/<name>' or 'external_weights/<name>'"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-+=@,:]{0,199}")
 _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:]{0,199}")
 
@@ -32,7 +35,7 @@ _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-:]{0,199}")
 @dataclass(frozen=True)
 class CheckpointRef:
     run_id: str
-    kind: str  # "weights" | "sampler_weights"
+    kind: str  # "weights" | "sampler_weights" | "external_weights"
     name: str
 
     @property
@@ -69,12 +72,10 @@ def _validate_run_id(run_id: str, original: str) -> str:
 
 
 def parse_checkpoint_id(run_id: str, checkpoint_id: str) -> CheckpointRef:
-    """``weights/<name>`` or ``sampler_weights/<name>`` of run ``run_id``."""
+    """``<kind>/<name>`` of run ``run_id`` (kind: weights, sampler_weights, external_weights)."""
     kind, sep, name = checkpoint_id.partition("/")
     if not sep or kind not in KIND_TO_TYPE:
-        raise InvalidRequest(
-            f"invalid checkpoint id {checkpoint_id!r}: expected 'weights/<name>' or 'sampler_weights/<name>'"
-        )
+        raise InvalidRequest(f"invalid checkpoint id {checkpoint_id!r}: expected {_KINDS_HINT}")
     try:
         validate_checkpoint_name(name)
     except InvalidRequest as exc:
@@ -84,7 +85,7 @@ def parse_checkpoint_id(run_id: str, checkpoint_id: str) -> CheckpointRef:
 
 def parse_tinker_path(path: str) -> CheckpointRef:
     """Parse ``tinker://<run_id>/<kind>/<name>``; :class:`InvalidRequest` if malformed."""
-    hint = "expected tinker://<training_run_id>/weights/<name> or tinker://<training_run_id>/sampler_weights/<name>"
+    hint = "expected tinker://<training_run_id>/<weights|sampler_weights|external_weights>/<name>"
     if not isinstance(path, str) or not path.startswith(PREFIX):
         raise InvalidRequest(f"Invalid tinker path: {path!r}; {hint}")
     parts = path[len(PREFIX) :].split("/")

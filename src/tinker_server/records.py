@@ -2,6 +2,7 @@
 
 Another tenant's object reads exactly like a missing one (``NotFound``), so ids
 leak nothing. Public checkpoints are the one exception: anyone may read them.
+A checkpoint past its ``expires_at`` reads like a missing one too.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import wire
-
-from .db import CheckpointRow, SamplerRow, SessionRow, TrainingRunRow, as_utc
+from .db import CheckpointRow, SamplerRow, SessionRow, TrainingRunRow, as_utc, utcnow
 from .errors import InvalidRequest, NotFound
 from .paths import CheckpointRef
 
@@ -22,6 +22,7 @@ __all__ = [
     "checkpoint_model",
     "find_checkpoint",
     "iso",
+    "not_expired",
     "owned_run",
     "owned_sampler",
     "owned_session",
@@ -56,12 +57,22 @@ def owned_sampler(session: Session, sampler_id: str, owner: str) -> SamplerRow:
     return row
 
 
-def find_checkpoint(session: Session, ref: CheckpointRef) -> CheckpointRow | None:
-    return session.scalars(
-        sa.select(CheckpointRow).where(
-            CheckpointRow.run_id == ref.run_id, CheckpointRow.checkpoint_id == ref.checkpoint_id
-        )
-    ).first()
+def not_expired(now: dt.datetime | None = None) -> sa.ColumnElement[bool]:
+    """SQL condition: the checkpoint has no expiry or it lies after ``now``.
+
+    An expired checkpoint is gone for every reader at once; the sweeper only
+    reclaims its row and folder later.
+    """
+    return sa.or_(CheckpointRow.expires_at.is_(None), CheckpointRow.expires_at > (now or utcnow()))
+
+
+def find_checkpoint(session: Session, ref: CheckpointRef, *, include_expired: bool = False) -> CheckpointRow | None:
+    query = sa.select(CheckpointRow).where(
+        CheckpointRow.run_id == ref.run_id, CheckpointRow.checkpoint_id == ref.checkpoint_id
+    )
+    if not include_expired:
+        query = query.where(not_expired())
+    return session.scalars(query).first()
 
 
 def readable_checkpoint(session: Session, ref: CheckpointRef, owner: str) -> tuple[TrainingRunRow, CheckpointRow]:
@@ -89,13 +100,15 @@ def checkpoint_model(row: CheckpointRow) -> wire.Checkpoint:
         tinker_path=row.tinker_path,
         size_bytes=row.size_bytes,
         public=row.public,
+        expires_at=as_utc(row.expires_at) if row.expires_at is not None else None,
+        user_metadata=row.user_metadata,
     )
 
 
 def _latest(session: Session, run_id: str, checkpoint_type: str) -> CheckpointRow | None:
     return session.scalars(
         sa.select(CheckpointRow)
-        .where(CheckpointRow.run_id == run_id, CheckpointRow.checkpoint_type == checkpoint_type)
+        .where(CheckpointRow.run_id == run_id, CheckpointRow.checkpoint_type == checkpoint_type, not_expired())
         .order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())
         .limit(1)
     ).first()

@@ -1,24 +1,41 @@
-"""Training runs and checkpoints (REST), and the signed archive download.
+"""Training runs and checkpoints (REST), the signed archive download and the signed
+files of external exports.
 
-Checkpoint ids contain a slash (``weights/<name>``), so routes take
-``{checkpoint_id:path}``; the ``/archive`` and ``/publish`` routes are declared
-before the bare checkpoint route, which would otherwise swallow them.
+Checkpoint ids contain a slash (``weights/<name>``, ``external_weights/<name>``), so
+routes take ``{checkpoint_id:path}``; the routes with a suffix (``/archive``,
+``/publish``, ``/ttl``, ``/external_weights_urls``) are declared before the bare
+checkpoint route, which would otherwise swallow them.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 
 from .. import wire
-
 from ..paths import KIND_TO_TYPE
 from .deps import Limit, Offset, Owner, RuntimeDep
 
 router = APIRouter(tags=["runs"])
 
 _CHECKPOINT = "/training_runs/{run_id}/checkpoints/{checkpoint_id:path}"
+# The SDK version both the official clients and ours send.
+ClientVersion = Annotated[str | None, Header(alias="X-Stainless-Package-Version")]
+
+
+def _lists_external(version: str | None) -> bool:
+    """Clients before 0.28 reject a checkpoint whose type they do not know (``external``),
+    so their listings leave external exports out. Unknown or missing versions see them."""
+    match = re.match(r"\s*(\d+)\.(\d+)", version or "")
+    return match is None or (int(match[1]), int(match[2])) >= (0, 28)
+
+
+def _base_url(runtime: RuntimeDep, request: Request) -> str:
+    return runtime.settings.public_base_url or str(request.base_url)
 
 
 @router.get("/training_runs")
@@ -34,15 +51,30 @@ async def get_training_run(run_id: str, owner: Owner, runtime: RuntimeDep) -> wi
 
 
 @router.get("/training_runs/{run_id}/checkpoints")
-async def list_checkpoints(run_id: str, owner: Owner, runtime: RuntimeDep) -> wire.CheckpointsListResponse:
-    return runtime.checkpoints.list_run_checkpoints(owner, run_id)
+async def list_checkpoints(
+    run_id: str, owner: Owner, runtime: RuntimeDep, version: ClientVersion = None
+) -> wire.CheckpointsListResponse:
+    return runtime.checkpoints.list_run_checkpoints(owner, run_id, include_external=_lists_external(version))
 
 
 @router.get(_CHECKPOINT + "/archive")
 async def checkpoint_archive(run_id: str, checkpoint_id: str, request: Request, owner: Owner, runtime: RuntimeDep) -> Response:
-    base_url = runtime.settings.public_base_url or str(request.base_url)
-    url, expires = runtime.checkpoints.archive_link(owner, run_id, checkpoint_id, base_url)
+    url, expires = runtime.checkpoints.archive_link(owner, run_id, checkpoint_id, _base_url(runtime, request))
     return Response(status_code=302, headers={"Location": url, "Expires": expires})
+
+
+@router.get(_CHECKPOINT + "/external_weights_urls")
+async def external_weights_urls(
+    run_id: str, checkpoint_id: str, request: Request, owner: Owner, runtime: RuntimeDep
+) -> wire.ExternalWeightsUrlsResponse:
+    return runtime.checkpoints.external_urls(owner, run_id, checkpoint_id, _base_url(runtime, request))
+
+
+@router.put(_CHECKPOINT + "/ttl")
+async def set_checkpoint_ttl(
+    run_id: str, checkpoint_id: str, body: wire.SetCheckpointTtlRequest, owner: Owner, runtime: RuntimeDep
+) -> wire.Checkpoint:
+    return runtime.checkpoints.set_ttl(owner, run_id, checkpoint_id, body.ttl_seconds)
 
 
 @router.post(_CHECKPOINT + "/publish")
@@ -51,8 +83,10 @@ async def publish_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, runt
     return {"status": "published"}
 
 
+# Deleting may wait for a save of the same checkpoint to finish: a plain ``def`` runs in
+# the thread pool, never on the event loop.
 @router.delete(_CHECKPOINT + "/publish")
-async def unpublish_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, runtime: RuntimeDep) -> dict[str, str]:
+def unpublish_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, runtime: RuntimeDep) -> dict[str, str]:
     if checkpoint_id in KIND_TO_TYPE:
         # DELETE .../checkpoints/weights/publish: deleting a checkpoint named "publish".
         runtime.checkpoints.delete(owner, run_id, f"{checkpoint_id}/publish")
@@ -62,16 +96,16 @@ async def unpublish_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, ru
 
 
 @router.delete(_CHECKPOINT)
-async def delete_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, runtime: RuntimeDep) -> dict[str, str]:
+def delete_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, runtime: RuntimeDep) -> dict[str, str]:
     runtime.checkpoints.delete(owner, run_id, checkpoint_id)
     return {"status": "deleted"}
 
 
 @router.get("/checkpoints")
 async def list_user_checkpoints(
-    owner: Owner, runtime: RuntimeDep, limit: Limit = 100, offset: Offset = 0
+    owner: Owner, runtime: RuntimeDep, limit: Limit = 100, offset: Offset = 0, version: ClientVersion = None
 ) -> wire.CheckpointsListResponse:
-    return runtime.checkpoints.list_user_checkpoints(owner, limit, offset)
+    return runtime.checkpoints.list_user_checkpoints(owner, limit, offset, include_external=_lists_external(version))
 
 
 @router.get("/archives/{token}")
@@ -84,3 +118,11 @@ def download_archive(token: str, runtime: RuntimeDep) -> FileResponse:
         filename=filename,
         background=BackgroundTask(path.unlink, missing_ok=True),
     )
+
+
+@router.get("/external_files/{token}")
+def download_external_file(token: str, runtime: RuntimeDep) -> FileResponse:
+    """One file of an external export, from ``.../external_weights_urls``: no API key;
+    tampered or expired → 403, export deleted → 404."""
+    path = runtime.checkpoints.external_file(token)
+    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
