@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from . import wire
-from .engine import AdamConfig, SampleJob, SampleOutput, TrainDatum, TrainOutput
+from .engine.losses import LOSSES
+from .engine.sampling import MAX_NUM_SAMPLES, prepare_job
+from .engine import AdamConfig, SampleJob, SampleOutput, TrainDatum, TrainOutput, UserInputError
 from .errors import InvalidRequest
 from .wire.arrays import dense_from_csr
 
@@ -29,16 +31,14 @@ __all__ = [
     "train_result",
 ]
 
-KNOWN_INPUT_KEYS = ("target_tokens", "weights", "advantages", "logprobs", "clip_low_threshold", "clip_high_threshold")
-_RL_INPUTS = frozenset({"target_tokens", "logprobs", "advantages"})
+# Derived from the engine's loss registry (its one owner): the per-token inputs any loss
+# takes, and those each loss needs.
+KNOWN_INPUT_KEYS = tuple(
+    dict.fromkeys(["target_tokens", *(k for fn in LOSSES.values() for k in (*fn.required, *fn.optional))])
+)
 REQUIRED_INPUTS: dict[str, frozenset[str]] = {
-    "cross_entropy": frozenset({"target_tokens"}),
-    "importance_sampling": _RL_INPUTS,
-    "ppo": _RL_INPUTS,
-    "cispo": _RL_INPUTS,
-    "dro": _RL_INPUTS,
+    name: frozenset({"target_tokens", *fn.required}) for name, fn in LOSSES.items()
 }
-MAX_NUM_SAMPLES = 1024
 _INT64 = np.iinfo(np.int64)
 
 
@@ -254,7 +254,7 @@ def sample_job(request: wire.SampleRequest, adapter_id: str | None, info: Any) -
                 f"of {info.name} ({context})"
             )
     stop_strings, stop_token_ids = _stops(params.stop, info)
-    return SampleJob(
+    job = SampleJob(
         adapter_id=adapter_id,
         prompt=prompt,
         num_samples=request.num_samples,
@@ -267,7 +267,42 @@ def sample_job(request: wire.SampleRequest, adapter_id: str | None, info: Any) -
         stop_token_ids=stop_token_ids,
         prompt_logprobs=bool(request.prompt_logprobs),
         topk_prompt_logprobs=int(request.topk_prompt_logprobs),
+        topk_sample_logprobs=int(request.topk_sample_logprobs),
+        prompt_logprobs_last_n=request.prompt_logprobs_last_n,
+        target_prompt_logprobs=_target_ids(request.target_prompt_logprobs),
+        prompt_alt_tokens_k=int(request.prompt_alt_tokens_k),
     )
+    if info is not None:
+        # The engine owns the sampling rules; run them now so a bad request is a 400 at submit.
+        try:
+            prepare_job(job, None, vocab_size=int(info.vocab_size), max_context=int(info.max_context))
+        except UserInputError as exc:
+            raise InvalidRequest(str(exc)) from None
+    return job
+
+
+def _target_ids(tensor: wire.TensorData | None) -> np.ndarray | None:
+    """``target_prompt_logprobs`` of a sample request as a dense int64 array (-1 = no request)."""
+    if tensor is None:
+        return None
+    if tensor.dtype != "int64":
+        raise InvalidRequest(f"target_prompt_logprobs must hold int64 token ids, got {tensor.dtype}")
+    if tensor.shape is None or len(tensor.shape) != 2:
+        raise InvalidRequest(f"target_prompt_logprobs must be 2-D, [len(prompt) - 1, K], got shape {tensor.shape}")
+    values = np.asarray(tensor.data, dtype=np.int64)
+    if tensor.sparse_crow_indices is not None or tensor.sparse_col_indices is not None:
+        try:
+            return dense_from_csr(
+                values,
+                np.asarray(tensor.sparse_crow_indices or [], dtype=np.int64),
+                np.asarray(tensor.sparse_col_indices or [], dtype=np.int64),
+                tensor.shape,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(f"target_prompt_logprobs: {exc}") from None
+    if values.size != tensor.shape[0] * tensor.shape[1]:
+        raise InvalidRequest(f"target_prompt_logprobs: shape {tensor.shape} needs {tensor.shape[0] * tensor.shape[1]} values, got {values.size}")
+    return values.reshape(tensor.shape)
 
 
 def sample_result(output: SampleOutput, sequence_ids: list[str]) -> wire.SampleResult:

@@ -27,7 +27,8 @@ from .convert import adam_config, train_data, train_result
 from .checkpoints import FILES_LOCK, expiry, validate_ttl
 from .db import CheckpointRow, SamplerRow, TrainingRunRow, as_utc, utcnow
 from .engine import LoraSpec, UserInputError, validate_train_request
-from .engine.losses import loss_names
+from .engine.optim import UNSUPPORTED_OPTIMIZERS
+from .engine.train import resolve_loss
 from .errors import Gone, InvalidRequest, Overloaded
 from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
 from .reorder import ReorderFull, SeqReorder
@@ -358,8 +359,10 @@ class TrainingService:
         field = "forward_backward_input" if backward else "forward_input"
         loss_fn = fwd.loss_fn
 
-        if loss_fn not in loss_names():
-            raise InvalidRequest(f"{field}.loss_fn: unknown loss_fn {loss_fn!r}; expected one of: {', '.join(loss_names())}")
+        try:
+            resolve_loss(loss_fn)
+        except UserInputError as exc:
+            raise InvalidRequest(f"{field}.loss_fn: {exc}") from None
 
         def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
             data = train_data(fwd.data, loss_fn, worker.info, field=field)
@@ -677,8 +680,9 @@ def optimizer_family(config: dict[str, Any] | None, where: str) -> dict[str, Any
         return dict(DEFAULT_OPTIMIZER)
     family = config.get("type", "adamw")
     if family != "adamw":
+        why = UNSUPPORTED_OPTIMIZERS.get(str(family), "this server implements AdamW only")
         raise InvalidRequest(
-            f"{where}: the {family!r} optimizer is not supported by this server; use the default adamw "
-            "(AdamParams in optim_step)"
+            f"{where}: the {family!r} optimizer is not supported by this server ({why}); use the default "
+            "adamw (AdamParams in optim_step)"
         )
     return {"type": "adamw"}

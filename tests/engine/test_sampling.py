@@ -393,17 +393,27 @@ def test_target_prompt_logprobs_match_a_plain_forward(tuned: Engine) -> None:
     assert out.prompt_logprobs is None and out.prompt_alt_tokens is None
 
 
-def test_prompt_alt_tokens_match_a_plain_forward(tuned: Engine) -> None:
-    out = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, prompt_alt_tokens_k=5))
-    assert out.prompt_alt_tokens is not None
-    ids, lps = out.prompt_alt_tokens
-    assert ids.dtype == np.int32 and lps.dtype == np.float32
-    assert ids.shape == lps.shape == (len(PROMPT) - 1, 5)
-    best = torch.topk(_reference_prompt_logp(tuned, "a", PROMPT), 5, dim=-1)
-    np.testing.assert_array_equal(ids, best.indices.numpy())
-    np.testing.assert_allclose(lps, best.values.numpy(), rtol=1e-5, atol=1e-5)
-    assert (np.diff(lps, axis=1) <= 0).all()  # best first
-    assert out.prompt_logprobs is None and out.target_prompt_logprobs is None
+def test_prompt_alt_tokens_are_draws_at_the_request_temperature(tuned: Engine) -> None:
+    """``prompt_alt_tokens_k`` draws k tokens per prompt position from the next-token
+    distribution at the request's temperature; logprobs are those of the drawn tokens."""
+    logp = _reference_prompt_logp(tuned, "a", PROMPT)
+    for temperature in (1.0, 0.5):
+        out = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, seed=4, temperature=temperature, prompt_alt_tokens_k=5))
+        assert out.prompt_alt_tokens is not None
+        ids, lps = out.prompt_alt_tokens
+        assert ids.dtype == np.int32 and lps.dtype == np.float32
+        assert ids.shape == lps.shape == (len(PROMPT) - 1, 5)
+        scaled = torch.log_softmax(logp / temperature, dim=-1)
+        np.testing.assert_allclose(lps, scaled.gather(1, torch.from_numpy(ids).long()).numpy(), rtol=1e-5, atol=1e-5)
+        again = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, seed=4, temperature=temperature, prompt_alt_tokens_k=5))
+        np.testing.assert_array_equal(again.prompt_alt_tokens[0], ids)  # seeded: the same draws
+        assert out.prompt_logprobs is None and out.target_prompt_logprobs is None
+    other = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, seed=5, prompt_alt_tokens_k=5)).prompt_alt_tokens[0]
+    assert not np.array_equal(other, ids)  # draws, not a fixed ranking
+    greedy = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, temperature=0.0, prompt_alt_tokens_k=3)).prompt_alt_tokens
+    best = logp.max(dim=-1)
+    np.testing.assert_array_equal(greedy[0], np.repeat(best.indices.numpy()[:, None], 3, axis=1))
+    np.testing.assert_allclose(greedy[1][:, 0], best.values.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_prompt_outputs_of_a_one_token_prompt_are_empty(tuned: Engine) -> None:

@@ -86,7 +86,7 @@ LOSSES: dict[str, LossFn] = {}
 # (resolving one is a UserInputError that says so, rather than "unknown loss").
 UNSUPPORTED_LOSSES: dict[str, str] = {
     "stable_reinforce": "its objective is not publicly specified and it needs stability information "
-                        "recorded by the sampler",
+    "recorded by the sampler; train with loss_fn='importance_sampling' (or 'ppo', 'cispo') instead",
 }
 
 

@@ -100,8 +100,9 @@ class SampleJob:
       its reported logprob comes from).
     * ``target_prompt_logprobs``: int64 ``[P - 1, K]`` token ids, ``-1`` = none;
       cell ``[i, j]`` asks for ``log p(target[i, j] | prompt[:i + 1])`` at T = 1.
-    * ``prompt_alt_tokens_k=k``: for every prompt position ``i + 1``, the ``k`` most
-      likely tokens given ``prompt[:i + 1]`` and their logprobs (T = 1).
+    * ``prompt_alt_tokens_k=k``: for every prompt position ``i + 1``, ``k`` tokens drawn
+      independently from the next-token distribution after ``prompt[:i + 1]`` at the
+      job's temperature (seeded by the job's seed), and their logprobs under it.
 
     ``k`` is at most :data:`~tinker_server.engine.sampling.MAX_TOPK_LOGPROBS` for
     ``topk_sample_logprobs`` and ``prompt_alt_tokens_k``.
@@ -148,8 +149,8 @@ class SampleOutput:
     ``target_prompt_logprobs`` (when requested): float32, the request's shape
     ``[P - 1, K]``, the asked logprobs and ``0.0`` where the request cell is ``-1``.
     ``prompt_alt_tokens`` (when ``prompt_alt_tokens_k=k > 0``): ``(ids, logprobs)``,
-    int32 and float32, both ``[P - 1, k]``, row ``i`` the best ``k`` next tokens
-    after ``prompt[:i + 1]``, best first."""
+    int32 and float32, both ``[P - 1, k]``, row ``i`` the ``k`` draws after
+    ``prompt[:i + 1]``."""
 
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None

@@ -21,8 +21,8 @@ Reported logprobs are those of the temperature-scaled distribution
 ``log_softmax(logits / T)`` *before* top-k / top-p truncation (for ``T = 0``,
 ``log_softmax(logits)``); ``topk_sample_logprobs`` reports the best pairs of
 that same distribution. Prompt-side outputs (prompt logprobs, their top-k,
-``target_prompt_logprobs``, ``prompt_alt_tokens``) are always at temperature 1
-and come from the prefill's hidden states: the unembedding runs only over the
+``target_prompt_logprobs``) are always at temperature 1; ``prompt_alt_tokens``
+are draws at the request's temperature. All come from the prefill's hidden states: the unembedding runs only over the
 prompt positions some output needs (with ``prompt_logprobs_last_n`` alone, the
 last ``n``), :data:`PROMPT_LOGPROB_CHUNK` positions at a time.
 
@@ -356,6 +356,8 @@ def _prompt_outputs(parts: ModelParts, job: PreparedJob, hidden: torch.Tensor, p
     if k_alt:
         out.alt = (np.zeros((count, k_alt), dtype=np.int32), np.zeros((count, k_alt), dtype=np.float32))
     whole = targets is not None or k_alt > 0
+    # Alternative prompt tokens are draws: seeded from the job, so a seeded request repeats them.
+    alt_generator = torch.Generator().manual_seed(job.seeds[0] ^ 0xA17) if k_alt else None
     start = 0 if whole else (first_lp if per_position else count)
     if start >= count:
         return out
@@ -375,11 +377,27 @@ def _prompt_outputs(parts: ModelParts, job: PreparedJob, hidden: torch.Tensor, p
                 want = torch.from_numpy(targets[a:b]).to(logp.device)
                 got = logp.gather(1, want.clamp(min=0))
                 out.targets[a:b] = torch.where(want >= 0, got, torch.zeros_like(got)).cpu().numpy()
-            if out.alt is not None:
-                vals, idx = torch.topk(logp, k_alt, dim=-1)
-                out.alt[0][a:b] = idx.cpu().numpy()
-                out.alt[1][a:b] = vals.cpu().numpy()
+            if out.alt is not None and alt_generator is not None:
+                ids, lps = _draw_alternatives(logp, job.temperature, k_alt, alt_generator)
+                out.alt[0][a:b] = ids
+                out.alt[1][a:b] = lps
     return out
+
+
+def _draw_alternatives(
+    logp: torch.Tensor, temperature: float, k: int, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` tokens drawn independently (with replacement) from each row's next-token
+    distribution at ``temperature``, and their logprobs under it. ``logp``: (R, V)
+    log-probabilities at temperature 1. Greedy (``temperature = 0``) repeats the most
+    likely token, with its temperature-1 logprob, as sampling does."""
+    if temperature <= 0:
+        ids = logp.argmax(dim=-1, keepdim=True).expand(-1, k)
+        return ids.cpu().numpy().astype(np.int32), logp.gather(1, ids).cpu().numpy().astype(np.float32)
+    scaled = logp if temperature == 1 else torch.log_softmax(logp / temperature, dim=-1)
+    scaled = scaled.float().cpu()
+    ids = torch.multinomial(scaled.exp(), k, replacement=True, generator=generator)
+    return ids.numpy().astype(np.int32), scaled.gather(1, ids).numpy()
 
 
 def _kv(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
