@@ -113,6 +113,15 @@ def loop(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
         check(len(set(ids)) == 2 and all(ids), f"sequence ids {ids}")
     lps = sampler.compute_logprobs(prompt).result()
     check(lps[0] is None and len(lps) == prompt.length and all(x is not None for x in lps[1:]), "compute_logprobs")
+    extras(sampler, prompt, lps)
+    if VERSION >= (0, 26):
+        custom(tc, data)
+
+    named = tc.save_weights_for_sampler("s1").result().path
+    from_path = resolved(sc.create_sampling_client(model_path=named))
+    if VERSION >= (0, 38):
+        check(from_path.get_base_model() == model, "a sampler from a path knows its base model (GET /samplers)")
+    check(len(from_path.sample(prompt, 1, params).result().sequences) == 1, "sampling from a saved sampler path")
 
     state = tc.save_state("c1", ttl_seconds=3600).result().path
     rc = sc.create_rest_client()
@@ -151,6 +160,48 @@ def loop(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
     else:
         raise SystemExit("FAILED: an out-of-vocabulary token was accepted")
     check(tc.forward(data, "cross_entropy").result() is not None, "the run still serves after the bad request")
+
+
+def extras(sampler, prompt: types.ModelInput, lps: list[float | None]) -> None:  # noqa: ANN001
+    """The sampling outputs newer clients ask for, checked against compute_logprobs."""
+    params = types.SamplingParams(max_tokens=4, temperature=1.0, seed=7)
+    if VERSION >= (0, 29):
+        res = sampler.sample(prompt, 1, params, include_prompt_logprobs=True, topk_prompt_logprobs=2, topk_sample_logprobs=3).result()
+        seq = res.sequences[0]
+        rows = seq.topk_logprobs
+        check(rows is not None and len(rows) == len(seq.tokens) and all(len(r) == 3 for r in rows), "top-k sampled logprobs")
+        check(all(r[0][1] >= lp - 1e-5 for r, lp in zip(rows, seq.logprobs, strict=True)), "top-k rows are best first")
+        top = res.topk_prompt_logprobs
+        check(top is not None and top[0] is None and all(len(r) == 2 for r in top[1:]), "top-k prompt logprobs")
+    if VERSION >= (0, 30):
+        import torch
+
+        ids = torch.full((prompt.length - 1, 2), -1, dtype=torch.int64)
+        ids[:, 0] = torch.tensor(prompt.to_ints()[1:])
+        res = sampler.sample(prompt, 1, params, target_prompt_logprobs=types.TensorData.from_torch(ids)).result()
+        got = res.target_prompt_logprobs.to_torch()
+        check(tuple(got.shape) == (prompt.length - 1, 2), "target prompt logprobs shape")
+        diff = max(abs(float(a) - b) for a, b in zip(got[:, 0], lps[1:], strict=True))
+        check(diff < 1e-4 and bool((got[:, 1] == 0).all()), f"target prompt logprobs equal compute_logprobs ({diff:.1e})")
+    if VERSION >= (0, 31):
+        res = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=1, seed=3), prompt_alt_tokens_k=2).result()
+        alt = res.prompt_alt_tokens
+        check(alt is not None and tuple(alt.tokens.shape) == (prompt.length - 1, 2), "prompt alternative tokens")
+    if VERSION >= (0, 33):
+        last = sampler.compute_logprobs(prompt, prompt_logprobs_last_n=2).result()
+        check(all(x is None for x in last[:-2]) and abs(last[-1] - lps[-1]) < 1e-4, "prompt_logprobs_last_n")
+
+
+def custom(tc, data: list[types.Datum]) -> None:  # noqa: ANN001
+    """forward_backward_custom: a forward, then a weighted cross_entropy backward (2 seq_ids)."""
+
+    def loss(_data, logprobs):  # noqa: ANN001, ANN202
+        total = sum((-lp).sum() for lp in logprobs)
+        return total, {"custom_metric": float(total)}
+
+    out = tc.forward_backward_custom(data, loss).result()
+    check("loss:sum" in out.metrics, f"forward_backward_custom metrics {sorted(out.metrics)}")
+    tc.optim_step(adam()).result()
 
 
 def chunks(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
