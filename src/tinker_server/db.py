@@ -117,7 +117,8 @@ class RequestRow(Base):
     owner: Mapped[str] = mapped_column(sa.String(64))
     kind: Mapped[str] = mapped_column(sa.String(32))
     model_id: Mapped[str | None] = mapped_column(sa.String(128), index=True, default=None)
-    seq_id: Mapped[int | None] = mapped_column(default=None)
+    # 64-bit: unpickled sampling clients number their requests from clone_id * 10**9.
+    seq_id: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
     # Identity of a retried submit: ``<model_id>#<seq_id>``, ``<run_id>#create`` ...
     dedup_key: Mapped[str | None] = mapped_column(sa.String(200), unique=True, default=None)
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")  # pending|done|failed
@@ -126,6 +127,8 @@ class RequestRow(Base):
     category: Mapped[str | None] = mapped_column(sa.String(16), default=None)
     created_at: Mapped[dt.datetime]
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
+    # Order in which requests finished (1, 2, ...): the cursor of POST /retrieve_futures.
+    completion_seq: Mapped[int | None] = mapped_column(sa.BigInteger, default=None, index=True)
 
 
 class RequestResultRow(Base):

@@ -21,7 +21,8 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pydantic
 import sqlalchemy as sa
@@ -31,7 +32,12 @@ from . import wire
 from .db import Database, RequestResultRow, RequestRow, utcnow
 from .wire import codec
 
-__all__ = ["FutureHub", "StoredResult", "render"]
+__all__ = ["CLONE_SEQ_BLOCK", "Completion", "FutureHub", "StoredResult", "render"]
+
+T = TypeVar("T")
+# Sampling clients restored from a pickle (0.12+) number their requests from
+# clone_id * CLONE_SEQ_BLOCK, so a request's clone is seq_id // CLONE_SEQ_BLOCK.
+CLONE_SEQ_BLOCK = 10**9
 
 # The protobuf message a typed result is stored as.
 TRAIN_MESSAGE = "ForwardBackwardOutput"
@@ -49,6 +55,20 @@ class StoredResult:
     sequence_ids: tuple[str, ...] = ()
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished request as ``retrieve_futures`` reports it."""
+
+    request_id: str
+    status: str  # "done" or "failed"
+    cursor: int
+    payload_size: int | None
+
+
+def _completions_key(model_id: str) -> str:
+    return f"completions:{model_id}"
 
 
 class FutureHub:
@@ -112,18 +132,31 @@ class FutureHub:
         category: str | None,
         binary: RequestResultRow | None = None,
     ) -> None:
+        model_id = None
         try:
             with self._db.session() as session:
-                session.execute(
+                # The first outcome wins (a cancelled request may still finish in the engine).
+                next_seq = sa.select(sa.func.coalesce(sa.func.max(RequestRow.completion_seq), 0) + 1).scalar_subquery()
+                updated = session.execute(
                     sa.update(RequestRow)
-                    .where(RequestRow.id == request_id)
-                    .values(status=status, result=result, error=error, category=category, finished_at=utcnow())
+                    .where(RequestRow.id == request_id, RequestRow.status == "pending")
+                    .values(
+                        status=status,
+                        result=result,
+                        error=error,
+                        category=category,
+                        finished_at=utcnow(),
+                        completion_seq=next_seq,
+                    )
                 )
-                if binary is not None:
+                if int(getattr(updated, "rowcount", 0) or 0) and binary is not None:
                     binary.request_id = request_id
                     session.merge(binary)
+                model_id = session.scalar(sa.select(RequestRow.model_id).where(RequestRow.id == request_id))
         finally:
             self._wake(request_id)
+            if model_id is not None:
+                self._wake(_completions_key(model_id))
 
     def _wake(self, request_id: str) -> None:
         with self._lock:
@@ -156,29 +189,78 @@ class FutureHub:
 
         Also ``None`` if the request does not exist (the caller checks first).
         """
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            self._waiters.setdefault(request_id, []).append((loop, fut))
-        try:
+
+        def finished() -> RequestRow | None:
             row = self.get(request_id)
-            if row is None or row.status != "pending":
-                return row
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except TimeoutError:
-                return None
-            return self.get(request_id)
-        finally:
+            return row if row is None or row.status != "pending" else None
+
+        row = await self._wait_for(request_id, finished, timeout)
+        return row if row is not None else None
+
+    async def completions(
+        self, owner: str, sampler_id: str, clone_id: int, after: int, timeout: float
+    ) -> tuple[list[Completion], int]:
+        """Sampling requests of ``sampler_id`` (its clone ``clone_id``: ``seq_id // 10**9``)
+        finished after cursor ``after``, in finishing order, and the new cursor; waits up to
+        ``timeout`` seconds for the first one."""
+
+        def query() -> list[Completion] | None:
+            lo, hi = clone_id * CLONE_SEQ_BLOCK, (clone_id + 1) * CLONE_SEQ_BLOCK
+            with self._db.session() as session:
+                rows = session.execute(
+                    sa.select(RequestRow.id, RequestRow.status, RequestRow.completion_seq, RequestResultRow.body)
+                    .outerjoin(RequestResultRow, RequestResultRow.request_id == RequestRow.id)
+                    .where(
+                        RequestRow.model_id == sampler_id,
+                        RequestRow.owner == owner,
+                        RequestRow.kind == "sample",
+                        RequestRow.completion_seq > after,
+                        RequestRow.seq_id >= lo,
+                        RequestRow.seq_id < hi,
+                    )
+                    .order_by(RequestRow.completion_seq)
+                ).all()
+            found = [
+                Completion(request_id, status, int(seq), None if body is None else len(body))
+                for request_id, status, seq, body in rows
+            ]
+            return found or None
+
+        found = await self._wait_for(_completions_key(sampler_id), query, timeout)
+        if not found:
+            return [], after
+        return found, found[-1].cursor
+
+    async def _wait_for(self, key: str, check: Callable[[], T | None], timeout: float) -> T | None:
+        """``check()`` once it returns something, re-run whenever ``key`` is woken; ``None``
+        after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            fut: asyncio.Future[None] = loop.create_future()
             with self._lock:
-                waiters = self._waiters.get(request_id)
-                if waiters is not None:
-                    try:
-                        waiters.remove((loop, fut))
-                    except ValueError:
-                        pass
-                    if not waiters:
-                        del self._waiters[request_id]
+                self._waiters.setdefault(key, []).append((loop, fut))
+            try:
+                found = check()
+                if found is not None:
+                    return found
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(asyncio.shield(fut), remaining)
+                except TimeoutError:
+                    return check()
+            finally:
+                with self._lock:
+                    waiters = self._waiters.get(key)
+                    if waiters is not None:
+                        try:
+                            waiters.remove((loop, fut))
+                        except ValueError:
+                            pass
+                        if not waiters:
+                            del self._waiters[key]
 
     # -- maintenance ------------------------------------------------------------------------
 

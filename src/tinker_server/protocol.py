@@ -20,8 +20,9 @@ _CLIENT_CONFIG: dict[str, Any] = {
     "parallel_fwdbwd_chunks": True,
     # Plain API keys; no JWT exchange (/auth/token) on this server.
     "pjwt_auth_enabled": False,
-    # Sampling polls one future at a time through /retrieve_future.
-    "sample_use_retrieve_futures": False,
+    # Sampling clients learn which of their requests finished from one long poll per sampler
+    # (/retrieve_futures), then fetch each payload.
+    "sample_use_retrieve_futures": True,
     # Custom losses run client-side (forward + weighted cross_entropy), never uploaded.
     "custom_loss_server_side": False,
     "sample_join_sampling_session": False,
@@ -34,7 +35,8 @@ _CLIENT_CONFIG: dict[str, Any] = {
 
 _DYNAMIC_CONFIG: dict[str, Any] = {
     "refresh_interval_sec": 300,
-    "sample_cancel_enabled": False,
+    # Abandoned sampling requests are taken out of the queue (/cancel_future).
+    "sample_cancel_enabled": True,
     "sample_cancel_max_batch_size": 64,
 }
 

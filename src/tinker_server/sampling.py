@@ -23,7 +23,7 @@ from . import wire
 from .context import Context
 from .convert import sample_job, sample_result
 from .db import SamplerRow, utcnow
-from .errors import Gone, InvalidRequest
+from .errors import Gone, InvalidRequest, NotFound
 from .paths import checkpoint_dir, parse_tinker_path
 from .records import owned_sampler, owned_session, readable_checkpoint
 from .scheduler import CallTask, SampleTask
@@ -163,6 +163,23 @@ class SamplingService:
             )
         )
         return wire.UntypedAPIFuture(request_id=request_id, model_id=sampler_id, sample_sequence_ids=sequence_ids)
+
+    def cancel(self, owner: str, request_id: str) -> dict[str, str]:
+        """``POST /cancel_future`` (0.26+): a sampling request the client abandoned. Still
+        queued: it is taken out and fails as cancelled. Running or finished: it stays as it is."""
+        ctx = self._ctx
+        row = ctx.futures.get(request_id)
+        if row is None or row.owner != owner:
+            raise NotFound(f"unknown request_id {request_id!r}")
+        if row.kind != "sample" or row.status != "pending" or row.model_id is None:
+            return {"status": "not cancelled"}
+        with ctx.db.session() as s:
+            sampler = s.get(SamplerRow, row.model_id)
+            base_model = sampler.base_model if sampler is not None else None
+        if base_model is None or not ctx.scheduler.worker(base_model).withdraw_sample(request_id):
+            return {"status": "not cancelled"}
+        ctx.futures.fail(request_id, "the client cancelled this sampling request", "user")
+        return {"status": "cancelled"}
 
     def get_sampler(self, owner: str, sampler_id: str) -> wire.GetSamplerResponse:
         with self._ctx.db.session() as s:

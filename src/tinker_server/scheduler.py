@@ -160,6 +160,17 @@ class Worker:
         if self._pending >= self._max_pending:
             raise Overloaded(f"the request queue of {self.model_name} is full; retry shortly")
 
+    def withdraw_sample(self, request_id: str) -> bool:
+        """Take a queued sampling request out of the queue (it was cancelled); ``False``
+        when it is no longer queued (running or finished)."""
+        with self._cond:
+            for task in self._samples:
+                if task.request_id == request_id:
+                    self._samples.remove(task)
+                    self._pending -= 1
+                    return True
+        return False
+
     def submit(self, task: Task) -> Task:
         with self._cond:
             if self._stopping:

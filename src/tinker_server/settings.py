@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     # one (0.20+ clients send the chunks of a large call concurrently, the first last)
     # before failing the held requests; and how many it holds at most.
     seq_gap_timeout_s: Annotated[float, pydantic.Field(gt=0)] = 60.0
+    # retrieve_future with allow_metadata_only (0.14+ clients): results at least this large
+    # are announced by size first, so the client can reserve memory for them.
+    metadata_only_min_bytes: Annotated[int, pydantic.Field(ge=0)] = 4 * 2**20
     max_held_requests: Annotated[int, pydantic.Field(ge=1)] = 256
 
     @pydantic.field_validator("home", mode="after")

@@ -7,7 +7,7 @@ JSON. Not-finished, failed and error answers are always JSON.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response
@@ -35,7 +35,35 @@ async def retrieve_future(
     status, content = render(row, body.request_id)
     if content is not None or row is None:
         return JSONResponse(content, status_code=status)
-    return result_response(runtime.futures.stored_result(row), accept)
+    stored = runtime.futures.stored_result(row)
+    if body.allow_metadata_only and len(stored.body) >= runtime.settings.metadata_only_min_bytes:
+        # Large payload: tell its size first so the client can reserve room for it (0.14+).
+        return JSONResponse({"status": "complete_metadata", "response_payload_size": len(stored.body)})
+    return result_response(stored, accept)
+
+
+@router.post("/retrieve_futures")
+async def retrieve_futures(body: wire.RetrieveFuturesRequest, owner: Owner, runtime: RuntimeDep) -> dict[str, Any]:
+    """Finished sampling requests of one sampler (clone) after ``prev_cursor`` (0.26+ pollers);
+    the payloads are then fetched with ``retrieve_future``."""
+    target = body.target
+    runtime.sampling.get_sampler(owner, target.sampling_session_id)  # 404 unless it is the caller's
+    timeout = runtime.settings.long_poll_s if body.timeout is None else max(0.0, min(body.timeout, runtime.settings.long_poll_s))
+    found, cursor = await runtime.futures.completions(
+        owner, target.sampling_session_id, target.cloned_sampler_id, body.prev_cursor, timeout
+    )
+    completions = [
+        {"state": "finished", "request_id": c.request_id, "response_payload_uncompressed_size": c.payload_size}
+        if c.status == "done"
+        else {"state": "failed", "request_id": c.request_id}
+        for c in found
+    ]
+    return {"completions": completions, "cursor": cursor}
+
+
+@router.post("/cancel_future")
+async def cancel_future(body: wire.CancelFutureRequest, owner: Owner, runtime: RuntimeDep) -> dict[str, str]:
+    return runtime.sampling.cancel(owner, body.request_id)
 
 
 def result_response(stored: StoredResult, accept: str) -> Response:

@@ -18,6 +18,7 @@ __all__ = [
     "ForwardBackwardOutput",
     "ForwardBackwardRequest",
     "ForwardRequest",
+    "CancelFutureRequest",
     "FutureRetrieveRequest",
     "GetInfoRequest",
     "GetInfoResponse",
@@ -27,6 +28,8 @@ __all__ = [
     "ModelData",
     "OptimStepRequest",
     "OptimStepResponse",
+    "RetrieveFuturesRequest",
+    "RetrieveFuturesTarget",
     "SaveWeightsExternalRequest",
     "SaveWeightsExternalResponse",
     "SaveWeightsForSamplerRequest",
@@ -242,3 +245,23 @@ class UntypedAPIFuture(Response):
 class FutureRetrieveRequest(Request):
     request_id: str
     allow_metadata_only: bool = False
+
+
+class RetrieveFuturesTarget(Request):
+    type: Literal["sampling_session"] = "sampling_session"
+    sampling_session_id: str
+    cloned_sampler_id: int = 0
+
+
+class RetrieveFuturesRequest(Request):
+    """``POST /retrieve_futures`` (0.26+): finished sampling requests of one sampler, after a
+    cursor. ``timeout`` 0 asks for an immediate answer; absent, the server long-polls."""
+
+    target: RetrieveFuturesTarget
+    prev_cursor: int = 0
+    timeout: float | None = None
+    retrieved_request_ids: list[str] = []
+
+
+class CancelFutureRequest(Request):
+    request_id: str
