@@ -14,6 +14,8 @@ Phases:
 * ``chunks``: one forward_backward split into several chunks by the server's client
   config (sent concurrently, first chunk last) equals the same call in one chunk.
 * ``checkpoint``: saves a training checkpoint and prints its path for the CLI phase.
+* ``probes``: client-side behaviours (capabilities without a session, a lazy
+  ServiceClient, the ``tml-`` key prefix); the test reads the server's access log.
 
 Prints ``ok: ...`` per check and ``PASSED <phase>`` at the end; exits non-zero on failure.
 """
@@ -226,6 +228,22 @@ def chunks(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
     check(max_diff(after[0], ref_lps) > 1e-4, "the step changed the weights")
 
 
+def probes(base_url: str, model: str) -> None:
+    """Client-side behaviours the server relies on (spec 0.38 section 14, P1-P3); the test
+    then reads the server's access log to see which requests arrived."""
+    if hasattr(tinker, "RestClient"):  # a top-level RestClient (not in 0.25)
+        caps = tinker.RestClient(base_url=base_url, api_key=KEY).get_server_capabilities().result()
+        check(any(m.model_name == model for m in caps.supported_models), "P1: capabilities through a RestClient")
+    print("MARK constructed", flush=True)
+    tinker.ServiceClient(base_url=base_url, api_key=KEY)  # P3: lazy, sends nothing (0.23+)
+    try:
+        resolved(tinker.ServiceClient(base_url=base_url, api_key="sk-x").create_lora_training_client(model, rank=4))
+    except tinker.TinkerError as exc:
+        check("tml-" in str(exc), "P2: a key without the tml- prefix is refused by the client")
+    else:
+        raise SystemExit("FAILED: the client accepted an sk- key")
+
+
 def checkpoint(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
     tc = resolved(sc.create_lora_training_client(base_model=model, rank=4))
     tc.forward_backward([datum(tok, *PAIRS[0])], "cross_entropy").result()
@@ -235,6 +253,10 @@ def checkpoint(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN0
 
 def main() -> None:
     base_url, model, tokenizer_dir, phase = sys.argv[1:5]
+    if phase == "probes":
+        probes(base_url, model)
+        print("PASSED", phase, flush=True)
+        return
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     run = {"loop": loop, "chunks": chunks, "checkpoint": checkpoint}[phase]
     if VERSION >= (0, 27):

@@ -84,11 +84,28 @@ def test_training_loop_on_tiny_model(version: str, tmp_path: Path) -> None:
 
 
 def test_chunks_sent_out_of_order_equal_one_chunk(tmp_path: Path) -> None:
+    """Also zstd request bodies (P8) and try-again answers on every long poll (P20)."""
     python = _python("0.38")
     tokenizer_dir = load_engine(TINY_MODEL, home=tmp_path).info.tokenizer_dir
-    env = {"TINKER_CLIENT_CONFIG": json.dumps({"fwdbwd_max_chunk_len": 2})}
+    env = {
+        "TINKER_CLIENT_CONFIG": json.dumps({"fwdbwd_max_chunk_len": 2, "proto_compress_fwdbwd": True}),
+        "TINKER_LONG_POLL_S": "0.05",
+    }
     with live_server(tmp_path, [TINY_MODEL], env=env) as url:
         run_script(python, url, TINY_MODEL, tokenizer_dir, "chunks", tmp_path)
+    log = (tmp_path / "server.log").read_text(errors="replace")
+    assert '"POST /api/v1/retrieve_future HTTP/1.1" 408' in log
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_client_side_probes(version: str, tmp_path: Path) -> None:
+    python = _python(version)
+    with live_server(tmp_path, [TINY_MODEL]) as url:
+        out = run_script(python, url, TINY_MODEL, tmp_path, "probes", tmp_path)
+    assert "MARK constructed" in out
+    requests = [line for line in (tmp_path / "server.log").read_text(errors="replace").splitlines() if '"POST /api' in line or '"GET /api' in line]
+    assert not any("/create_session" in line for line in requests), requests  # P1, P2, P3: no session made
+    assert not any("/create_model" in line for line in requests)
 
 
 @pytest.mark.parametrize("version", list(VERSIONS))
