@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 COMPAT := .venv-compat
 COMPAT25 := .venv-compat25
 COMPAT38 := .venv-compat38
+COOKBOOK := .venv-cookbook
 # Shared cache of converted models for the test suite (SmolLM2 is converted from its GGUF once).
 export TINKER_TEST_MODEL_HOME ?= $(CURDIR)/.tinker-test-home
 
@@ -40,14 +41,22 @@ $(COMPAT38)/.installed:
 	$(COMPAT38)/bin/pip install -q tinker==0.38.0
 	touch $@
 
+# tinker-cookbook beside the official 0.38.0 client, pinned (tests/compat/test_cookbook.py runs its recipes).
+$(COOKBOOK)/.installed: tests/compat/cookbook-constraints.txt
+	$(PYTHON) -m venv $(COOKBOOK)
+	$(COOKBOOK)/bin/pip install -q torch==2.13.0
+	$(COOKBOOK)/bin/pip install -q -c tests/compat/cookbook-constraints.txt tinker==0.38.0 "tinker-cookbook[math-rl]==0.5.8"
+	touch $@
+
 demo: install
 	$(BIN)/python examples/pig_latin.py
 
-test: install $(COMPAT)/.installed $(COMPAT25)/.installed $(COMPAT38)/.installed
+test: install $(COMPAT)/.installed $(COMPAT25)/.installed $(COMPAT38)/.installed $(COOKBOOK)/.installed
 	mkdir -p $(TINKER_TEST_MODEL_HOME)
 	TINKER_COMPAT_PYTHON=$(CURDIR)/$(COMPAT)/bin/python \
 	TINKER_COMPAT25_PYTHON=$(CURDIR)/$(COMPAT25)/bin/python \
 	TINKER_COMPAT38_PYTHON=$(CURDIR)/$(COMPAT38)/bin/python \
+	TINKER_COOKBOOK_PYTHON=$(CURDIR)/$(COOKBOOK)/bin/python \
 	$(BIN)/python -m pytest
 
 test-fast: install
@@ -61,4 +70,4 @@ proto: install
 	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src src/tinker_server/wire/tinker_wire.proto
 
 clean:
-	rm -rf $(VENV) $(COMPAT) $(COMPAT25) $(COMPAT38) .tinker-test-home
+	rm -rf $(VENV) $(COMPAT) $(COMPAT25) $(COMPAT38) $(COOKBOOK) .tinker-test-home
