@@ -45,7 +45,7 @@ $(COMPAT38)/.installed:
 $(COOKBOOK)/.installed: tests/compat/cookbook-constraints.txt
 	$(PYTHON) -m venv $(COOKBOOK)
 	$(COOKBOOK)/bin/pip install -q torch==2.13.0
-	$(COOKBOOK)/bin/pip install -q -c tests/compat/cookbook-constraints.txt tinker==0.38.0 "tinker-cookbook[math-rl]==0.5.8"
+	$(COOKBOOK)/bin/pip install -q -c tests/compat/cookbook-constraints.txt tinker==0.38.0 "tinker-cookbook[math-rl]==0.5.8" ./server
 	touch $@
 
 demo: install
@@ -53,6 +53,9 @@ demo: install
 
 test: install $(COMPAT)/.installed $(COMPAT25)/.installed $(COMPAT38)/.installed $(COOKBOOK)/.installed
 	mkdir -p $(TINKER_TEST_MODEL_HOME)
+	# The cookbook's environment holds a copy of the server (not editable: that would put our
+	# src/, with our own `tinker`, on its path); refresh it from the current sources.
+	$(COOKBOOK)/bin/pip install -q --no-deps --force-reinstall ./server
 	TINKER_COMPAT_PYTHON=$(CURDIR)/$(COMPAT)/bin/python \
 	TINKER_COMPAT25_PYTHON=$(CURDIR)/$(COMPAT25)/bin/python \
 	TINKER_COMPAT38_PYTHON=$(CURDIR)/$(COMPAT38)/bin/python \

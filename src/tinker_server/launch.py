@@ -29,10 +29,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def background_server(
-    home: Path, models: list[str], *, timeout: float = 180.0, env: dict[str, str] | None = None
+    home: Path,
+    models: list[str],
+    *,
+    timeout: float = 180.0,
+    env: dict[str, str] | None = None,
+    python: str | None = None,
 ) -> Iterator[str]:
     """Start ``python -m tinker_server`` on a free loopback port; yield its base URL once
-    ``/api/v1/healthz`` answers; stop it when the block exits.
+    ``/api/v1/healthz`` answers; stop it when the block exits. ``python``: the interpreter
+    of another environment that has the server installed (default: this one).
 
     The server's output goes to ``home/server.log``; a server that exits early or is not
     ready within ``timeout`` seconds raises ``RuntimeError`` quoting the end of that log.
@@ -41,7 +47,7 @@ def background_server(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = home / "server.log"
-    args = [sys.executable, "-m", "tinker_server", "--port", str(port), "--home", str(home)]
+    args = [python or sys.executable, "-m", "tinker_server", "--port", str(port), "--home", str(home)]
     for model in models:
         args += ["--model", model]
     with open(log_path, "ab") as log:

@@ -2,9 +2,11 @@
 a real `tinker serve`, offline, on SmolLM2.
 
 The cookbook runs from a virtualenv of its own (the version pip resolves beside the official
-tinker==0.38.0; pins in cookbook-constraints.txt). `make test` builds it and names its
-interpreter in TINKER_COOKBOOK_PYTHON. Without it the tests skip locally, and fail under CI.
-The checks themselves are in cookbook_script.py.
+tinker==0.38.0; pins in cookbook-constraints.txt), which also holds our server distribution
+(`tinker-server`, installed from ./server): the server is started from that same virtualenv,
+so one environment holds the server, the official SDK and the cookbook. `make test` builds it
+and names its interpreter in TINKER_COOKBOOK_PYTHON. Without it the tests skip locally, and
+fail under CI. The checks themselves are in cookbook_script.py.
 """
 
 from __future__ import annotations
@@ -36,11 +38,21 @@ def cookbook_python() -> str:
 
 @pytest.fixture(scope="module")
 def server(cookbook_python: str, model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One server for both recipes: SmolLM2 loads once."""
+    """One server for both recipes (SmolLM2 loads once), run by the cookbook's interpreter."""
     home = tmp_path_factory.mktemp("cookbook-server")
     (home / "models").symlink_to(model_home / "models")
-    with live_server(home, [DEFAULT_MODEL]) as url:
+    with live_server(home, [DEFAULT_MODEL], python=cookbook_python) as url:
         yield url
+
+
+def test_one_environment_holds_server_sdk_and_cookbook(cookbook_python: str) -> None:
+    code = (
+        "import importlib.metadata as m, tinker, tinker_server, tinker_cookbook;"
+        "print(m.version('tinker'), m.version('tinker-server'), m.version('tinker-cookbook'), tinker.__file__)"
+    )
+    out = subprocess.run([cookbook_python, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "0.38.0" and out[1] and out[2], out
+    assert "site-packages" in out[3]  # the official SDK, not our source tree
 
 
 def run_phase(python: str, phase: str, url: str, model_home: Path, work: Path) -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import math
 import numbers
 import secrets
@@ -221,6 +222,14 @@ class _Row:
     stop_reason: str | None = None
 
 
+@functools.cache
+def _cache_kwarg(decoder_class: type) -> str:
+    """The decoder's keyword for the key/value cache: ``cache`` in recent transformers,
+    ``past_key_values`` before (5.5 and older, e.g. beside tinker-cookbook)."""
+    parameters = inspect.signature(decoder_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def _new_cache(parts: ModelParts, room: int) -> DynamicCache:
     """A cache whose layers append in place, reserving at most ``room`` positions ahead."""
     from transformers import DynamicCache
@@ -325,7 +334,7 @@ def _prefill(
             input_ids=ids,
             attention_mask=_attention_mask(parts, keys[:, None], parts.model.dtype),
             position_ids=positions,
-            cache=cache,
+            **{_cache_kwarg(type(parts.decoder)): cache},
             use_cache=True,
         ).last_hidden_state  # (J, Pmax, H)
         last = parts.logits(hidden[:, -1:])[:, 0]  # (J, V)
@@ -630,7 +639,7 @@ def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[Pr
                 input_ids=tokens[:, None],
                 attention_mask=_attention_mask(parts, valid[:, None, None, :], _kv(cache, 0)[0].dtype),
                 position_ids=positions,
-                cache=cache,
+                **{_cache_kwarg(type(parts.decoder)): cache},
                 use_cache=True,
             ).last_hidden_state
             logits = parts.logits(hidden[:, -1])
