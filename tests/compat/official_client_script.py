@@ -20,31 +20,8 @@ import urllib.request
 
 import tinker
 from tinker import types
+from official_common import PAIRS, check, datum
 from transformers import AutoTokenizer
-
-PAIRS = [
-    ("hello world", "ellohay orldway"),
-    ("good morning", "oodgay orningmay"),
-    ("the cat sat", "ethay atcay atsay"),
-    ("banana split", "ananabay itsplay"),
-]
-
-
-def datum(tok, english: str, pig: str) -> types.Datum:
-    prompt = tok.encode(f"English: {english}\nPig Latin:", add_special_tokens=False)
-    completion = tok.encode(f" {pig}\n", add_special_tokens=False)
-    tokens = prompt + completion
-    weights = [0.0] * len(prompt) + [1.0] * len(completion)
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
-    )
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
-    print(f"ok: {what}", flush=True)
 
 
 def train(sc: tinker.ServiceClient, model: str, tok) -> None:

@@ -28,40 +28,17 @@ from importlib.metadata import version
 
 import tinker
 from tinker import types
+from official_common import PAIRS, check, datum
 from transformers import AutoTokenizer
 
 VERSION = tuple(int(p) for p in version("tinker").split(".")[:2])
 KEY = "tml-local"
-
-PAIRS = [
-    ("hello world", "ellohay orldway"),
-    ("good morning", "oodgay orningmay"),
-    ("the cat sat", "ethay atcay atsay"),
-    ("banana split", "ananabay itsplay"),
-]
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
-    print(f"ok: {what}", flush=True)
 
 
 def resolved(obj):  # noqa: ANN001, ANN201 - any client type
     """0.38 creation methods return a future of the client; older ones the client."""
     result = getattr(obj, "result", None)
     return result() if callable(result) else obj
-
-
-def datum(tok, english: str, pig: str) -> types.Datum:  # noqa: ANN001
-    prompt = tok.encode(f"English: {english}\nPig Latin:", add_special_tokens=False)
-    completion = tok.encode(f" {pig}\n", add_special_tokens=False)
-    tokens = prompt + completion
-    weights = [0.0] * len(prompt) + [1.0] * len(completion)
-    return types.Datum(
-        model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
-    )
 
 
 def logprobs_of(out: types.ForwardBackwardOutput) -> list[list[float]]:

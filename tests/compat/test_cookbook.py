@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.interpreters import python_from_env
 from tests.support.live_server import live_server
 from tinker_server.engine import DEFAULT_MODEL, load_engine
 
@@ -28,12 +29,7 @@ SCRIPT = Path(__file__).with_name("cookbook_script.py")
 
 @pytest.fixture(scope="module")
 def cookbook_python() -> str:
-    python = os.environ.get("TINKER_COOKBOOK_PYTHON")
-    if not python:
-        if os.environ.get("CI"):
-            pytest.fail("TINKER_COOKBOOK_PYTHON is not set: run the tests with `make test`")
-        pytest.skip("TINKER_COOKBOOK_PYTHON not set (make test builds the cookbook's virtualenv)")
-    return python
+    return python_from_env("TINKER_COOKBOOK_PYTHON", "the cookbook's virtualenv")
 
 
 @pytest.fixture(scope="module")

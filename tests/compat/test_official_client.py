@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.interpreters import python_from_env
 from tests.support.live_server import live_server
 from tinker_server.engine import DEFAULT_MODEL, TINY_MODEL, load_engine
 
@@ -22,12 +23,7 @@ SCRIPT = Path(__file__).with_name("official_client_script.py")
 
 @pytest.fixture(scope="module")
 def compat_python() -> str:
-    python = os.environ.get("TINKER_COMPAT_PYTHON")
-    if not python:
-        if os.environ.get("CI"):
-            pytest.fail("TINKER_COMPAT_PYTHON is not set: run the tests with `make test`")
-        pytest.skip("TINKER_COMPAT_PYTHON not set (make test builds the official client's virtualenv)")
-    return python
+    return python_from_env("TINKER_COMPAT_PYTHON", "the official 0.5.1 client's virtualenv")
 
 
 def run_script(python: str, url: str, model: str, tokenizer_dir: Path, phase: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.interpreters import python_from_env
 from tests.support.live_server import live_server
 from tinker_server.engine import DEFAULT_MODEL, TINY_MODEL, load_engine
 
@@ -26,12 +27,7 @@ VERSIONS = {"0.25": "TINKER_COMPAT25_PYTHON", "0.38": "TINKER_COMPAT38_PYTHON"}
 
 
 def _python(version: str) -> str:
-    python = os.environ.get(VERSIONS[version])
-    if not python:
-        if os.environ.get("CI"):
-            pytest.fail(f"{VERSIONS[version]} is not set: run the tests with `make test`")
-        pytest.skip(f"{VERSIONS[version]} not set (make test builds the official {version} client's virtualenv)")
-    return python
+    return python_from_env(VERSIONS[version], f"the official {version} client's virtualenv")
 
 
 def _env(home: Path) -> dict[str, str]:
