@@ -21,6 +21,7 @@ from .messages import (
     SampledSequence,
     SampleJob,
     SampleOutput,
+    TokenEvent,
     TrainDatum,
     TrainOutput,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "SampleJob",
     "SampleOutput",
     "SampledSequence",
+    "TokenEvent",
     "TrainDatum",
     "TrainOutput",
     "UserInputError",

@@ -9,6 +9,7 @@ input tokens ``N``.
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,6 +22,7 @@ __all__ = [
     "SampleJob",
     "SampleOutput",
     "SampledSequence",
+    "TokenEvent",
     "TrainDatum",
     "TrainOutput",
 ]
@@ -106,6 +108,11 @@ class SampleJob:
 
     ``k`` is at most :data:`~tinker_server.engine.sampling.MAX_TOPK_LOGPROBS` for
     ``topk_sample_logprobs`` and ``prompt_alt_tokens_k``.
+
+    ``on_token`` (optional) is told of every generated token while the batch decodes,
+    as a :class:`TokenEvent`, from the engine's thread. It must be quick and must not
+    raise (a sink that raises is not called again for this job); it changes nothing
+    in the result.
     """
 
     adapter_id: str | None
@@ -124,6 +131,22 @@ class SampleJob:
     prompt_logprobs_last_n: int | None = None
     target_prompt_logprobs: np.ndarray | None = None
     prompt_alt_tokens_k: int = 0
+    on_token: Callable[[TokenEvent], None] | None = None
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One token just generated for sample ``sample`` of a job, at index ``position`` of
+    that sample's sequence; ``logprob`` and ``topk`` as they will appear in the result
+    (``topk`` only with ``topk_sample_logprobs``). ``stop_reason`` is set on the sample's
+    last token. The events of one sample arrive in position order."""
+
+    sample: int
+    position: int
+    token: int
+    logprob: float
+    topk: list[tuple[int, float]] | None = None
+    stop_reason: Literal["length", "stop"] | None = None
 
 
 @dataclass

@@ -33,6 +33,9 @@ does not stop generation unless it is in ``stop_token_ids`` (Tinker clients pass
 their renderer's stop sequences explicitly). Otherwise a row ends with
 ``"length"`` after ``max_tokens`` tokens (``None``: up to the context limit, at
 most :data:`MAX_TOKENS_WHEN_UNSET`).
+
+Streaming: a job's ``on_token`` sink hears of each token right after its decode
+step (a :class:`TokenEvent`), so a server can send text before the batch ends.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import logging
 import math
 import numbers
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -52,7 +56,7 @@ import torch
 
 from .errors import UserInputError
 from .lora import Adapter
-from .messages import SampledSequence, SampleJob, SampleOutput
+from .messages import SampledSequence, SampleJob, SampleOutput, TokenEvent
 from .models import ModelParts
 
 if TYPE_CHECKING:
@@ -60,6 +64,8 @@ if TYPE_CHECKING:
 
 PromptLogprobs = list[float | None]
 TopkPromptLogprobs = list[list[tuple[int, float]] | None]
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MAX_NUM_SAMPLES", "MAX_TOKENS_WHEN_UNSET", "MAX_TOPK_LOGPROBS", "PreparedJob", "prepare_job", "run_jobs"]
 
@@ -92,6 +98,8 @@ class PreparedJob:
     prompt_logprobs_last_n: int | None = None
     target_prompt_logprobs: np.ndarray | None = None  # int64 [P - 1, K], -1 = none
     prompt_alt_tokens_k: int = 0
+    on_token: Callable[[TokenEvent], None] | None = None
+    first_sample: int = 0  # index in the job of this piece's first sample (see run_jobs)
 
 
 def _is_int(value: object) -> bool:
@@ -166,6 +174,8 @@ def prepare_job(job: SampleJob, adapter: Adapter | None, *, vocab_size: int, max
         if not job.prompt_logprobs:
             raise UserInputError("prompt_logprobs_last_n requires prompt_logprobs")
     targets = _target_ids(job.target_prompt_logprobs, len(prompt), vocab_size)
+    if job.on_token is not None and not callable(job.on_token):
+        raise UserInputError(f"on_token must be callable or None, got {job.on_token!r}")
     job_seed = int(job.seed) if job.seed is not None else secrets.randbits(63)
     return PreparedJob(
         adapter=adapter,
@@ -184,6 +194,7 @@ def prepare_job(job: SampleJob, adapter: Adapter | None, *, vocab_size: int, max
         prompt_logprobs_last_n=None if last_n is None else int(last_n),
         target_prompt_logprobs=targets,
         prompt_alt_tokens_k=int(job.prompt_alt_tokens_k),
+        on_token=job.on_token,
     )
 
 
@@ -216,6 +227,7 @@ class _Row:
     job: int
     generator: torch.Generator
     position: int  # position id of the next token fed to the model
+    sample: int = 0  # index of this row's sample in its job
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     topk: list[list[tuple[int, float]]] = field(default_factory=list)
@@ -529,6 +541,7 @@ def run_jobs(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[P
                 job,
                 num_samples=min(step, job.num_samples - start),
                 seeds=job.seeds[start : start + step],
+                first_sample=job.first_sample + start,
                 prompt_logprobs=job.prompt_logprobs and first,
                 topk_prompt_logprobs=job.topk_prompt_logprobs if first else 0,
                 target_prompt_logprobs=job.target_prompt_logprobs if first else None,
@@ -558,9 +571,10 @@ def _run_batch(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list
     with torch.no_grad():
         cache, valid, last_logits, prompt_outputs = _prefill(parts, jobs)
         rows = [
-            _Row(job=j, generator=torch.Generator().manual_seed(seed), position=len(job.prompt))
+            _Row(job=j, generator=torch.Generator().manual_seed(seed), position=len(job.prompt),
+                 sample=job.first_sample + i)
             for j, job in enumerate(jobs)
-            for seed in job.seeds
+            for i, seed in enumerate(job.seeds)
         ]
         if any(job.max_new > 0 for job in jobs):
             _decode(parts, tokenizer, jobs, rows, cache, valid, last_logits)
@@ -623,6 +637,8 @@ def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[Pr
                 row.stop_reason = "length"
             else:
                 keep.append(slot)
+            if job.on_token is not None:
+                _notify(job, row)
         if not keep:
             return
         if len(keep) < len(active):
@@ -643,6 +659,18 @@ def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[Pr
                 use_cache=True,
             ).last_hidden_state
             logits = parts.logits(hidden[:, -1])
+
+
+def _notify(job: PreparedJob, row: _Row) -> None:
+    """Tell ``job.on_token`` of the token ``row`` just appended; a sink that raises is dropped."""
+    event = TokenEvent(sample=row.sample, position=len(row.tokens) - 1, token=row.tokens[-1],
+                       logprob=row.logprobs[-1], topk=row.topk[-1] if job.topk_sample_logprobs else None,
+                       stop_reason=row.stop_reason)  # type: ignore[arg-type]
+    try:
+        job.on_token(event)  # type: ignore[misc]
+    except Exception:  # noqa: BLE001 - a broken listener must not fail the batch
+        log.exception("the on_token sink of a sampling job failed; it gets no more tokens")
+        job.on_token = None
 
 
 def _sample_topk(logp: torch.Tensor, ks: list[int]) -> dict[int, list[tuple[int, float]]]:
