@@ -31,11 +31,14 @@ __all__ = [
 
 
 class ServiceError(Exception):
-    """Base of every error the server raises on purpose; ``str(err)`` is the user message."""
+    """Base of every error the server raises on purpose; ``str(err)`` is the user message.
+    ``param`` names the request parameter at fault where one is (the OpenAI-compatible
+    endpoints report it)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
 
 
 class InvalidRequest(ServiceError):

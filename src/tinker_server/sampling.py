@@ -9,14 +9,19 @@ A sampler is one of:
   loaded per base model, least recently used first out);
 * an ephemeral sampler (``save_weights_for_sampler`` without a name): a
   weights-only copy of a training run's adapter, held in memory only.
+
+Checkpoint adapters are loaded and evicted in one place, :meth:`SamplingService.checkpoint_loader`,
+which the OpenAI-compatible endpoints (:mod:`.oai`) use too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import pathlib
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from . import wire
@@ -56,6 +61,26 @@ class SamplingService:
         for victim in victims:
             if engine.has_adapter(victim):
                 engine.drop_adapter(victim)
+
+    def checkpoint_loader(
+        self,
+        adapter_id: str,
+        base_model: str,
+        directory: pathlib.Path,
+        on_load: Callable[[], None] | None = None,
+    ) -> Callable[[Any], None]:
+        """A ``SampleTask.prepare`` for a checkpoint's adapter held under ``adapter_id``:
+        loads it from ``directory`` unless it is in memory (then calls ``on_load``) and marks
+        it used, so at most ``max_checkpoint_samplers`` such adapters stay loaded."""
+
+        def prepare(engine: Any) -> None:
+            if not engine.has_adapter(adapter_id):
+                engine.load_adapter(adapter_id, directory, optimizer=False)
+                if on_load is not None:
+                    on_load()
+            self._touch(engine, base_model, adapter_id)
+
+        return prepare
 
     async def create_sampling_session(
         self, owner: str, req: wire.CreateSamplingSessionRequest
@@ -141,16 +166,14 @@ class SamplingService:
         if reloadable and sampler.model_path is not None:
             directory = checkpoint_dir(ctx.settings.checkpoints_dir, parse_tinker_path(sampler.model_path))
             db = ctx.db
-            base_model = sampler.base_model
 
-            def prepare(engine: Any) -> None:
-                if not engine.has_adapter(sampler_id):
-                    engine.load_adapter(sampler_id, directory, optimizer=False)
-                    with db.session() as s2:
-                        row = s2.get(SamplerRow, sampler_id)
-                        if row is not None:
-                            row.unloaded_reason = None
-                self._touch(engine, base_model, sampler_id)
+            def reloaded() -> None:
+                with db.session() as s2:
+                    row = s2.get(SamplerRow, sampler_id)
+                    if row is not None:
+                        row.unloaded_reason = None
+
+            prepare = self.checkpoint_loader(sampler_id, sampler.base_model, directory, reloaded)
 
         # One id per sample (0.26+ clients require them); a retried submit gets new ones.
         sequence_ids = [f"{request_id}:{i}" for i in range(job.num_samples)]
