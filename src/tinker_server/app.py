@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from . import __version__
-from .api import futures, models, runs, sampling, service, sessions, training
+from .api import futures, models, oai, runs, sampling, service, sessions, training
 from .api.errors import install_error_handlers
 from .runtime import EngineLoader, Runtime
 from .settings import Settings
@@ -45,4 +45,5 @@ def create_app(settings: Settings | None = None, *, engine_loader: EngineLoader 
     install_error_handlers(app)
     for module in (service, sessions, models, training, sampling, futures, runs):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(oai.router)  # /oai/api/v1: the OpenAI-compatible endpoints
     return app

@@ -19,6 +19,7 @@ from .checkpoints import CheckpointService
 from .context import Context
 from .db import Database, SamplerRow, TrainingRunRow, utcnow
 from .futures import FutureHub
+from .oai import OaiService
 from .sampling import SamplingService
 from .scheduler import Limits, Scheduler
 from .sessions import SessionService
@@ -92,6 +93,7 @@ class Runtime:
         self.training = TrainingService(ctx)
         self.sampling = SamplingService(ctx)
         self.catalog = Catalog(ctx)
+        self.oai = OaiService(ctx, self.sampling, self.catalog)  # the OpenAI-compatible endpoints
         self.checkpoints = CheckpointService(ctx, ArchiveSigner(settings.home / "archive_secret"))
         self._started = False
         self._start_lock = threading.Lock()

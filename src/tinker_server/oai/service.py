@@ -1,0 +1,442 @@
+"""OpenAI-compatible completions, chat completions and model listing (``/oai/api/v1``).
+
+A ``model`` is a served base model or a ``tinker://`` checkpoint path (``sampler_weights/``
+or ``weights/``, whatever ``create_sampling_session`` accepts) that the caller may read:
+its own, or a public one. Checkpoint adapters are loaded by
+:meth:`SamplingService.checkpoint_loader` under an id of their own (the path and the
+checkpoint's save time, so an overwritten checkpoint is loaded afresh), and share the
+Tinker samplers' limit on loaded checkpoint adapters.
+
+Each prompt becomes one :class:`SampleJob` (``n`` samples) on the base model's worker,
+as a :class:`SampleTask` like Tinker ``asample``, so OpenAI requests batch with Tinker
+sampling. Nothing is recorded: the HTTP request waits for its tasks. Streamed requests
+give their jobs an ``on_token`` sink and send text as the engine decodes it.
+
+Parameters are checked before anything is queued; the engine's own sampling rules
+(:func:`prepare_job`) decide the ranges, their messages renamed to the OpenAI
+parameter names. Tokenizing and detokenizing run in worker threads
+(``asyncio.to_thread``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..catalog import Catalog
+from ..context import Context
+from ..db import CheckpointRow, as_utc
+from ..engine import SampleJob, TokenEvent, UserInputError
+from ..engine.sampling import prepare_job
+from ..errors import InvalidRequest, NotFound
+from ..paths import checkpoint_dir, parse_tinker_path
+from ..records import not_expired, readable_checkpoint
+from ..sampling import SamplingService
+from ..scheduler import SampleTask
+from ..wire import oai as w
+from .generation import Decoding, Delta, Entry, Generation
+from .text import Tokenizer
+
+__all__ = ["OaiService"]
+
+COMPLETION_DEFAULT_MAX_TOKENS = 16  # the OpenAI completions default
+BASE_MODEL_OWNER = "tinker-server"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a request's ``model`` samples: a base model, and a checkpoint adapter or none."""
+
+    base_model: str
+    adapter_id: str | None = None
+    prepare: Callable[[Any], None] | None = None
+
+
+@dataclass(frozen=True)
+class _Names:
+    """The OpenAI names of the engine's sampling fields, for one endpoint."""
+
+    prompt: str
+    max_tokens: str
+    logprobs: str
+
+
+class OaiService:
+    def __init__(self, ctx: Context, sampling: SamplingService, catalog: Catalog) -> None:
+        self._ctx = ctx
+        self._sampling = sampling
+        self._catalog = catalog
+        self._tokenizers: dict[str, Tokenizer] = {}
+        self._lock = threading.Lock()
+        self._created = int(time.time())
+
+    # -- models ------------------------------------------------------------------------------
+
+    def list_models(self, owner: str) -> w.ModelList:
+        """The served base models, then the caller's sampler checkpoints, oldest first."""
+        cards = [w.ModelCard(id=m, created=self._created, owned_by=BASE_MODEL_OWNER) for m in self._ctx.scheduler.models]
+        with self._ctx.db.session() as s:
+            rows = s.scalars(
+                sa.select(CheckpointRow)
+                .where(CheckpointRow.owner == owner, CheckpointRow.checkpoint_type == "sampler", not_expired())
+                .order_by(CheckpointRow.time, CheckpointRow.pk)
+            ).all()
+            cards += [w.ModelCard(id=r.tinker_path, created=int(as_utc(r.time).timestamp()), owned_by=owner) for r in rows]
+        return w.ModelList(data=cards)
+
+    def get_model(self, owner: str, model: str) -> w.ModelCard:
+        if model in self._ctx.scheduler.models:
+            return w.ModelCard(id=model, created=self._created, owned_by=BASE_MODEL_OWNER)
+        ref = self._checkpoint_ref(model)
+        with self._ctx.db.session() as s:
+            run, row = self._readable(s, ref, model, owner)
+            return w.ModelCard(id=row.tinker_path, created=int(as_utc(row.time).timestamp()), owned_by=run.owner)
+
+    def _checkpoint_ref(self, model: str) -> Any:
+        if not model.startswith("tinker://"):
+            served = ", ".join(self._ctx.scheduler.models)
+            raise NotFound(
+                f"model {model!r} does not exist: give a served base model ({served}) or a tinker:// checkpoint path",
+                param="model",
+            )
+        try:
+            return parse_tinker_path(model)
+        except InvalidRequest as exc:
+            raise InvalidRequest(str(exc), param="model") from None
+
+    @staticmethod
+    def _readable(s: Any, ref: Any, model: str, owner: str) -> Any:
+        try:
+            return readable_checkpoint(s, ref, owner)
+        except NotFound:
+            raise NotFound(f"model {model!r} does not exist or you do not have access to it", param="model") from None
+
+    def _target(self, owner: str, model: str) -> _Target:
+        if model in self._ctx.scheduler.models:
+            return _Target(model)
+        ref = self._checkpoint_ref(model)
+        with self._ctx.db.session() as s:
+            run, row = self._readable(s, ref, model, owner)
+            base_model, saved = run.base_model, as_utc(row.time).isoformat()
+        if base_model not in self._ctx.scheduler.models:
+            raise InvalidRequest(f"{model} was trained on {base_model}, which this server does not serve", param="model")
+        adapter_id = f"oai:{ref.tinker_path}@{saved}"
+        directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
+        return _Target(base_model, adapter_id, self._sampling.checkpoint_loader(adapter_id, base_model, directory))
+
+    async def _tokenizer(self, base_model: str) -> Tokenizer:
+        tokenizer = self._tokenizers.get(base_model)
+        if tokenizer is None:
+            info = await self._catalog.model_info(base_model)  # loads the model on first use
+            tokenizer = await asyncio.to_thread(self._load_tokenizer, base_model, info.tokenizer_dir)
+        return tokenizer
+
+    def _load_tokenizer(self, base_model: str, directory: Any) -> Tokenizer:
+        with self._lock:
+            tokenizer = self._tokenizers.get(base_model)
+            if tokenizer is None:
+                tokenizer = self._tokenizers[base_model] = Tokenizer.load(directory, base_model)
+            return tokenizer
+
+    # -- completions -------------------------------------------------------------------------
+
+    async def completion(self, owner: str, req: w.CompletionRequest) -> w.Completion | AsyncIterator[w.Completion]:
+        n = 1 if req.n is None else req.n
+        _refuse_unsupported(req)
+        if req.echo:
+            raise InvalidRequest("echo is not supported by this server: it returns generated text only", param="echo")
+        if req.best_of is not None and req.best_of != n:
+            raise InvalidRequest("best_of is not supported by this server; leave it unset or equal to n", param="best_of")
+        if req.suffix:
+            raise InvalidRequest("suffix is not supported by this server", param="suffix")
+        target = self._target(owner, req.model)
+        tokenizer = await self._tokenizer(target.base_model)
+        prompts = await asyncio.to_thread(_completion_prompts, tokenizer, req.prompt)
+        hidden = frozenset() if req.ignore_eos or tokenizer.eos_id is None else frozenset({tokenizer.eos_id})
+        max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+        decoding = _decoding(req, n, max_tokens, "max_tokens", hidden, logprobs=req.logprobs is not None,
+                             top=req.logprobs or 0)
+        names = _Names(prompt="prompt", max_tokens="max_tokens", logprobs="logprobs")
+        flight = self._start(target, tokenizer, prompts, decoding, names, stream=bool(req.stream))
+        rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
+
+        def chunk(deltas: list[Delta]) -> list[w.Completion]:
+            return [w.Completion(id=rid, created=created, model=req.model, choices=[
+                w.CompletionChoice(index=d.choice.index, text=d.text, finish_reason=d.finish_reason,  # type: ignore[arg-type]
+                                   logprobs=_completion_logprobs(tokenizer, d.entries, decoding))])
+                for d in deltas if d.text or d.entries or d.finish_reason]
+
+        if req.stream:
+            def usage_chunk(gen: Generation) -> w.Completion:
+                return w.Completion(id=rid, created=created, model=req.model, choices=[], usage=_usage(gen))
+
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return flight.stream([], chunk, usage_chunk if include_usage else None)
+
+        def whole(gen: Generation) -> w.Completion:
+            choices = [w.CompletionChoice(index=c.index, text=c.full_text, finish_reason=c.finish_reason,  # type: ignore[arg-type]
+                                          logprobs=_completion_logprobs(tokenizer, c.entries, decoding))
+                       for c in gen.choices]
+            return w.Completion(id=rid, created=created, model=req.model, choices=choices, usage=_usage(gen))
+
+        return await flight.result(whole)
+
+    # -- chat completions --------------------------------------------------------------------
+
+    async def chat(self, owner: str, req: w.ChatCompletionRequest) -> w.ChatCompletion | AsyncIterator[w.ChatCompletionChunk]:
+        n = 1 if req.n is None else req.n
+        _refuse_unsupported(req)
+        if req.tools:
+            raise InvalidRequest("tools (function calling) are not supported by this server", param="tools")
+        kind = (req.response_format or {}).get("type", "text")
+        if kind != "text":
+            raise InvalidRequest(f"response_format {kind!r} is not supported by this server; only 'text' is",
+                                 param="response_format")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
+        messages = _chat_messages(req.messages)
+        target = self._target(owner, req.model)
+        tokenizer = await self._tokenizer(target.base_model)
+        prompt = await asyncio.to_thread(tokenizer.chat_prompt, messages)
+        hidden = frozenset(t for t in (tokenizer.end_of_turn_id, tokenizer.eos_id) if t is not None)
+        limit_name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        decoding = _decoding(req, n, max_tokens, limit_name, hidden, logprobs=bool(req.logprobs),
+                             top=req.top_logprobs or 0)
+        names = _Names(prompt="messages", max_tokens=limit_name, logprobs="top_logprobs")
+        flight = self._start(target, tokenizer, [prompt], decoding, names, stream=bool(req.stream))
+        rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+
+        def logprobs(entries: list[Entry]) -> w.ChatLogprobs | None:
+            return w.ChatLogprobs(content=_chat_logprobs(tokenizer, entries)) if decoding.logprobs else None
+
+        if req.stream:
+            def chunk(deltas: list[Delta]) -> list[w.ChatCompletionChunk]:
+                return [w.ChatCompletionChunk(id=rid, created=created, model=req.model, choices=[
+                    w.ChatChunkChoice(index=d.choice.index, delta=w.ChatDelta(content=d.text or None),
+                                      logprobs=logprobs(d.entries), finish_reason=d.finish_reason)])  # type: ignore[arg-type]
+                    for d in deltas if d.text or d.entries or d.finish_reason]
+
+            def usage_chunk(gen: Generation) -> w.ChatCompletionChunk:
+                return w.ChatCompletionChunk(id=rid, created=created, model=req.model, choices=[], usage=_usage(gen))
+
+            opening = [w.ChatCompletionChunk(id=rid, created=created, model=req.model, choices=[
+                w.ChatChunkChoice(index=i, delta=w.ChatDelta(role="assistant", content=""))]) for i in range(n)]
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return flight.stream(opening, chunk, usage_chunk if include_usage else None)
+
+        def whole(gen: Generation) -> w.ChatCompletion:
+            choices = [w.ChatChoice(index=c.index, message=w.ChatReply(content=c.full_text),
+                                    logprobs=logprobs(c.entries), finish_reason=c.finish_reason)  # type: ignore[arg-type]
+                       for c in gen.choices]
+            return w.ChatCompletion(id=rid, created=created, model=req.model, choices=choices, usage=_usage(gen))
+
+        return await flight.result(whole)
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def _start(self, target: _Target, tokenizer: Tokenizer, prompts: list[list[int]], decoding: Decoding,
+               names: _Names, *, stream: bool) -> _Flight:
+        """Check every job by the engine's rules, then queue them all on the base model's worker."""
+        worker = self._ctx.scheduler.worker(target.base_model)
+        info = worker.info
+        limit = self._ctx.settings.max_pending_samples
+        if len(prompts) > limit:
+            raise InvalidRequest(f"prompt holds {len(prompts)} prompts; at most {limit} per request", param=names.prompt)
+        jobs = [
+            SampleJob(adapter_id=target.adapter_id, prompt=prompt, num_samples=decoding.n,
+                      max_tokens=decoding.max_tokens, temperature=decoding.temperature, top_k=decoding.top_k,
+                      top_p=decoding.top_p, seed=decoding.seed, stop_strings=list(decoding.stops),
+                      stop_token_ids=sorted(decoding.hidden), topk_sample_logprobs=decoding.top)
+            for prompt in prompts
+        ]
+        for job in jobs:
+            try:
+                prepare_job(job, None, vocab_size=int(info.vocab_size), max_context=int(info.max_context))
+            except UserInputError as exc:
+                raise _renamed(str(exc), names) from None
+        worker.check_capacity(sampling=True, strict=False)
+        flight = _Flight(Generation(tokenizer, decoding, prompts), stream)
+        for index, job in enumerate(jobs):
+            if stream:
+                job.on_token = flight.sink(index)
+            task = worker.submit(SampleTask(job=job, prepare=flight.prepare(target.prepare)))
+            flight.watch(index, task)
+        return flight
+
+
+class _Flight:
+    """The queued tasks of one request and the way their tokens come back."""
+
+    def __init__(self, generation: Generation, stream: bool) -> None:
+        self.generation = generation
+        self.tasks: list[SampleTask] = []
+        self._cancelled = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[int, Any]] | None = asyncio.Queue() if stream else None
+
+    def _put(self, item: tuple[int, Any]) -> None:
+        if self._queue is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop has closed: nobody is listening any more
+            pass
+
+    def sink(self, prompt: int) -> Callable[[TokenEvent], None]:
+        return lambda event: self._put((prompt, event))
+
+    def watch(self, prompt: int, task: SampleTask) -> None:
+        self.tasks.append(task)
+        task.done.add_done_callback(lambda future: self._put((prompt, future)))
+
+    def prepare(self, load: Callable[[Any], None] | None) -> Callable[[Any], None]:
+        """The task's ``prepare``: a stream whose client went away is not started; then the adapter."""
+
+        def prepare(engine: Any) -> None:
+            if self._cancelled.is_set():
+                raise InvalidRequest("the client closed the stream before sampling started")
+            if load is not None:
+                load(engine)
+
+        return prepare
+
+    async def result(self, render: Callable[[Generation], Any]) -> Any:
+        outputs = await asyncio.gather(*(asyncio.wrap_future(t.done) for t in self.tasks))
+
+        def build() -> Any:
+            self.generation.apply(list(enumerate(outputs)))
+            return render(self.generation)
+
+        return await asyncio.to_thread(build)
+
+    async def stream(self, opening: list[Any], render: Callable[[list[Delta]], list[Any]],
+                     usage: Callable[[Generation], Any] | None) -> AsyncIterator[Any]:
+        """Chunks as tokens arrive: each wait takes every item queued meanwhile, so a busy
+        server sends fewer, larger chunks."""
+        assert self._queue is not None
+        queue, generation = self._queue, self.generation
+        try:
+            for chunk in opening:
+                yield chunk
+            while not generation.done:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                for chunk in await asyncio.to_thread(lambda: render(generation.apply(items))):
+                    yield chunk
+            if usage is not None:
+                yield usage(generation)
+        finally:
+            self._cancelled.set()
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+def _refuse_unsupported(req: w.CompletionRequest | w.ChatCompletionRequest) -> None:
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(req, name):
+            raise InvalidRequest(f"{name} is not supported by this server; leave it unset or 0", param=name)
+    if req.logit_bias:
+        raise InvalidRequest("logit_bias is not supported by this server", param="logit_bias")
+
+
+def _decoding(req: w.CompletionRequest | w.ChatCompletionRequest, n: int, max_tokens: int | None, limit_name: str,
+              hidden: frozenset[int], *, logprobs: bool, top: int) -> Decoding:
+    if max_tokens is not None and max_tokens < 1:
+        raise InvalidRequest(f"{limit_name} must be at least 1, got {max_tokens}", param=limit_name)
+    stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    return Decoding(
+        n=n,
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=-1 if req.top_k is None else req.top_k,
+        seed=req.seed,
+        stops=stops,
+        hidden=hidden,
+        logprobs=logprobs,
+        top=top,
+    )
+
+
+def _renamed(message: str, names: _Names) -> InvalidRequest:
+    """An engine sampling rule's message, told in the OpenAI parameter names."""
+    field = message.split(" ", 1)[0]
+    if field == "prompt" and "max_tokens" in message:
+        return InvalidRequest(message, param=names.max_tokens)
+    renamed = {"num_samples": "n", "topk_sample_logprobs": names.logprobs, "max_tokens": names.max_tokens}
+    if field in renamed:
+        return InvalidRequest(renamed[field] + message[len(field):], param=renamed[field])
+    params = {"prompt": names.prompt, "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+              "seed": "seed", "stop": "stop"}
+    return InvalidRequest(message, param=params.get(field))
+
+
+def _completion_prompts(tokenizer: Tokenizer, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+    if isinstance(prompt, str):
+        return [tokenizer.encode(prompt)]
+    if not prompt:
+        raise InvalidRequest("prompt must not be empty", param="prompt")
+    if all(isinstance(p, str) for p in prompt):
+        return [tokenizer.encode(p) for p in prompt]  # type: ignore[arg-type]
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]  # type: ignore[arg-type]
+    return [list(p) for p in prompt]  # type: ignore[arg-type]
+
+
+def _chat_messages(messages: list[w.ChatMessage]) -> list[dict[str, str]]:
+    if not messages:
+        raise InvalidRequest("messages must hold at least one message", param="messages")
+    out = []
+    for i, message in enumerate(messages):
+        content = message.content
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if part.type != "text" or part.text is None:
+                    raise InvalidRequest(f"messages[{i}].content[{j}]: only text parts are supported, got {part.type!r}",
+                                         param="messages")
+            content = "\n".join(part.text or "" for part in content)
+        out.append({"role": message.role, "content": content or ""})
+    return out
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def _usage(generation: Generation) -> w.Usage:
+    prompt, completion = generation.prompt_tokens, generation.completion_tokens
+    return w.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _completion_logprobs(tokenizer: Tokenizer, entries: list[Entry], decoding: Decoding) -> w.CompletionLogprobs | None:
+    if not decoding.logprobs:
+        return None
+    top = [{tokenizer.token_text(t): lp for t, lp in e.top} for e in entries] if decoding.top else None
+    return w.CompletionLogprobs(
+        tokens=[tokenizer.token_text(e.token) for e in entries],
+        token_logprobs=[e.logprob for e in entries],
+        top_logprobs=top,
+        text_offset=[e.offset for e in entries],
+    )
+
+
+def _chat_logprobs(tokenizer: Tokenizer, entries: list[Entry]) -> list[w.TokenLogprob]:
+    def text(token: int) -> tuple[str, list[int]]:
+        piece = tokenizer.token_text(token)
+        return piece, list(piece.encode("utf-8"))
+
+    out = []
+    for e in entries:
+        token, raw = text(e.token)
+        top = [w.TopLogprob(token=t, logprob=lp, bytes=b) for (t, b), lp in ((text(i), lp) for i, lp in e.top)]
+        out.append(w.TokenLogprob(token=token, logprob=e.logprob, bytes=raw, top_logprobs=top))
+    return out
