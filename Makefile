@@ -9,7 +9,7 @@ COOKBOOK := .venv-cookbook
 # Shared cache of converted models for the test suite (SmolLM2 is converted from its GGUF once).
 export TINKER_TEST_MODEL_HOME ?= $(CURDIR)/.tinker-test-home
 
-.PHONY: install demo test test-fast bench proto clean
+.PHONY: install demo test test-fast bench proto clean browser
 
 install: $(VENV)/.installed
 
@@ -48,10 +48,16 @@ $(COOKBOOK)/.installed: tests/compat/cookbook-constraints.txt
 	$(COOKBOOK)/bin/pip install -q -c tests/compat/cookbook-constraints.txt tinker==0.38.0 "tinker-cookbook[math-rl]==0.5.8" ./server
 	touch $@
 
+# Debian's Chromium and chromedriver for the console's browser tests (tests/console/); nothing when present.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "note: the browser tests need 'apt-get install chromium chromium-driver' (as root); they skip without"; fi
+
 demo: install
 	$(BIN)/python examples/pig_latin.py
 
-test: install $(COMPAT)/.installed $(COMPAT25)/.installed $(COMPAT38)/.installed $(COOKBOOK)/.installed
+test: install browser $(COMPAT)/.installed $(COMPAT25)/.installed $(COMPAT38)/.installed $(COOKBOOK)/.installed
 	mkdir -p $(TINKER_TEST_MODEL_HOME)
 	# The cookbook's environment holds a copy of the server (not editable: that would put our
 	# src/, with our own `tinker`, on its path); refresh it from the current sources.
@@ -62,7 +68,7 @@ test: install $(COMPAT)/.installed $(COMPAT25)/.installed $(COMPAT38)/.installed
 	TINKER_COOKBOOK_PYTHON=$(CURDIR)/$(COOKBOOK)/bin/python \
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow and not compat"
 
 bench: install

@@ -11,7 +11,9 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import futures, models, oai, runs, sampling, service, sessions, training
+from .api import console_api
 from .api.errors import install_error_handlers
+from .console import routes as console_routes
 from .runtime import EngineLoader, Runtime
 from .settings import Settings
 
@@ -45,5 +47,7 @@ def create_app(settings: Settings | None = None, *, engine_loader: EngineLoader 
     install_error_handlers(app)
     for module in (service, sessions, models, training, sampling, futures, runs):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(console_api.router, prefix=API_PREFIX)  # /api/v1/console: the JSON the console reads
+    app.include_router(console_routes.router)  # /console: the web console
     app.include_router(oai.router)  # /oai/api/v1: the OpenAI-compatible endpoints
     return app

@@ -32,6 +32,8 @@ __all__ = [
     "Database",
     "RequestResultRow",
     "RequestRow",
+    "RunMetricRow",
+    "SamplerActivityRow",
     "SamplerRow",
     "SessionRow",
     "TrainingRunRow",
@@ -164,6 +166,44 @@ class CheckpointRow(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
     # The save's user_metadata (0.27+ clients), shown in listings.
     user_metadata: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class RunMetricRow(Base):
+    """One metric of one finished ``forward_backward``, ``forward`` or ``optim_step``
+    (``run_metrics.py`` writes them in the transaction that resolves the future).
+    ``step``: the optimizer step the request belongs to (1 + optim_steps before it)."""
+
+    __tablename__ = "run_metrics"
+    __table_args__ = (
+        sa.Index("ix_run_metrics_run_step", "run_id", "step"),
+        # Covers the console's reads: a run's series in (kind, name, step) order from the index alone.
+        sa.Index("ix_run_metrics_series", "run_id", "kind", "name", "step", "seq_id", "value"),
+    )
+
+    pk: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(sa.String(128))
+    step: Mapped[int] = mapped_column(sa.BigInteger)
+    seq_id: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+    time: Mapped[dt.datetime]
+    kind: Mapped[str] = mapped_column(sa.String(32))  # forward_backward|forward|optim_step
+    name: Mapped[str] = mapped_column(sa.String(200))  # "loss:sum", "step:max", ...
+    value: Mapped[float | None] = mapped_column(sa.Double, default=None)  # None: NaN
+
+
+class SamplerActivityRow(Base):
+    """Sampling done by one sampler: counters updated as its requests finish."""
+
+    __tablename__ = "sampler_activity"
+
+    sampler_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    # The run whose weights it samples (ephemeral samplers and checkpoints of a run); None for base models.
+    run_id: Mapped[str | None] = mapped_column(sa.String(128), index=True, default=None)
+    requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    sequences: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # sampled tokens
+    first_time: Mapped[dt.datetime]
+    last_time: Mapped[dt.datetime]
 
 
 class Database:

@@ -32,7 +32,7 @@ from . import wire
 from .db import Database, RequestResultRow, RequestRow, utcnow
 from .wire import codec
 
-__all__ = ["CLONE_SEQ_BLOCK", "Completion", "FutureHub", "StoredResult", "render"]
+__all__ = ["CLONE_SEQ_BLOCK", "Completion", "Finished", "FutureHub", "ResolveHook", "StoredResult", "render"]
 
 T = TypeVar("T")
 # Sampling clients restored from a pickle (0.12+) number their requests from
@@ -67,6 +67,23 @@ class Completion:
     payload_size: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The request a :data:`ResolveHook` is told about."""
+
+    request_id: str
+    owner: str
+    kind: str
+    model_id: str | None
+    seq_id: int | None
+
+
+# Runs inside the transaction that records a successful result, with that result as
+# ``resolve`` got it (e.g. the per-run metrics of ``run_metrics.py``). It writes only its
+# own rows; an exception it raises is logged and does not fail the request.
+ResolveHook = Callable[[Session, Finished, Any], None]
+
+
 def _completions_key(model_id: str) -> str:
     return f"completions:{model_id}"
 
@@ -76,6 +93,7 @@ class FutureHub:
         self._db = db
         self._lock = threading.Lock()
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self.on_resolved: list[ResolveHook] = []
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -117,7 +135,7 @@ class FutureHub:
         (stored as protobuf), a response model or a JSON-ready object (stored as JSON)."""
         binary = _binary(result)
         text = None if binary is not None else _json_text(result)
-        self._finish(request_id, status="done", result=text, error=None, category=None, binary=binary)
+        self._finish(request_id, status="done", result=text, error=None, category=None, binary=binary, value=result)
 
     def fail(self, request_id: str, message: str, category: str) -> None:
         self._finish(request_id, status="failed", result=None, error=message, category=category)
@@ -131,6 +149,7 @@ class FutureHub:
         error: str | None,
         category: str | None,
         binary: RequestResultRow | None = None,
+        value: Any = None,
     ) -> None:
         model_id = None
         try:
@@ -149,14 +168,29 @@ class FutureHub:
                         completion_seq=next_seq,
                     )
                 )
-                if int(getattr(updated, "rowcount", 0) or 0) and binary is not None:
+                recorded = bool(int(getattr(updated, "rowcount", 0) or 0))
+                if recorded and binary is not None:
                     binary.request_id = request_id
                     session.merge(binary)
-                model_id = session.scalar(sa.select(RequestRow.model_id).where(RequestRow.id == request_id))
+                found = session.execute(
+                    sa.select(RequestRow.owner, RequestRow.kind, RequestRow.model_id, RequestRow.seq_id).where(
+                        RequestRow.id == request_id
+                    )
+                ).first()
+                model_id = found.model_id if found is not None else None
+                if recorded and status == "done" and found is not None and self.on_resolved:
+                    self._run_hooks(session, Finished(request_id, found.owner, found.kind, model_id, found.seq_id), value)
         finally:
             self._wake(request_id)
             if model_id is not None:
                 self._wake(_completions_key(model_id))
+
+    def _run_hooks(self, session: Session, finished: Finished, value: Any) -> None:
+        for hook in self.on_resolved:
+            try:
+                hook(session, finished, value)
+            except Exception:  # noqa: BLE001 - a hook never fails the request it watches
+                log.exception("resolve hook %r failed for %s", hook, finished.request_id)
 
     def _wake(self, request_id: str) -> None:
         with self._lock:

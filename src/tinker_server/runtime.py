@@ -20,6 +20,7 @@ from .context import Context
 from .db import Database, SamplerRow, TrainingRunRow, utcnow
 from .futures import FutureHub
 from .oai import OaiService
+from .run_metrics import RunMetrics
 from .sampling import SamplingService
 from .scheduler import Limits, Scheduler
 from .sessions import SessionService
@@ -77,6 +78,8 @@ class Runtime:
         self.settings = settings
         self.db = Database(settings.resolved_database_url)
         self.futures = FutureHub(self.db)
+        self.run_metrics = RunMetrics(self.db)  # per-run metrics, written as results are stored
+        self.futures.on_resolved.append(self.run_metrics.record)
         self.scheduler = Scheduler(
             settings.models,
             engine_loader,
@@ -138,6 +141,7 @@ class Runtime:
         self.training.fail_stalled()
         self.futures.purge_finished_before(utcnow() - dt.timedelta(seconds=self.settings.future_retention_s))
         self.checkpoints.delete_expired()  # checkpoints past their ttl: row, then folder
+        self.run_metrics.enforce_retention()
 
     async def run_sweeper(self) -> None:
         interval = self.settings.effective_sweep_interval_s

@@ -42,7 +42,17 @@ from .engine import AdapterNotFound, EngineError, ModelLoadError, UserInputError
 from .errors import InvalidRequest, NotFound, Overloaded, ServiceError, Unavailable
 from .futures import FutureHub
 
-__all__ = ["CallTask", "ForwardTask", "Limits", "SampleTask", "Scheduler", "Task", "Worker", "error_category"]
+__all__ = [
+    "CallTask",
+    "ForwardTask",
+    "Limits",
+    "QueueSnapshot",
+    "SampleTask",
+    "Scheduler",
+    "Task",
+    "Worker",
+    "error_category",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,16 @@ class Limits:
     max_pending_samples: int  # queued sampling requests, likewise
     max_sample_batch: int  # sampling requests handed to the engine at once
     sample_batch_window_s: float = 0.0  # see Worker._gather_samples
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """What a worker holds right now (read-only; the console's queue page)."""
+
+    waiting_training: int  # queued training and control tasks
+    waiting_samples: int  # queued sampling requests
+    running: int  # tasks of the batch the engine is working on
+    loaded: bool  # the engine is loaded
 
 
 @dataclass(eq=False)
@@ -136,6 +156,7 @@ class Worker:
         self._runs: dict[str, deque[Task]] = {}
         self._samples: deque[SampleTask] = deque()
         self._pending = 0
+        self._running = 0  # tasks taken by the current round
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.engine: Any = None
@@ -150,6 +171,11 @@ class Worker:
     @property
     def pending_samples(self) -> int:
         return len(self._samples)
+
+    def snapshot(self) -> QueueSnapshot:
+        with self._cond:
+            waiting = len(self._control) + sum(len(queue) for queue in self._runs.values())
+            return QueueSnapshot(waiting, len(self._samples), self._running, self.engine is not None)
 
     def check_capacity(self, *, sampling: bool = False, strict: bool = True) -> None:
         """Raise :class:`Overloaded` when the queue is full."""
@@ -207,6 +233,7 @@ class Worker:
 
     def _take(self) -> tuple[list[Task], list[Task], list[ForwardTask], list[SampleTask]] | None:
         with self._cond:
+            self._running = 0
             while not (self._control or self._runs or self._samples or self._stopping):
                 self._cond.wait()
             self._gather_samples()
@@ -223,7 +250,8 @@ class Worker:
                     del self._runs[key]
                 (forwards if isinstance(head, ForwardTask) else calls).append(head)  # type: ignore[arg-type]
             samples = [self._samples.popleft() for _ in range(min(len(self._samples), self._max_sample_batch))]
-            self._pending -= len(control) + len(calls) + len(forwards) + len(samples)
+            self._running = len(control) + len(calls) + len(forwards) + len(samples)
+            self._pending -= self._running
             return control, calls, forwards, samples
 
     def _gather_samples(self) -> None:
