@@ -123,6 +123,7 @@
       return;
     }
     signin.hidden = true;
+    if (document.getElementById("nav").hidden) whoAmI().catch(() => {}); // a key from before a reload
     const seq = ++renderSeq;
     const { section, url } = route();
     for (const link of document.querySelectorAll("[data-nav]")) {
