@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -25,6 +27,7 @@ from tinker import types
 from tinker_server.launch import background_server
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEMO_API_KEY = "tml-local"  # runs belong to the key that made them; the CLI's default key is another
 
 # (English, Pig Latin): the training set, and a few held-out prompts to compare.
 TRAIN = [
@@ -71,8 +74,9 @@ def greedy_samples(sampler: tinker.SamplingClient, tokenizer) -> list[str]:
     return [tokenizer.decode(f.result().sequences[0].tokens).strip() for f in futures]
 
 
-def run(base_url: str, steps: int, rank: int, learning_rate: float) -> None:
-    service = tinker.ServiceClient(base_url=base_url, api_key=os.environ.get("TINKER_API_KEY", "tml-local"))
+def run(base_url: str, steps: int, rank: int, learning_rate: float) -> str:
+    """Train, compare samples, save; returns the training run's id."""
+    service = tinker.ServiceClient(base_url=base_url, api_key=os.environ.get("TINKER_API_KEY", DEMO_API_KEY))
     with console.status(f"Loading {BASE_MODEL} and creating a LoRA adapter (rank {rank})..."):
         trainer = service.create_lora_training_client(base_model=BASE_MODEL, rank=rank, seed=0)
         tokenizer = trainer.get_tokenizer()
@@ -112,9 +116,34 @@ def run(base_url: str, steps: int, rank: int, learning_rate: float) -> None:
         table.add_row(prompt, b, a, end_section=False)
     console.print(table)
     console.print(f"loss per token: {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps")
-    console.print(f"training state : [cyan]{state.path}[/cyan]")
-    console.print(f"sampler weights: [cyan]{weights.path}[/cyan]")
-    console.print("List them later with: [bold]tinker checkpoint list[/bold] (while `tinker serve` runs)")
+    console.print(f"training state : [cyan]{state.path}[/cyan]", soft_wrap=True)  # whole, to copy
+    console.print(f"sampler weights: [cyan]{weights.path}[/cyan]", soft_wrap=True)
+    return trainer.model_id
+
+
+def tinker_command() -> str:
+    """How to call our CLI: ``tinker`` when it is on PATH, else the script beside this Python."""
+    beside = Path(sys.executable).parent / "tinker"
+    on_path = shutil.which("tinker")
+    if not beside.exists() or (on_path is not None and Path(on_path).resolve() == beside.resolve()):
+        return "tinker"
+    return os.path.relpath(beside) if beside.is_relative_to(Path.cwd()) else str(beside)
+
+
+def show_where_to_look(run_id: str, *, base_url: str | None, home: Path) -> None:
+    """The commands that show this run afterwards (the demo's own server stops with it)."""
+    tinker_cli = tinker_command()
+    options = "" if "TINKER_API_KEY" in os.environ else f" --api-key {DEMO_API_KEY}"
+    if base_url is not None:
+        options += f" --base-url {base_url}"
+    console.print("\nLook at the run afterwards:")
+    if base_url is None:
+        serve = f"{tinker_cli} serve --home {home.expanduser().resolve()}"
+        console.print(f"  [bold]{serve}[/bold]   # in another terminal: a server on this home at 127.0.0.1:8000", soft_wrap=True)
+    console.print(f"  [bold]{tinker_cli} run list{options}[/bold]", soft_wrap=True)
+    console.print(f"  [bold]{tinker_cli} checkpoint list --run-id {run_id}{options}[/bold]", soft_wrap=True)
+    key_hint = "" if "TINKER_API_KEY" in os.environ else f" (key {DEMO_API_KEY})"
+    console.print(f"  {(base_url or 'http://127.0.0.1:8000').rstrip('/')}/console{key_hint}   # the web console", soft_wrap=True)
 
 
 def main() -> None:
@@ -126,11 +155,12 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     args = parser.parse_args()
     if args.base_url:
-        run(args.base_url, args.steps, args.rank, args.learning_rate)
-        return
-    console.print(f"Starting a tinker server in the background (TINKER_HOME={args.home}, log in server.log)...")
-    with background_server(args.home, [BASE_MODEL], timeout=300) as url:
-        run(url, args.steps, args.rank, args.learning_rate)
+        run_id = run(args.base_url, args.steps, args.rank, args.learning_rate)
+    else:
+        console.print(f"Starting a tinker server in the background (TINKER_HOME={args.home}, log in server.log)...")
+        with background_server(args.home, [BASE_MODEL], timeout=300) as url:
+            run_id = run(url, args.steps, args.rank, args.learning_rate)
+    show_where_to_look(run_id, base_url=args.base_url, home=args.home)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ from fastapi import FastAPI
 from . import __version__
 from .api import futures, models, oai, runs, sampling, service, sessions, training
 from .api import console_api
+from .api import metrics as metrics_api
 from .api.errors import install_error_handlers
 from .console import routes as console_routes
+from .observability import Metrics, RequestObserver
 from .runtime import EngineLoader, Runtime
 from .settings import Settings
 
@@ -44,10 +46,14 @@ def create_app(settings: Settings | None = None, *, engine_loader: EngineLoader 
     app = FastAPI(title="Tinker API (open server)", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     app.state.settings = settings
+    metrics = app.state.metrics = Metrics(runtime)  # the app's own registry: apps in one process never collide
+    runtime.scheduler.observe(metrics.worker)
+    app.add_middleware(RequestObserver, metrics=metrics)  # request ids, request metrics, the access log
     install_error_handlers(app)
     for module in (service, sessions, models, training, sampling, futures, runs):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(console_api.router, prefix=API_PREFIX)  # /api/v1/console: the JSON the console reads
     app.include_router(console_routes.router)  # /console: the web console
     app.include_router(oai.router)  # /oai/api/v1: the OpenAI-compatible endpoints
+    app.include_router(metrics_api.router)  # /metrics: Prometheus, no API key
     return app

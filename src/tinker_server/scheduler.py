@@ -36,7 +36,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .engine import AdapterNotFound, EngineError, ModelLoadError, UserInputError
 from .errors import InvalidRequest, NotFound, Overloaded, ServiceError, Unavailable
@@ -50,6 +50,7 @@ __all__ = [
     "SampleTask",
     "Scheduler",
     "Task",
+    "WorkObserver",
     "Worker",
     "error_category",
 ]
@@ -133,6 +134,68 @@ def error_message(exc: BaseException) -> str:
     return f"internal server error: {type(exc).__name__}: {exc}"
 
 
+class WorkObserver(Protocol):
+    """What a worker reports about its work (the server's metrics); called from its thread.
+
+    ``kind`` of an engine step: ``load_model``, ``forward``, ``forward_backward`` (a batch
+    with at least one backward), ``sample``, or one of :data:`TIMED_CALLS`.
+    """
+
+    def queue_wait(self, seconds: float) -> None: ...  # one task, from queued to started
+    def engine_step(self, kind: str, seconds: float) -> None: ...
+    def tokens_trained(self, count: int) -> None: ...  # input tokens of successful forward_backwards
+    def tokens_sampled(self, count: int) -> None: ...  # generated tokens of successful samples
+    def adapters_resident(self, count: int) -> None: ...  # after each round of work
+
+
+class _Unobserved:
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def engine_step(self, kind: str, seconds: float) -> None:
+        pass
+
+    def tokens_trained(self, count: int) -> None:
+        pass
+
+    def tokens_sampled(self, count: int) -> None:
+        pass
+
+    def adapters_resident(self, count: int) -> None:
+        pass
+
+
+UNOBSERVED: WorkObserver = _Unobserved()
+
+# Engine methods that call tasks and sample preparation time as engine steps; other
+# attributes (``has_adapter``, ``info``, ...) are lookups and pass through untimed.
+TIMED_CALLS = frozenset({"create_adapter", "copy_adapter", "drop_adapter", "optim_step", "save_adapter", "load_adapter"})
+
+
+class _TimedEngine:
+    """The engine as call tasks see it when a worker is observed: the methods named in
+    :data:`TIMED_CALLS` report their duration, under their name, to the observer."""
+
+    def __init__(self, engine: Any, observer: WorkObserver) -> None:
+        self._engine = engine
+        self._observer = observer
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._engine, name)
+        if name not in TIMED_CALLS:
+            return attr
+        observer = self._observer
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                observer.engine_step(name, time.perf_counter() - start)
+
+        return timed
+
+
 class Worker:
     """Runs one base model's engine in its own thread."""
 
@@ -161,6 +224,7 @@ class Worker:
         self._stopping = False
         self.engine: Any = None
         self.info: Any = None
+        self.observer: WorkObserver = UNOBSERVED  # set by Scheduler.observe
 
     # -- submitting (any thread) ------------------------------------------------------------
 
@@ -305,10 +369,29 @@ class Worker:
                 self._run_forwards(engine, forwards)
             if samples:
                 self._run_samples(engine, samples)
+            self._count_adapters(engine)
+
+    def _count_adapters(self, engine: Any) -> None:
+        adapter_ids = getattr(engine, "adapter_ids", None)
+        if adapter_ids is None or self.observer is UNOBSERVED:
+            return
+        try:
+            self.observer.adapters_resident(len(adapter_ids()))
+        except Exception:  # noqa: BLE001 - metrics never stop the worker
+            log.exception("%s: counting resident adapters failed", self.model_name)
+
+    def _observed(self, engine: Any) -> Any:
+        return engine if self.observer is UNOBSERVED else _TimedEngine(engine, self.observer)
+
+    def _started(self, tasks: Sequence[Task]) -> None:
+        now = time.monotonic()
+        for task in tasks:
+            self.observer.queue_wait(now - task.queued_at)
 
     def _ensure_engine(self) -> Any:
         if self.engine is None:
             log.info("loading base model %s", self.model_name)
+            start = time.perf_counter()
             try:
                 engine = self._loader(self.model_name)
             except EngineError:
@@ -316,45 +399,74 @@ class Worker:
             except Exception as exc:
                 log.exception("loading %s failed", self.model_name)
                 raise ModelLoadError(f"could not load base model {self.model_name}: {exc}") from exc
+            finally:
+                self.observer.engine_step("load_model", time.perf_counter() - start)
             self.info = engine.info
             self.engine = engine
             log.info("base model %s loaded", self.model_name)
         return self.engine
 
     def _run_call(self, engine: Any, task: CallTask) -> None:
+        self._started([task])
         try:
-            output = task.fn(engine)
+            output = task.fn(self._observed(engine))
         except BaseException as exc:  # noqa: BLE001
             self._fail(task, exc)
             return
         self._finish(task, output)
 
     def _run_forwards(self, engine: Any, tasks: list[ForwardTask]) -> None:
+        self._started(tasks)
         items = [(t.adapter_id, t.data, t.loss_fn, t.loss_fn_config, t.backward) for t in tasks]
-        self._run_batch(tasks, lambda: engine.forward_backward_many(items))
+        kind = "forward_backward" if any(t.backward for t in tasks) else "forward"
+
+        def count(outputs: list[Any]) -> None:
+            ok = [t for t, out in zip(tasks, outputs) if t.backward and not isinstance(out, BaseException)]
+            if ok:
+                self.observer.tokens_trained(sum(len(datum.tokens) for t in ok for datum in t.data))
+
+        self._run_batch(tasks, lambda: engine.forward_backward_many(items), kind, count)
 
     def _run_samples(self, engine: Any, tasks: list[SampleTask]) -> None:
+        self._started(tasks)
         ready: list[SampleTask] = []
         for task in tasks:
             try:
                 if task.prepare is not None:
-                    task.prepare(engine)
+                    task.prepare(self._observed(engine))
             except BaseException as exc:  # noqa: BLE001
                 self._fail(task, exc)
                 continue
             ready.append(task)
         if ready:
             log.debug("%s: sampling %d requests in one batch", self.model_name, len(ready))
-            self._run_batch(ready, lambda: engine.sample([t.job for t in ready]))
 
-    def _run_batch(self, tasks: Sequence[Task], run: Callable[[], list[Any]]) -> None:
-        """One engine call for several tasks; its i-th output (a result or an error) is task i's."""
+            def count(outputs: list[Any]) -> None:
+                tokens = sum(len(s.tokens) for out in outputs if not isinstance(out, BaseException) for s in out.sequences)
+                if tokens:
+                    self.observer.tokens_sampled(tokens)
+
+            self._run_batch(ready, lambda: engine.sample([t.job for t in ready]), "sample", count)
+
+    def _run_batch(
+        self, tasks: Sequence[Task], run: Callable[[], list[Any]], kind: str, count: Callable[[list[Any]], None]
+    ) -> None:
+        """One engine call for several tasks; its i-th output (a result or an error) is task i's.
+        The call's metrics (``count(outputs)``, its duration) are recorded before any task
+        finishes, so a client that has its result sees them."""
+        start = time.perf_counter()
         try:
             outputs = run()
         except BaseException as exc:  # noqa: BLE001
+            self.observer.engine_step(kind, time.perf_counter() - start)
             for task in tasks:
                 self._fail(task, exc)
             return
+        self.observer.engine_step(kind, time.perf_counter() - start)
+        try:
+            count(outputs)
+        except Exception:  # noqa: BLE001 - metrics never stop the worker
+            log.exception("%s: counting the tokens of a %s batch failed", self.model_name, kind)
         for task, output in zip(tasks, outputs, strict=True):
             if isinstance(output, BaseException):
                 self._fail(task, output)
@@ -420,6 +532,11 @@ class Scheduler:
         except KeyError:
             served = ", ".join(self.models)
             raise InvalidRequest(f"base model {model_name!r} is not served here; served models: {served}") from None
+
+    def observe(self, observer_for: Callable[[str], WorkObserver]) -> None:
+        """Give every worker the observer ``observer_for(model_name)`` (the server's metrics)."""
+        for name, worker in self._workers.items():
+            worker.observer = observer_for(name)
 
     def loaded_info(self, model_name: str) -> Any:
         """The model's info if its engine is loaded, else ``None``."""

@@ -72,6 +72,9 @@ class FakeEngine:
     def has_adapter(self, adapter_id: str) -> bool:
         return adapter_id in self.adapters
 
+    def adapter_ids(self) -> list[str]:
+        return list(self.adapters)
+
     def adapter_spec(self, adapter_id: str) -> LoraSpec:
         return self._get(adapter_id)["spec"]
 

@@ -11,7 +11,7 @@ from .fake_engine import BAD_TOKEN, CRASH_TOKEN
 def _detail(response) -> str:  # type: ignore[no-untyped-def]
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
     body = response.json()
-    assert set(body) == {"detail"}
+    assert set(body) == {"detail", "request_id"}
     return body["detail"]
 
 

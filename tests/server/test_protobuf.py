@@ -260,7 +260,7 @@ def test_json_bodies_keep_their_messages(api: Api, model_id: str) -> None:
 def _detail(response: Any) -> str:
     assert response.status_code == 400, (response.status_code, response.text)
     body = response.json()
-    assert set(body) == {"detail"} and body["detail"]
+    assert set(body) == {"detail", "request_id"} and body["detail"]
     return str(body["detail"])
 
 

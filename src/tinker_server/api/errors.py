@@ -1,12 +1,14 @@
 """The one table from domain errors to HTTP statuses, and the handlers that use it.
 
-Every error response body is ``{"detail": "<message>"}``. Request bodies that
+Every error response body is ``{"detail": "<message>", "request_id": "<id>"}`` (the id
+is also in the ``X-Request-Id`` header and the access log line). Request bodies that
 fail validation get 400 with the offending field named; malformed JSON gets 400.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +27,7 @@ from ..errors import (
     ServiceError,
     Unavailable,
 )
+from ..observability import REQUEST_ID_HEADER, request_id
 
 __all__ = ["STATUS_BY_ERROR", "install_error_handlers", "status_for"]
 
@@ -56,8 +59,14 @@ def status_for(exc: BaseException) -> int:
     return 500
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=_EXTRA_HEADERS.get(status))
+def _error(request: Request, status: int, message: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": message}
+    headers = {**_EXTRA_HEADERS.get(status, {}), **(headers or {})}
+    rid = request_id(request)
+    if rid is not None:
+        # The header too: a 500 answered by the server error handler bypasses the middleware that adds it.
+        body["request_id"] = headers[REQUEST_ID_HEADER] = rid
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _location(loc: Any) -> str:
@@ -92,23 +101,23 @@ def validation_message(exc: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
         status = status_for(exc)
         if status >= 500:
-            log.error("request failed: %s: %s", type(exc).__name__, exc)
-        return _error(status, str(exc) or type(exc).__name__)
+            log.error("request %s failed: %s: %s", request_id(request), type(exc).__name__, exc)
+        return _error(request, status, str(exc) or type(exc).__name__)
 
-    async def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _error(400, validation_message(exc))
+        return _error(request, 400, validation_message(exc))
 
-    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        return _error(request, exc.status_code, exc.detail, exc.headers)
 
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return _error(500, f"internal server error: {type(exc).__name__}: {exc}")
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request %s: unhandled error", request_id(request), exc_info=exc)
+        return _error(request, 500, f"internal server error: {type(exc).__name__}: {exc}")
 
     app.add_exception_handler(ServiceError, domain_error)
     app.add_exception_handler(EngineError, domain_error)
