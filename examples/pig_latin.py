@@ -27,7 +27,7 @@ from tinker import types
 from tinker_server.launch import background_server
 
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEMO_API_KEY = "tml-local"  # runs belong to the key that made them; the CLI's default key is another
+DEMO_API_KEY = "tml-local"  # runs belong to the key that made them; the CLI's default key is this one too
 
 # (English, Pig Latin): the training set, and a few held-out prompts to compare.
 TRAIN = [
@@ -133,9 +133,7 @@ def tinker_command() -> str:
 def show_where_to_look(run_id: str, *, base_url: str | None, home: Path) -> None:
     """The commands that show this run afterwards (the demo's own server stops with it)."""
     tinker_cli = tinker_command()
-    options = "" if "TINKER_API_KEY" in os.environ else f" --api-key {DEMO_API_KEY}"
-    if base_url is not None:
-        options += f" --base-url {base_url}"
+    options = "" if base_url is None else f" --base-url {base_url}"
     console.print("\nLook at the run afterwards:")
     if base_url is None:
         serve = f"{tinker_cli} serve --home {home.expanduser().resolve()}"

@@ -8,7 +8,7 @@ built-in default:
 
 * base URL: ``TINKER_BASE_URL``, else ``http://127.0.0.1:8000`` — where
   ``tinker serve`` listens by default, so a local server is found without setup;
-* API key: ``TINKER_API_KEY``, else ``tinker-local`` — the embedded server accepts
+* API key: ``TINKER_API_KEY``, else ``tml-local`` — the embedded server accepts
   any non-empty key;
 * debug: ``TINKER_DEBUG=1`` (show tracebacks).
 """

@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
-DEFAULT_API_KEY = "tinker-local"
+DEFAULT_API_KEY = "tml-local"
 
 # name -> ("module:attribute", one-line help).  Imported only when run.
 COMMANDS: dict[str, tuple[str, str]] = {
