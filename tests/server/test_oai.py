@@ -64,9 +64,12 @@ class RecordingEngine:
 class Server:
     url: str
     engines: dict[str, RecordingEngine]
+    clients: list[Any] = dataclasses.field(default_factory=list)
 
-    def client(self, key: str = KEY, **kwargs: Any) -> Any:
-        return openai.OpenAI(base_url=f"{self.url}/oai/api/v1", api_key=key, max_retries=0, **kwargs)
+    def client(self, key: str = KEY) -> Any:
+        """An openai client with ``key`` (closed with the server)."""
+        self.clients.append(openai.OpenAI(base_url=f"{self.url}/oai/api/v1", api_key=key, max_retries=0))
+        return self.clients[-1]
 
     def post(self, path: str, body: Any, key: str | None = KEY) -> httpx.Response:
         headers = {"X-API-Key": key} if key is not None else {}
@@ -113,9 +116,12 @@ def serve(home: Path) -> Iterator[Server]:
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the test server did not start"
         time.sleep(0.02)
+    served = Server(f"http://127.0.0.1:{port}", engines)
     try:
-        yield Server(f"http://127.0.0.1:{port}", engines)
+        yield served
     finally:
+        for client in served.clients:
+            client.close()
         server.should_exit = True
         thread.join(timeout=30)
 
@@ -154,12 +160,16 @@ def service(server: Server) -> Iterator[Callable[..., tinker.ServiceClient]]:
     gc.collect()
 
 
+def _engine(server: Server) -> RecordingEngine:
+    if TINY_MODEL not in server.engines:  # models load on first use
+        assert server.post("completions", {"model": TINY_MODEL, "prompt": [1], "max_tokens": 1}).status_code == 200
+    return server.engines[TINY_MODEL]
+
+
 def _tokenizer(server: Server) -> Any:
     from transformers import AutoTokenizer
 
-    if TINY_MODEL not in server.engines:  # models load on first use
-        assert server.post("completions", {"model": TINY_MODEL, "prompt": [1], "max_tokens": 1}).status_code == 200
-    return AutoTokenizer.from_pretrained(str(server.engines[TINY_MODEL].info.tokenizer_dir))
+    return AutoTokenizer.from_pretrained(str(_engine(server).info.tokenizer_dir))
 
 
 def _tinker_greedy(sc: tinker.ServiceClient, tokens: list[int], max_tokens: int, model_path: str | None = None) -> Any:
@@ -282,7 +292,7 @@ def test_chat_stops_at_end_of_turn_when_the_model_says_it(client: Any, server: S
     test covers that path. Here: the end-of-turn token the server found is <|im_end|>."""
     tok = _tokenizer(server)
     client.chat.completions.create(model=TINY_MODEL, messages=CHAT, max_tokens=1)
-    job = server.engines[TINY_MODEL].batches[-1][0]
+    job = _engine(server).batches[-1][0]
     assert tok.convert_tokens_to_ids("<|im_end|>") in job.stop_token_ids
 
 
@@ -323,14 +333,27 @@ def _first_text(stream: Any) -> None:
 
 def test_streaming_sends_text_while_the_engine_is_still_decoding(server: Server) -> None:
     """The first text arrives before the engine's sample call has returned."""
-    engine = server.engines[TINY_MODEL]
+    engine = _engine(server)
     with _long_stream(server.client()) as stream:
         _first_text(stream)
         assert _decoding_long(engine), "the text came only after the batch had finished"
 
 
+def test_a_stream_closed_while_queued_is_not_decoded(server: Server) -> None:
+    engine = _engine(server)
+    client = server.client()
+    with _long_stream(client) as busy:
+        _first_text(busy)
+        with client.chat.completions.create(model=TINY_MODEL, messages=CHAT, max_tokens=7, seed=99, stream=True) as s:
+            assert next(iter(s)).choices[0].delta.role == "assistant"  # sent once its job is queued
+        assert _decoding_long(engine)
+    # A later request runs after the closed stream's turn has come.
+    client.completions.create(model=TINY_MODEL, prompt=[5, 6], max_tokens=1)
+    assert not [j for b in engine.batches for j in b if j.seed == 99 and j.max_tokens == 7]
+
+
 def test_oai_requests_batch_with_tinker_sampling(server: Server, service: Callable[..., Any]) -> None:
-    engine = server.engines[TINY_MODEL]
+    engine = _engine(server)
     sampler = service().create_sampling_client(base_model=TINY_MODEL)
     client = server.client()
     # A long stream keeps the worker busy; what is queued meanwhile is taken as one batch.
