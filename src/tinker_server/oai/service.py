@@ -42,6 +42,7 @@ from ..sampling import SamplingService
 from ..scheduler import SampleTask
 from ..wire import oai as w
 from .generation import Decoding, Delta, Entry, Generation
+from .params import Names, chat_messages, completion_prompts, decoding_of, refuse_unsupported, renamed
 from .text import Tokenizer
 
 __all__ = ["OaiService"]
@@ -57,15 +58,6 @@ class _Target:
     base_model: str
     adapter_id: str | None = None
     prepare: Callable[[Any], None] | None = None
-
-
-@dataclass(frozen=True)
-class _Names:
-    """The OpenAI names of the engine's sampling fields, for one endpoint."""
-
-    prompt: str
-    max_tokens: str
-    logprobs: str
 
 
 class OaiService:
@@ -149,7 +141,7 @@ class OaiService:
 
     async def completion(self, owner: str, req: w.CompletionRequest) -> w.Completion | AsyncIterator[w.Completion]:
         n = 1 if req.n is None else req.n
-        _refuse_unsupported(req)
+        refuse_unsupported(req)
         if req.echo:
             raise InvalidRequest("echo is not supported by this server: it returns generated text only", param="echo")
         if req.best_of is not None and req.best_of != n:
@@ -158,12 +150,12 @@ class OaiService:
             raise InvalidRequest("suffix is not supported by this server", param="suffix")
         target = self._target(owner, req.model)
         tokenizer = await self._tokenizer(target.base_model)
-        prompts = await asyncio.to_thread(_completion_prompts, tokenizer, req.prompt)
+        prompts = await asyncio.to_thread(completion_prompts, tokenizer, req.prompt)
         hidden = frozenset() if req.ignore_eos or tokenizer.eos_id is None else frozenset({tokenizer.eos_id})
         max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-        decoding = _decoding(req, n, max_tokens, "max_tokens", hidden, logprobs=req.logprobs is not None,
-                             top=req.logprobs or 0)
-        names = _Names(prompt="prompt", max_tokens="max_tokens", logprobs="logprobs")
+        decoding = decoding_of(req, n, max_tokens, "max_tokens", hidden, logprobs=req.logprobs is not None,
+                               top=req.logprobs or 0)
+        names = Names(prompt="prompt", max_tokens="max_tokens", logprobs="logprobs")
         flight = self._start(target, tokenizer, prompts, decoding, names, stream=bool(req.stream))
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
 
@@ -192,7 +184,7 @@ class OaiService:
 
     async def chat(self, owner: str, req: w.ChatCompletionRequest) -> w.ChatCompletion | AsyncIterator[w.ChatCompletionChunk]:
         n = 1 if req.n is None else req.n
-        _refuse_unsupported(req)
+        refuse_unsupported(req)
         if req.tools:
             raise InvalidRequest("tools (function calling) are not supported by this server", param="tools")
         kind = (req.response_format or {}).get("type", "text")
@@ -201,16 +193,16 @@ class OaiService:
                                  param="response_format")
         if req.top_logprobs is not None and not req.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
-        messages = _chat_messages(req.messages)
+        messages = chat_messages(req.messages)
         target = self._target(owner, req.model)
         tokenizer = await self._tokenizer(target.base_model)
         prompt = await asyncio.to_thread(tokenizer.chat_prompt, messages)
         hidden = frozenset(t for t in (tokenizer.end_of_turn_id, tokenizer.eos_id) if t is not None)
         limit_name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        decoding = _decoding(req, n, max_tokens, limit_name, hidden, logprobs=bool(req.logprobs),
-                             top=req.top_logprobs or 0)
-        names = _Names(prompt="messages", max_tokens=limit_name, logprobs="top_logprobs")
+        decoding = decoding_of(req, n, max_tokens, limit_name, hidden, logprobs=bool(req.logprobs),
+                               top=req.top_logprobs or 0)
+        names = Names(prompt="messages", max_tokens=limit_name, logprobs="top_logprobs")
         flight = self._start(target, tokenizer, [prompt], decoding, names, stream=bool(req.stream))
         rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
 
@@ -243,7 +235,7 @@ class OaiService:
     # -- submitting --------------------------------------------------------------------------
 
     def _start(self, target: _Target, tokenizer: Tokenizer, prompts: list[list[int]], decoding: Decoding,
-               names: _Names, *, stream: bool) -> _Flight:
+               names: Names, *, stream: bool) -> _Flight:
         """Check every job by the engine's rules, then queue them all on the base model's worker."""
         worker = self._ctx.scheduler.worker(target.base_model)
         info = worker.info
@@ -261,7 +253,7 @@ class OaiService:
             try:
                 prepare_job(job, None, vocab_size=int(info.vocab_size), max_context=int(info.max_context))
             except UserInputError as exc:
-                raise _renamed(str(exc), names) from None
+                raise renamed(str(exc), names) from None
         worker.check_capacity(sampling=True, strict=False)
         flight = _Flight(Generation(tokenizer, decoding, prompts), stream)
         for index, job in enumerate(jobs):
@@ -336,77 +328,6 @@ class _Flight:
                 yield usage(generation)
         finally:
             self._cancelled.set()
-
-
-# -- parameters ------------------------------------------------------------------------------
-
-
-def _refuse_unsupported(req: w.CompletionRequest | w.ChatCompletionRequest) -> None:
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(req, name):
-            raise InvalidRequest(f"{name} is not supported by this server; leave it unset or 0", param=name)
-    if req.logit_bias:
-        raise InvalidRequest("logit_bias is not supported by this server", param="logit_bias")
-
-
-def _decoding(req: w.CompletionRequest | w.ChatCompletionRequest, n: int, max_tokens: int | None, limit_name: str,
-              hidden: frozenset[int], *, logprobs: bool, top: int) -> Decoding:
-    if max_tokens is not None and max_tokens < 1:
-        raise InvalidRequest(f"{limit_name} must be at least 1, got {max_tokens}", param=limit_name)
-    stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    return Decoding(
-        n=n,
-        max_tokens=max_tokens,
-        temperature=1.0 if req.temperature is None else req.temperature,
-        top_p=1.0 if req.top_p is None else req.top_p,
-        top_k=-1 if req.top_k is None else req.top_k,
-        seed=req.seed,
-        stops=stops,
-        hidden=hidden,
-        logprobs=logprobs,
-        top=top,
-    )
-
-
-def _renamed(message: str, names: _Names) -> InvalidRequest:
-    """An engine sampling rule's message, told in the OpenAI parameter names."""
-    field = message.split(" ", 1)[0]
-    if field == "prompt" and "max_tokens" in message:
-        return InvalidRequest(message, param=names.max_tokens)
-    renamed = {"num_samples": "n", "topk_sample_logprobs": names.logprobs, "max_tokens": names.max_tokens}
-    if field in renamed:
-        return InvalidRequest(renamed[field] + message[len(field):], param=renamed[field])
-    params = {"prompt": names.prompt, "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-              "seed": "seed", "stop": "stop"}
-    return InvalidRequest(message, param=params.get(field))
-
-
-def _completion_prompts(tokenizer: Tokenizer, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
-    if isinstance(prompt, str):
-        return [tokenizer.encode(prompt)]
-    if not prompt:
-        raise InvalidRequest("prompt must not be empty", param="prompt")
-    if all(isinstance(p, str) for p in prompt):
-        return [tokenizer.encode(p) for p in prompt]  # type: ignore[arg-type]
-    if all(isinstance(p, int) for p in prompt):
-        return [list(prompt)]  # type: ignore[arg-type]
-    return [list(p) for p in prompt]  # type: ignore[arg-type]
-
-
-def _chat_messages(messages: list[w.ChatMessage]) -> list[dict[str, str]]:
-    if not messages:
-        raise InvalidRequest("messages must hold at least one message", param="messages")
-    out = []
-    for i, message in enumerate(messages):
-        content = message.content
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if part.type != "text" or part.text is None:
-                    raise InvalidRequest(f"messages[{i}].content[{j}]: only text parts are supported, got {part.type!r}",
-                                         param="messages")
-            content = "\n".join(part.text or "" for part in content)
-        out.append({"role": message.role, "content": content or ""})
-    return out
 
 
 # -- rendering -------------------------------------------------------------------------------
