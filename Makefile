@@ -9,7 +9,7 @@ COOKBOOK := .venv-cookbook
 # Shared cache of converted models for the test suite (SmolLM2 is converted from its GGUF once).
 export TINKER_TEST_MODEL_HOME ?= $(CURDIR)/.tinker-test-home
 
-.PHONY: install demo test test-fast bench proto clean browser
+.PHONY: install demo test test-fast bench bench-official proto clean browser
 
 install: $(VENV)/.installed
 
@@ -73,6 +73,10 @@ test-fast: install browser
 
 bench: install
 	$(BIN)/python bench/sft_overhead.py
+
+# The same training step through the official 0.38 (protobuf) and 0.5.1 (JSON) clients, each in its own virtualenv.
+bench-official: install $(COMPAT)/.installed $(COMPAT38)/.installed
+	$(BIN)/python bench/official_overhead.py
 
 # Regenerate the protobuf module of the server's wire schema (tests/server/test_protobuf.py checks it is current).
 proto: install
