@@ -34,6 +34,7 @@ from .paths import CheckpointRef, checkpoint_dir, parse_checkpoint_id, parse_tin
 from .records import (
     checkpoint_model,
     find_checkpoint,
+    newest_owned,
     not_expired,
     owned_run,
     page_bounds,
@@ -85,17 +86,10 @@ class CheckpointService:
     def list_runs(self, owner: str, limit: int, offset: int) -> wire.TrainingRunsResponse:
         limit, offset = page_bounds(limit, offset)
         with self._ctx.db.session() as s:
-            total = s.scalar(sa.select(sa.func.count()).select_from(TrainingRunRow).where(TrainingRunRow.owner == owner))
-            rows = s.scalars(
-                sa.select(TrainingRunRow)
-                .where(TrainingRunRow.owner == owner)
-                .order_by(TrainingRunRow.created_at.desc(), TrainingRunRow.id)
-                .limit(limit)
-                .offset(offset)
-            ).all()
+            total, rows = newest_owned(s, TrainingRunRow, owner, limit, offset)
             runs = [training_run_model(s, row) for row in rows]
         return wire.TrainingRunsResponse(
-            training_runs=runs, cursor=wire.Cursor(offset=offset, limit=limit, total_count=int(total or 0))
+            training_runs=runs, cursor=wire.Cursor(offset=offset, limit=limit, total_count=total)
         )
 
     def _has_public(self, s: sa.orm.Session, run_id: str) -> bool:

@@ -8,7 +8,7 @@ A checkpoint past its ``expires_at`` reads like a missing one too.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -26,6 +26,7 @@ __all__ = [
     "owned_run",
     "owned_sampler",
     "owned_session",
+    "newest_owned",
     "page_bounds",
     "readable_checkpoint",
     "training_run_model",
@@ -90,6 +91,24 @@ def page_bounds(limit: int, offset: int) -> tuple[int, int]:
     if offset < 0:
         raise InvalidRequest(f"offset must be >= 0, got {offset}")
     return limit, offset
+
+
+OwnedRow = TypeVar("OwnedRow", TrainingRunRow, SessionRow)
+
+
+def newest_owned(
+    session: Session, model: type[OwnedRow], owner: str, limit: int, offset: int
+) -> tuple[int, list[OwnedRow]]:
+    """One page of the owner's runs or sessions, newest first, and how many there are."""
+    total = session.scalar(sa.select(sa.func.count()).select_from(model).where(model.owner == owner))
+    rows = session.scalars(
+        sa.select(model)
+        .where(model.owner == owner)
+        .order_by(model.created_at.desc(), model.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return int(total or 0), list(rows)
 
 
 def checkpoint_model(row: CheckpointRow) -> wire.Checkpoint:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from ..checkpoints import CheckpointService
 from ..db import CheckpointRow, Database, SamplerActivityRow, SamplerRow, SessionRow, TrainingRunRow, as_utc
 from ..errors import InvalidRequest
-from ..records import not_expired, owned_run, page_bounds
+from ..records import newest_owned, not_expired, owned_run, page_bounds
 from ..run_metrics import RunMetrics, load_points, load_series
 from ..scheduler import Scheduler
 from .views import (
@@ -110,17 +110,10 @@ class ConsoleQueries:
     def runs_page(self, owner: str, offset: int = 0, limit: int = 25) -> RunsPage:
         limit, offset = _bounds(limit, offset)
         with self._db.session() as s:
-            total = s.scalar(sa.select(sa.func.count()).select_from(TrainingRunRow).where(TrainingRunRow.owner == owner))
-            rows = s.scalars(
-                sa.select(TrainingRunRow)
-                .where(TrainingRunRow.owner == owner)
-                .order_by(TrainingRunRow.created_at.desc(), TrainingRunRow.id)
-                .limit(limit)
-                .offset(offset)
-            ).all()
+            total, rows = newest_owned(s, TrainingRunRow, owner, limit, offset)
             counts = _checkpoint_counts(s, [row.id for row in rows])
             runs = [_summary(row, counts.get(row.id, 0)) for row in rows]
-        return RunsPage(runs=runs, page=Page(offset=offset, limit=limit, total=int(total or 0)))
+        return RunsPage(runs=runs, page=Page(offset=offset, limit=limit, total=total))
 
     def run_detail(self, owner: str, run_id: str, checkpoints_offset: int = 0, checkpoints_limit: int = 20) -> RunDetail:
         limit, offset = _bounds(checkpoints_limit, checkpoints_offset)
@@ -204,14 +197,7 @@ class ConsoleQueries:
     def sessions_page(self, owner: str, offset: int = 0, limit: int = 25) -> SessionsPage:
         limit, offset = _bounds(limit, offset)
         with self._db.session() as s:
-            total = s.scalar(sa.select(sa.func.count()).select_from(SessionRow).where(SessionRow.owner == owner))
-            rows = s.scalars(
-                sa.select(SessionRow)
-                .where(SessionRow.owner == owner)
-                .order_by(SessionRow.created_at.desc(), SessionRow.id)
-                .limit(limit)
-                .offset(offset)
-            ).all()
+            total, rows = newest_owned(s, SessionRow, owner, limit, offset)
             ids = [row.id for row in rows]
             runs: dict[str, list[str]] = {}
             samplers: dict[str, int] = {}
@@ -242,7 +228,7 @@ class ConsoleQueries:
                 )
                 for row in rows
             ]
-        return SessionsPage(sessions=sessions, page=Page(offset=offset, limit=limit, total=int(total or 0)))
+        return SessionsPage(sessions=sessions, page=Page(offset=offset, limit=limit, total=total))
 
     # -- queue ------------------------------------------------------------------------------
 
