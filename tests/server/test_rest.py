@@ -139,7 +139,7 @@ def test_publish_and_public_access(api: Api, trained: tuple[str, str, list[str]]
 def test_weights_info_errors(api: Api, trained: tuple[str, str, list[str]]) -> None:
     _sid, model_id, _paths = trained
     for bad in ("x", "tinker://", f"tinker://{model_id}/weights", f"tinker://{model_id}/other/x",
-                f"tinker://{model_id}/weights/..", f"tinker:///weights/x", f"tinker://{model_id}/weights/a/b"):
+                f"tinker://{model_id}/weights/..", "tinker:///weights/x", f"tinker://{model_id}/weights/a/b"):
         response = api.post("weights_info", {"tinker_path": bad})
         assert response.status_code == 400, bad
         assert "Invalid tinker path" in response.json()["detail"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import FAKE_MODEL, FAKE_MODEL_B, Api, datum, fb_body
+from .conftest import FAKE_MODEL, FAKE_MODEL_B, Api, fb_body
 
 
 def test_health_capabilities_telemetry(api: Api) -> None:
