@@ -42,11 +42,12 @@ import torch
 from tinker_server import engine as eng
 from tinker_server.launch import background_server
 
+from sft_overhead import Rows, batch  # the same token batch as the in-SDK benchmark
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "official_client_worker.py"
 DEFAULT_CLIENTS = ["0.38=.venv-compat38/bin/python", "0.5.1=.venv-compat/bin/python"]
 
-Rows = list[tuple[list[int], list[int], list[float]]]
 
 
 @dataclass
@@ -84,15 +85,6 @@ def server_pid() -> int:
         if ppid == os.getpid() and b"tinker_server" in cmdline:
             return int(entry.name)
     raise RuntimeError("no tinker_server child process found")
-
-
-def batch(vocab: int, n: int, length: int, seed: int = 0) -> Rows:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        toks = rng.integers(5, vocab - 1, size=length + 1).tolist()
-        out.append((toks[:-1], toks[1:], [1.0] * length))
-    return out
 
 
 def direct_step(engine: eng.Engine, adapter: str, rows: Rows, rank: int) -> Callable[[], float]:

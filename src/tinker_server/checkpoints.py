@@ -34,6 +34,7 @@ from .paths import CheckpointRef, checkpoint_dir, parse_checkpoint_id, parse_tin
 from .records import (
     checkpoint_model,
     find_checkpoint,
+    newest_checkpoints,
     newest_owned,
     not_expired,
     owned_run,
@@ -137,17 +138,10 @@ class CheckpointService:
             where = sa.and_(CheckpointRow.owner == owner, not_expired())
             if not include_external:
                 where = sa.and_(where, CheckpointRow.checkpoint_type != "external")
-            total = s.scalar(sa.select(sa.func.count()).select_from(CheckpointRow).where(where))
-            rows = s.scalars(
-                sa.select(CheckpointRow)
-                .where(where)
-                .order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())
-                .limit(limit)
-                .offset(offset)
-            ).all()
+            total, rows = newest_checkpoints(s, where, limit, offset)
             return wire.CheckpointsListResponse(
                 checkpoints=[checkpoint_model(r) for r in rows],
-                cursor=wire.Cursor(offset=offset, limit=limit, total_count=int(total or 0)),
+                cursor=wire.Cursor(offset=offset, limit=limit, total_count=total),
             )
 
     def _owned_checkpoint(self, s: sa.orm.Session, owner: str, run_id: str, checkpoint_id: str) -> CheckpointRow:

@@ -26,6 +26,7 @@ __all__ = [
     "owned_run",
     "owned_sampler",
     "owned_session",
+    "newest_checkpoints",
     "newest_owned",
     "page_bounds",
     "readable_checkpoint",
@@ -105,6 +106,19 @@ def newest_owned(
         sa.select(model)
         .where(model.owner == owner)
         .order_by(model.created_at.desc(), model.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return int(total or 0), list(rows)
+
+
+def newest_checkpoints(session: Session, where: Any, limit: int, offset: int) -> tuple[int, list[CheckpointRow]]:
+    """One page of the checkpoints matching ``where``, newest first, and how many match."""
+    total = session.scalar(sa.select(sa.func.count()).select_from(CheckpointRow).where(where))
+    rows = session.scalars(
+        sa.select(CheckpointRow)
+        .where(where)
+        .order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())
         .limit(limit)
         .offset(offset)
     ).all()

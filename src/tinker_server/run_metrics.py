@@ -367,6 +367,17 @@ def _reduction(name: str) -> str:
     return name.rsplit(":", 1)[-1] if ":" in name else "mean"
 
 
+def _add_point(item: Series, x: float, value: float | None, reduction: str, folded: int) -> int:
+    """Append one request's value at step ``x`` to ``item``, folding it into the last point
+    when that is the same step (``folded`` requests so far); returns the new count."""
+    if item.steps and item.steps[-1] == x:
+        item.values[-1] = _fold(reduction, item.values[-1], value, folded)
+        return folded + 1
+    item.steps.append(x)
+    item.values.append(value)
+    return 1
+
+
 def _fold(reduction: str, a: float | None, b: float | None, n: int) -> float | None:
     """Combine a step's value so far (``a``, from ``n`` requests) with one more request's (``b``)."""
     if a is None or b is None:
@@ -413,13 +424,7 @@ def _exact(session: Session, run_id: str, x_col: Any) -> list[Series]:
             item = Series(kind, name, [], [])
             out.append(item)
             reduction = _reduction(name)
-        if item.steps and item.steps[-1] == x:
-            item.values[-1] = _fold(reduction, item.values[-1], value, folded)
-            folded += 1
-        else:
-            item.steps.append(x)
-            item.values.append(value)
-            folded = 1
+        folded = _add_point(item, x, value, reduction, folded)
     return out
 
 
@@ -492,11 +497,5 @@ def load_points(
     reduction = _reduction(name)
     folded = 0
     for x, value in session.execute(sa.select(x_col, m.value).where(where, x_col <= upper).order_by(x_col)):
-        if item.steps and item.steps[-1] == x:
-            item.values[-1] = _fold(reduction, item.values[-1], value, folded)
-            folded += 1
-        else:
-            item.steps.append(x)
-            item.values.append(value)
-            folded = 1
+        folded = _add_point(item, x, value, reduction, folded)
     return ("step" if has_steps else "seq_id"), item

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from ..checkpoints import CheckpointService
 from ..db import CheckpointRow, Database, SamplerActivityRow, SamplerRow, SessionRow, TrainingRunRow, as_utc
 from ..errors import InvalidRequest
-from ..records import newest_owned, not_expired, owned_run, page_bounds
+from ..records import newest_checkpoints, newest_owned, not_expired, owned_run, page_bounds
 from ..run_metrics import RunMetrics, load_points, load_series
 from ..scheduler import Scheduler
 from .views import (
@@ -120,14 +120,7 @@ class ConsoleQueries:
         with self._db.session() as s:
             run = owned_run(s, run_id, owner)
             where = sa.and_(CheckpointRow.run_id == run_id, not_expired())
-            total = int(s.scalar(sa.select(sa.func.count()).select_from(CheckpointRow).where(where)) or 0)
-            checkpoints = s.scalars(
-                sa.select(CheckpointRow)
-                .where(where)
-                .order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())
-                .limit(limit)
-                .offset(offset)
-            ).all()
+            total, checkpoints = newest_checkpoints(s, where, limit, offset)
             series = load_series(s, run_id)
             sampling = self._sampling(s, owner, run_id)
             return RunDetail(
