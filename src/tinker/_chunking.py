@@ -43,7 +43,7 @@ def _weighted_mean(values: list[float], weights: list[float]) -> float:
     total = sum(weights)
     if total == 0:
         return sum(values) / len(values)
-    return sum(v * w for v, w in zip(values, weights)) / total
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / total
 
 
 def _hash_unordered(values: list[float]) -> float:

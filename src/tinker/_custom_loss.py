@@ -35,7 +35,8 @@ def backward_data(
     loss, metrics = loss_fn(list(data), logprobs)
     loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
     new_data: list[Datum] = []
-    for datum, lp in zip(data, logprobs):
+    # strict=False keeps zip's truncation (the server answers one output per datum; a short answer is not checked here).
+    for datum, lp in zip(data, logprobs, strict=False):
         if lp.grad is None:
             raise ValueError("the custom loss did not produce a gradient for every datum's logprobs")
         inputs: dict[str, Any] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import email.utils
 from collections.abc import Coroutine
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
@@ -50,8 +50,8 @@ def _expires(header: str | None) -> datetime:
         except (TypeError, ValueError):
             parsed = None
         if parsed is not None:
-            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
-    return datetime.now(timezone.utc) + timedelta(minutes=15)
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return datetime.now(UTC) + timedelta(minutes=15)
 
 
 def _segment(value: str) -> str:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import time
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import RateLimitError

@@ -10,18 +10,19 @@ turns it off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
 import traceback
 import uuid
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ._version import __version__
 from .types import SessionStartEvent, TelemetryEvent, TelemetrySendRequest, UnhandledExceptionEvent
 from .types._base import to_wire
-from ._version import __version__
 
 if TYPE_CHECKING:
     from ._http import HTTPClient
@@ -60,7 +61,7 @@ class Telemetry:
                 event_id=str(uuid.uuid4()),
                 event_session_index=self._next_index(),
                 severity="INFO",
-                timestamp=datetime.now(timezone.utc),
+                timestamp=datetime.now(UTC),
             )
         )
 
@@ -83,7 +84,7 @@ class Telemetry:
             event_id=str(uuid.uuid4()),
             event_session_index=self._next_index(),
             severity="WARNING" if severity == "WARNING" else "ERROR",
-            timestamp=datetime.now(timezone.utc),
+            timestamp=datetime.now(UTC),
             error_type=type(exc).__name__,
             error_message=str(exc),
             traceback="".join(traceback.format_exception(exc)),
@@ -96,10 +97,8 @@ class Telemetry:
         assert self._wakeup is not None
         while True:
             await self.flush()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
-            except asyncio.TimeoutError:
-                pass
             self._wakeup.clear()
 
     async def flush(self) -> None:

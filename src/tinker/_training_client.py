@@ -112,7 +112,7 @@ class TrainingClient:
         model_id = self._guaranteed_model_id()
         futures: list[InternalFuture[ForwardBackwardOutput]] = []
         try:
-            for seq_id, chunk in zip(seq_ids, inputs):
+            for seq_id, chunk in zip(seq_ids, inputs, strict=True):
                 body = {key: chunk, "model_id": model_id}
                 futures.append(await self._submit(seq_id, path, body, ForwardBackwardOutput, request_type))
         finally:

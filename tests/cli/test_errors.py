@@ -16,7 +16,6 @@ from tinker.cli._options import DEFAULT_API_KEY, DEFAULT_BASE_URL, State
 from .conftest import closed_port_url
 from .fake_api import FakeApi, fake_api
 
-
 # When ServiceClient() fails (401, 500 on create_session) the SDK leaves its
 # connection to be closed by the garbage collector, which warns.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tinker.cli._format import format_bool, format_size, format_time
 
-NOW = datetime(2025, 11, 20, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 11, 20, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(

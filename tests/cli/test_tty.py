@@ -82,7 +82,7 @@ def test_ctrl_c_during_download_leaves_nothing_behind(tmp_path: Path) -> None:
         )
         child.expect("weights/big")  # the download bar is up
         child.expect("MB")
-        assert [p.name for p in out.iterdir()][0].endswith(".partial")  # work in progress
+        assert next(p.name for p in out.iterdir()).endswith(".partial")  # work in progress
         child.sendintr()
         child.expect(pexpect.EOF)
         child.close()

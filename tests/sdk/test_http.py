@@ -165,7 +165,7 @@ def test_non_retryable_status_raises_at_once(
 
 def test_non_json_error_body_is_the_message(server: FakeServer, make_client: MakeClient) -> None:
     server.route("POST", "/api/v1/create_session")(lambda r: httpx.Response(400, text="plain failure"))
-    with pytest.raises(tinker.BadRequestError, match="^plain failure$") as info:
+    with pytest.raises(tinker.BadRequestError, match=r"^plain failure$") as info:
         make_client()
     assert info.value.body == "plain failure"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -120,14 +120,14 @@ def test_archive_url_redirect(server: FakeServer, rest: RestClient) -> None:
     )
     result = rest.get_checkpoint_archive_url_from_tinker_path("tinker://r:train:0/weights/0001").result(timeout=5)
     assert result.url == "https://signed.example/a.tar"
-    assert result.expires == datetime(2025, 11, 20, 11, 0, tzinfo=timezone.utc)
+    assert result.expires == datetime(2025, 11, 20, 11, 0, tzinfo=UTC)
     request = server.calls("/archive")[0]
     assert request.headers.get_list("accept") == ["application/json", "application/gzip"]
     assert not server.calls("/a.tar")  # redirect not followed
 
     server.route("GET", archive)(lambda r: httpx.Response(302, headers={"Location": "https://signed.example/b"}))
     result = asyncio.run(rest.get_checkpoint_archive_url_async("r:train:0", "weights/0001"))
-    assert timedelta(minutes=14) < result.expires - datetime.now(timezone.utc) <= timedelta(minutes=15)
+    assert timedelta(minutes=14) < result.expires - datetime.now(UTC) <= timedelta(minutes=15)
 
     server.route("GET", archive)(lambda r: httpx.Response(200, json={}))
     with pytest.raises(tinker.APIStatusError):

@@ -134,5 +134,5 @@ def test_progress_watchdog(server: FakeServer, client: tinker.ServiceClient) -> 
 
     server.route("POST", "/api/v1/asample")(lambda r: server.future(lambda: never(r)))
     sampler = tinker.SamplingClient(client.holder, sampling_session_id="stuck", retry_config=RetryConfig(progress_timeout=0.1))
-    with pytest.raises(tinker.APIConnectionError, match="No progress made in 0.1s"):
+    with pytest.raises(tinker.APIConnectionError, match=r"No progress made in 0\.1s"):
         sampler.sample(PROMPT, 1, tinker.SamplingParams()).result(timeout=5)

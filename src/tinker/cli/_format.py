@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 __all__ = ["format_bool", "format_size", "format_time", "plural"]
 
@@ -31,9 +31,9 @@ def format_time(when: datetime | None, now: datetime | None = None) -> str:
     """How long ago ``when`` was: ``just now``, ``5 minutes ago``, ... or a date."""
     if when is None:
         return "N/A"
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     delta = now - when
     seconds = delta.total_seconds()
     if delta.days > 30:

@@ -4,9 +4,22 @@ Request models are frozen and reject unknown fields; response models are
 frozen and ignore unknown fields.
 """
 from __future__ import annotations
+
 from ._base import (
     BaseModel as BaseModel,
     StrictBase as StrictBase,
+)
+from ._checkpoints import (
+    Checkpoint as Checkpoint,
+    CheckpointArchiveUrlResponse as CheckpointArchiveUrlResponse,
+    CheckpointsListResponse as CheckpointsListResponse,
+    CheckpointType as CheckpointType,
+    Cursor as Cursor,
+    ParsedCheckpointTinkerPath as ParsedCheckpointTinkerPath,
+    TrainingRun as TrainingRun,
+    TrainingRunsResponse as TrainingRunsResponse,
+    WeightsInfoRequest as WeightsInfoRequest,
+    WeightsInfoResponse as WeightsInfoResponse,
 )
 from ._model_input import (
     EncodedTextChunk as EncodedTextChunk,
@@ -15,12 +28,49 @@ from ._model_input import (
     ModelInput as ModelInput,
     ModelInputChunk as ModelInputChunk,
 )
+from ._sampling import (
+    CreateSamplingSessionRequest as CreateSamplingSessionRequest,
+    CreateSamplingSessionResponse as CreateSamplingSessionResponse,
+    SampledSequence as SampledSequence,
+    SampleRequest as SampleRequest,
+    SampleResponse as SampleResponse,
+    SamplingParams as SamplingParams,
+    StopReason as StopReason,
+)
+from ._session import (
+    CreateSessionRequest as CreateSessionRequest,
+    CreateSessionResponse as CreateSessionResponse,
+    GetSamplerResponse as GetSamplerResponse,
+    GetServerCapabilitiesResponse as GetServerCapabilitiesResponse,
+    GetSessionResponse as GetSessionResponse,
+    HealthResponse as HealthResponse,
+    ListSessionsResponse as ListSessionsResponse,
+    SessionHeartbeatRequest as SessionHeartbeatRequest,
+    SessionHeartbeatResponse as SessionHeartbeatResponse,
+    SupportedModel as SupportedModel,
+)
+from ._telemetry import (
+    EventType as EventType,
+    GenericEvent as GenericEvent,
+    SessionEndEvent as SessionEndEvent,
+    SessionStartEvent as SessionStartEvent,
+    Severity as Severity,
+    TelemetryBatch as TelemetryBatch,
+    TelemetryEvent as TelemetryEvent,
+    TelemetryResponse as TelemetryResponse,
+    TelemetrySendRequest as TelemetrySendRequest,
+    UnhandledExceptionEvent as UnhandledExceptionEvent,
+)
 from ._tensor import (
     Datum as Datum,
     LossFnInputs as LossFnInputs,
     LossFnOutput as LossFnOutput,
     TensorData as TensorData,
     TensorDtype as TensorDtype,
+)
+from ._tokenizer import (
+    TokenizerFilesRequest as TokenizerFilesRequest,
+    TokenizerFilesResponse as TokenizerFilesResponse,
 )
 from ._training import (
     AdamParams as AdamParams,
@@ -53,55 +103,6 @@ from ._training import (
     UnloadModelRequest as UnloadModelRequest,
     UnloadModelResponse as UnloadModelResponse,
     UntypedAPIFuture as UntypedAPIFuture,
-)
-from ._sampling import (
-    CreateSamplingSessionRequest as CreateSamplingSessionRequest,
-    CreateSamplingSessionResponse as CreateSamplingSessionResponse,
-    SampleRequest as SampleRequest,
-    SampleResponse as SampleResponse,
-    SampledSequence as SampledSequence,
-    SamplingParams as SamplingParams,
-    StopReason as StopReason,
-)
-from ._session import (
-    CreateSessionRequest as CreateSessionRequest,
-    CreateSessionResponse as CreateSessionResponse,
-    GetSamplerResponse as GetSamplerResponse,
-    GetServerCapabilitiesResponse as GetServerCapabilitiesResponse,
-    GetSessionResponse as GetSessionResponse,
-    HealthResponse as HealthResponse,
-    ListSessionsResponse as ListSessionsResponse,
-    SessionHeartbeatRequest as SessionHeartbeatRequest,
-    SessionHeartbeatResponse as SessionHeartbeatResponse,
-    SupportedModel as SupportedModel,
-)
-from ._checkpoints import (
-    Checkpoint as Checkpoint,
-    CheckpointArchiveUrlResponse as CheckpointArchiveUrlResponse,
-    CheckpointType as CheckpointType,
-    CheckpointsListResponse as CheckpointsListResponse,
-    Cursor as Cursor,
-    ParsedCheckpointTinkerPath as ParsedCheckpointTinkerPath,
-    TrainingRun as TrainingRun,
-    TrainingRunsResponse as TrainingRunsResponse,
-    WeightsInfoRequest as WeightsInfoRequest,
-    WeightsInfoResponse as WeightsInfoResponse,
-)
-from ._tokenizer import (
-    TokenizerFilesRequest as TokenizerFilesRequest,
-    TokenizerFilesResponse as TokenizerFilesResponse,
-)
-from ._telemetry import (
-    EventType as EventType,
-    GenericEvent as GenericEvent,
-    SessionEndEvent as SessionEndEvent,
-    SessionStartEvent as SessionStartEvent,
-    Severity as Severity,
-    TelemetryBatch as TelemetryBatch,
-    TelemetryEvent as TelemetryEvent,
-    TelemetryResponse as TelemetryResponse,
-    TelemetrySendRequest as TelemetrySendRequest,
-    UnhandledExceptionEvent as UnhandledExceptionEvent,
 )
 
 __all__ = [

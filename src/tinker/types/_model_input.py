@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import pydantic
 
@@ -86,11 +86,7 @@ def _chunk_kind(value: Any) -> str | None:
 
 
 ModelInputChunk = Annotated[
-    Union[
-        Annotated[EncodedTextChunk, pydantic.Tag("encoded_text")],
-        Annotated[ImageChunk, pydantic.Tag("image")],
-        Annotated[ImageAssetPointerChunk, pydantic.Tag("image_asset_pointer")],
-    ],
+    Annotated[EncodedTextChunk, pydantic.Tag("encoded_text")] | Annotated[ImageChunk, pydantic.Tag("image")] | Annotated[ImageAssetPointerChunk, pydantic.Tag("image_asset_pointer")],
     pydantic.Discriminator(_chunk_kind),
 ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, Union
+from typing import Literal
 
 from ._base import BaseModel, StrictBase
 
@@ -50,10 +50,10 @@ class UnhandledExceptionEvent(_Event):
 class GenericEvent(_Event):
     event: Literal["GENERIC_EVENT"] = "GENERIC_EVENT"
     event_name: str
-    event_data: dict[str, object] = {}
+    event_data: dict[str, object] = {}  # noqa: RUF012 (a pydantic field: the default is copied per instance)
 
 
-TelemetryEvent = Union[SessionStartEvent, SessionEndEvent, UnhandledExceptionEvent, GenericEvent]
+TelemetryEvent = SessionStartEvent | SessionEndEvent | UnhandledExceptionEvent | GenericEvent
 
 
 class TelemetryBatch(StrictBase):

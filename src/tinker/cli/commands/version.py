@@ -22,7 +22,7 @@ def _sdk_version() -> str | None:
 @api_command(None, "version", connection=False)
 def version(state: State) -> object:
     """Show the CLI and SDK versions, and the API version they speak."""
-    from .._output import Result, Table
+    from .._output import Result
 
     sdk = _sdk_version()
     cli_version = sdk  # the CLI ships in the same distribution as the SDK
