@@ -109,7 +109,9 @@ class ClientHolder:
         self._finalizer = weakref.finalize(self, _shutdown, get_loop(), tasks, self.http)
 
     async def _start(self, user_metadata: dict[str, str] | None) -> str:
-        request = CreateSessionRequest(tags=_tags_from_env(), user_metadata=user_metadata or {}, sdk_version=__version__)
+        request = CreateSessionRequest(
+            tags=_tags_from_env(), user_metadata=user_metadata or {}, sdk_version=__version__
+        )
         response = await self.http.call("POST", "api/v1/create_session", CreateSessionResponse, body=to_wire(request))
         if response.info_message:
             logger.info(response.info_message)

@@ -148,9 +148,7 @@ class HTTPClient:
         self.api_key = api_key
         url = str(base_url if base_url is not None else os.environ.get("TINKER_BASE_URL") or DEFAULT_BASE_URL)
         self.base_url = httpx.URL(url if url.endswith("/") else url + "/")
-        self.timeout: httpx.Timeout | None = (
-            DEFAULT_TIMEOUT if isinstance(timeout, NotGiven) else _as_timeout(timeout)
-        )
+        self.timeout: httpx.Timeout | None = DEFAULT_TIMEOUT if isinstance(timeout, NotGiven) else _as_timeout(timeout)
         self.max_retries = max_retries
         self.default_headers = dict(default_headers or {})
         self.default_query = dict(default_query or {})

@@ -142,7 +142,9 @@ class RestClient:
     def _list_checkpoints(self, training_run_id: str) -> Coroutine[Any, Any, CheckpointsListResponse]:
         if not training_run_id:
             raise ValueError("training_run_id must not be empty")
-        return self._call("GET", f"api/v1/training_runs/{_segment(training_run_id)}/checkpoints", CheckpointsListResponse)
+        return self._call(
+            "GET", f"api/v1/training_runs/{_segment(training_run_id)}/checkpoints", CheckpointsListResponse
+        )
 
     @sync_only
     def list_checkpoints(self, training_run_id: str) -> concurrent.futures.Future[CheckpointsListResponse]:
@@ -200,9 +202,7 @@ class RestClient:
         parsed = ParsedCheckpointTinkerPath.from_tinker_path(tinker_path)
         return self._future(self._archive_url(parsed.training_run_id, parsed.checkpoint_id))
 
-    async def get_checkpoint_archive_url_from_tinker_path_async(
-        self, tinker_path: str
-    ) -> CheckpointArchiveUrlResponse:
+    async def get_checkpoint_archive_url_from_tinker_path_async(self, tinker_path: str) -> CheckpointArchiveUrlResponse:
         parsed = ParsedCheckpointTinkerPath.from_tinker_path(tinker_path)
         return await on_loop(self._archive_url(parsed.training_run_id, parsed.checkpoint_id))
 

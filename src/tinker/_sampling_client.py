@@ -152,9 +152,7 @@ class SamplingClient:
         topk_prompt_logprobs: int = 0,
     ) -> concurrent.futures.Future[SampleResponse]:
         """Generate ``num_samples`` independent completions of ``prompt``."""
-        return submit(
-            self._sample(prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs)
-        )
+        return submit(self._sample(prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs))
 
     async def sample_async(
         self,

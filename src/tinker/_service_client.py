@@ -166,7 +166,9 @@ class ServiceClient:
         """weights_info -> a LoRA client of the checkpoint's base model and rank -> load the checkpoint."""
         info = await self.create_rest_client().get_weights_info_by_tinker_path(path)
         if not info.is_lora or info.lora_rank is None:
-            raise AssertionError(f"{path} is not a LoRA checkpoint (is_lora={info.is_lora}, lora_rank={info.lora_rank})")
+            raise AssertionError(
+                f"{path} is not a LoRA checkpoint (is_lora={info.is_lora}, lora_rank={info.lora_rank})"
+            )
         client = await self.create_lora_training_client_async(
             info.base_model, rank=info.lora_rank, user_metadata=user_metadata
         )

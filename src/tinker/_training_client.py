@@ -171,9 +171,7 @@ class TrainingClient:
         """Compute the loss and accumulate its gradients on the server until ``optim_step``."""
         seq_ids, inputs = self._prepare_chunks(data, loss_fn, loss_fn_config)
         return self._launch(
-            self._submit_chunks(
-                seq_ids, "api/v1/forward_backward", "forward_backward_input", inputs, "ForwardBackward"
-            )
+            self._submit_chunks(seq_ids, "api/v1/forward_backward", "forward_backward_input", inputs, "ForwardBackward")
         )
 
     async def forward_backward_async(
@@ -181,15 +179,11 @@ class TrainingClient:
     ) -> APIFuture[ForwardBackwardOutput]:
         seq_ids, inputs = self._prepare_chunks(data, loss_fn, loss_fn_config)
         return await on_loop(
-            self._submit_chunks(
-                seq_ids, "api/v1/forward_backward", "forward_backward_input", inputs, "ForwardBackward"
-            )
+            self._submit_chunks(seq_ids, "api/v1/forward_backward", "forward_backward_input", inputs, "ForwardBackward")
         )
 
     @sync_only
-    def forward_backward_custom(
-        self, data: list[Datum], loss_fn: CustomLossFnV1
-    ) -> APIFuture[ForwardBackwardOutput]:
+    def forward_backward_custom(self, data: list[Datum], loss_fn: CustomLossFnV1) -> APIFuture[ForwardBackwardOutput]:
         """Train on any differentiable function of the logprobs (two server passes, needs torch)."""
         forward_output = self.forward(data, "cross_entropy").result()
         new_data, metrics = backward_data(data, forward_output, loss_fn)
@@ -266,7 +260,10 @@ class TrainingClient:
         seq_id, body = self._prepare(request)
         return self._submit_then(
             self._submit(
-                seq_id, "api/v1/save_weights_for_sampler", body, SaveWeightsForSamplerResponseInternal,
+                seq_id,
+                "api/v1/save_weights_for_sampler",
+                body,
+                SaveWeightsForSamplerResponseInternal,
                 "SaveWeightsForSampler",
             ),
             _public_sampler_response,
@@ -292,7 +289,10 @@ class TrainingClient:
         self, seq_id: int, body: dict[str, Any], retry_config: RetryConfig | None
     ) -> SamplingClient:
         future = await self._submit(
-            seq_id, "api/v1/save_weights_for_sampler", body, SaveWeightsForSamplerResponseInternal,
+            seq_id,
+            "api/v1/save_weights_for_sampler",
+            body,
+            SaveWeightsForSamplerResponseInternal,
             "SaveWeightsForSampler",
         )
         result = await _await(future)

@@ -59,9 +59,7 @@ def test_run_list_json(invoke: Any, seeded: tuple[Tenant, str, list[str]]) -> No
     assert run["last_sampler_checkpoint"]["tinker_path"] == paths[1]
 
 
-def test_format_option_also_accepted_after_the_subcommand(
-    invoke: Any, seeded: tuple[Tenant, str, list[str]]
-) -> None:
+def test_format_option_also_accepted_after_the_subcommand(invoke: Any, seeded: tuple[Tenant, str, list[str]]) -> None:
     tenant, run_id, _ = seeded
     data = _json(invoke("run", "list", "-f", "json", env=tenant.env()))
     assert data["runs"][0]["training_run_id"] == run_id

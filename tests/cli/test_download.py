@@ -24,6 +24,7 @@ def _collect_leaked_clients() -> Iterator[None]:
     yield
     gc.collect()
 
+
 FAKE_PATH = "tinker://run-1:train:0/weights/final"
 FAKE_TARGET = "run-1:train:0_weights_final"
 
@@ -101,7 +102,9 @@ def test_force_replaces_the_target(invoke: Any, seeded: tuple[Tenant, str, list[
 
 def test_download_from_the_fake_server(invoke: Any, api: FakeApi, tmp_path: Path) -> None:
     api.archive = benign(tmp_path / "good.tar.gz").read_bytes()
-    result = invoke("-f", "json", "checkpoint", "download", FAKE_PATH, "-o", str(tmp_path / "out"), "--base-url", api.url)
+    result = invoke(
+        "-f", "json", "checkpoint", "download", FAKE_PATH, "-o", str(tmp_path / "out"), "--base-url", api.url
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / FAKE_TARGET / "nested" / "notes.txt").read_text() == "hello"
     assert "GET /api/v1/training_runs/run-1:train:0/checkpoints/weights/final/archive" in api.requests

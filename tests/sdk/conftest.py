@@ -117,9 +117,7 @@ class FakeServer:
         return response
 
     def calls(self, path: str, method: str | None = None) -> list[httpx.Request]:
-        return [
-            r for r in list(self.requests) if r.url.path.endswith(path) and (method is None or r.method == method)
-        ]
+        return [r for r in list(self.requests) if r.url.path.endswith(path) and (method is None or r.method == method)]
 
     def bodies(self, path: str) -> list[Any]:
         return [json_of(r) for r in self.calls(path)]

@@ -106,9 +106,7 @@ def test_gone_future_is_retryable(server: FakeServer, training_client: tinker.Tr
 
 
 def test_unknown_request_id_is_value_error(server: FakeServer, training_client: tinker.TrainingClient) -> None:
-    server.route("POST", "/api/v1/optim_step")(
-        lambda r: httpx.Response(200, json={"request_id": "never-issued"})
-    )
+    server.route("POST", "/api/v1/optim_step")(lambda r: httpx.Response(200, json={"request_id": "never-issued"}))
     with pytest.raises(ValueError, match="Error retrieving result") as info:
         training_client.optim_step(ADAM).result()
     assert isinstance(info.value.__cause__, tinker.NotFoundError)
@@ -153,9 +151,7 @@ def test_result_is_cached_and_timeout(server: FakeServer, training_client: tinke
     assert len(server.calls("/api/v1/retrieve_future")) == polls
 
 
-def test_polling_starts_before_result_is_requested(
-    server: FakeServer, training_client: tinker.TrainingClient
-) -> None:
+def test_polling_starts_before_result_is_requested(server: FakeServer, training_client: tinker.TrainingClient) -> None:
     server.route("POST", "/api/v1/optim_step")(lambda r: server.future({"metrics": None}))
     future = training_client.optim_step(ADAM)
     concurrent_future = future.future()  # type: ignore[attr-defined]

@@ -136,7 +136,10 @@ def test_x_should_retry_overrides(server: FakeServer, make_client: MakeClient) -
         make_client()
     assert len(server.calls("/api/v1/create_session")) == 1
 
-    answers = [httpx.Response(400, headers={"x-should-retry": "true"}, json={}), httpx.Response(200, json={"session_id": "s"})]
+    answers = [
+        httpx.Response(400, headers={"x-should-retry": "true"}, json={}),
+        httpx.Response(200, json={"session_id": "s"}),
+    ]
     server.route("POST", "/api/v1/create_session")(lambda r: answers.pop(0))
     make_client()
     assert len(server.calls("/api/v1/create_session")) == 3
@@ -229,7 +232,9 @@ def test_per_call_overrides_distinguish_not_given_from_none() -> None:
         return httpx.Response(200, json={})
 
     async def main() -> None:
-        http = HTTPClient(api_key="k", base_url=BASE_URL, http_client=httpx.AsyncClient(transport=httpx.MockTransport(handle)))
+        http = HTTPClient(
+            api_key="k", base_url=BASE_URL, http_client=httpx.AsyncClient(transport=httpx.MockTransport(handle))
+        )
         await http.request("GET", "api/v1/healthz")  # not given: the client default (60 s)
         await http.request("GET", "api/v1/healthz", options={"timeout": 7.5})
         await http.request("GET", "api/v1/healthz", options={"timeout": None})  # None: no timeout at all

@@ -32,11 +32,15 @@ CKPT = {
 
 @pytest.fixture
 def rest(server: FakeServer, client: tinker.ServiceClient) -> RestClient:
-    ok = lambda body: (lambda r: httpx.Response(200, json=body))  # noqa: E731
-    server.route("GET", "/api/v1/training_runs")(ok({"training_runs": [RUN], "cursor": {"offset": 0, "limit": 20, "total_count": 1}}))
+    ok = lambda body: lambda r: httpx.Response(200, json=body)  # noqa: E731
+    server.route("GET", "/api/v1/training_runs")(
+        ok({"training_runs": [RUN], "cursor": {"offset": 0, "limit": 20, "total_count": 1}})
+    )
     server.route("GET", "/api/v1/training_runs/r:train:0")(ok(RUN))
     server.route("GET", "/api/v1/training_runs/r:train:0/checkpoints")(ok({"checkpoints": [CKPT]}))
-    server.route("GET", "/api/v1/checkpoints")(ok({"checkpoints": [CKPT], "cursor": {"offset": 0, "limit": 100, "total_count": 1}}))
+    server.route("GET", "/api/v1/checkpoints")(
+        ok({"checkpoints": [CKPT], "cursor": {"offset": 0, "limit": 100, "total_count": 1}})
+    )
     server.route("GET", "/api/v1/sessions")(ok({"sessions": ["sess-1"]}))
     server.route("GET", "/api/v1/sessions/sess-1")(ok({"training_run_ids": ["r:train:0"], "sampler_ids": []}))
     server.route("GET", "/api/v1/samplers/s:sample:0")(ok({"sampler_id": "s:sample:0", "base_model": "b/m"}))

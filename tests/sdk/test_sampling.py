@@ -21,7 +21,9 @@ RESULT = {"type": "sample", "sequences": [{"stop_reason": "stop", "tokens": [5, 
 @pytest.fixture
 def sampler(server: FakeServer, client: tinker.ServiceClient) -> tinker.SamplingClient:
     server.route("POST", "/api/v1/create_sampling_session")(
-        lambda r: httpx.Response(200, json={"type": "create_sampling_session", "sampling_session_id": "sess-1:sample:0"})
+        lambda r: httpx.Response(
+            200, json={"type": "create_sampling_session", "sampling_session_id": "sess-1:sample:0"}
+        )
     )
     server.route("POST", "/api/v1/asample")(lambda r: server.future(RESULT))
     return client.create_sampling_client(model_path="tinker://run/sampler_weights/w")
@@ -35,10 +37,17 @@ def test_create_validates_before_sending(server: FakeServer, client: tinker.Serv
     assert server.calls("/api/v1/create_sampling_session") == []
 
 
-def test_create_sampling_session_body(server: FakeServer, client: tinker.ServiceClient, sampler: tinker.SamplingClient) -> None:
+def test_create_sampling_session_body(
+    server: FakeServer, client: tinker.ServiceClient, sampler: tinker.SamplingClient
+) -> None:
     asyncio.run(client.create_sampling_client_async(base_model="b/m"))
     assert server.bodies("/api/v1/create_sampling_session") == [
-        {"session_id": "sess-1", "sampling_session_seq_id": 0, "base_model": None, "model_path": "tinker://run/sampler_weights/w"},
+        {
+            "session_id": "sess-1",
+            "sampling_session_seq_id": 0,
+            "base_model": None,
+            "model_path": "tinker://run/sampler_weights/w",
+        },
         {"session_id": "sess-1", "sampling_session_seq_id": 1, "base_model": "b/m", "model_path": None},
     ]
 
@@ -49,7 +58,9 @@ def test_sample_body_headers_and_result(server: FakeServer, sampler: tinker.Samp
     assert not isinstance(future, tinker.APIFuture)
     result = future.result(timeout=5)
     assert result.sequences[0].tokens == [5, 6]
-    sampler.sample(PROMPT, 1, tinker.SamplingParams(temperature=0.0), include_prompt_logprobs=True, topk_prompt_logprobs=3).result(timeout=5)
+    sampler.sample(
+        PROMPT, 1, tinker.SamplingParams(temperature=0.0), include_prompt_logprobs=True, topk_prompt_logprobs=3
+    ).result(timeout=5)
     first, second = server.bodies("/api/v1/asample")
     assert first == {
         "num_samples": 2,
@@ -70,9 +81,7 @@ def test_sample_body_headers_and_result(server: FakeServer, sampler: tinker.Samp
 
 
 def test_compute_logprobs(server: FakeServer, sampler: tinker.SamplingClient) -> None:
-    server.route("POST", "/api/v1/asample")(
-        lambda r: server.future({**RESULT, "prompt_logprobs": [None, -1.5, -0.5]})
-    )
+    server.route("POST", "/api/v1/asample")(lambda r: server.future({**RESULT, "prompt_logprobs": [None, -1.5, -0.5]}))
     assert sampler.compute_logprobs(PROMPT).result(timeout=5) == [None, -1.5, -0.5]
     assert asyncio.run(sampler.compute_logprobs_async(PROMPT)) == [None, -1.5, -0.5]
     body = server.bodies("/api/v1/asample")[0]
@@ -133,6 +142,8 @@ def test_progress_watchdog(server: FakeServer, client: tinker.ServiceClient) -> 
         return httpx.Response(408, json={"type": "try_again", "request_id": "x", "queue_state": "active"})
 
     server.route("POST", "/api/v1/asample")(lambda r: server.future(lambda: never(r)))
-    sampler = tinker.SamplingClient(client.holder, sampling_session_id="stuck", retry_config=RetryConfig(progress_timeout=0.1))
+    sampler = tinker.SamplingClient(
+        client.holder, sampling_session_id="stuck", retry_config=RetryConfig(progress_timeout=0.1)
+    )
     with pytest.raises(tinker.APIConnectionError, match=r"No progress made in 0\.1s"):
         sampler.sample(PROMPT, 1, tinker.SamplingParams()).result(timeout=5)

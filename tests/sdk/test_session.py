@@ -58,9 +58,7 @@ def test_heartbeat(server: FakeServer, make_client: MakeClient, clock: FakeClock
     client.holder.close()
 
 
-def test_telemetry_session_start(
-    server: FakeServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_telemetry_session_start(server: FakeServer, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TINKER_TELEMETRY", "1")
     client = make_client()
     wait_for(lambda: bool(server.calls("/api/v1/telemetry")))

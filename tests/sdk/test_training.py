@@ -89,8 +89,13 @@ def test_submits_are_serialized_and_results_pipelined(
         await asyncio.sleep(0.1)
         events.append("fb-end")
         # The forward_backward result only appears once optim_step's result was read.
-        return server.future(lambda: httpx.Response(200, json=fb_output()) if optim_done.is_set() else
-                             httpx.Response(408, json={"type": "try_again", "request_id": "x", "queue_state": "active"}))
+        return server.future(
+            lambda: (
+                httpx.Response(200, json=fb_output())
+                if optim_done.is_set()
+                else httpx.Response(408, json={"type": "try_again", "request_id": "x", "queue_state": "active"})
+            )
+        )
 
     def optim(request: httpx.Request) -> httpx.Response:
         events.append("optim-start")
@@ -132,8 +137,25 @@ def test_failed_submit_releases_its_turn(server: FakeServer, training_client: ti
 
 def test_chunking_and_metric_merge(server: FakeServer, training_client: tinker.TrainingClient) -> None:
     metrics = [
-        {"loss:sum": 2.0, "acc:mean": 1.0, "m:max": 3.0, "n:min": 3.0, "id:unique": 7.0, "x:weird": 1.0, "gone:sum": 1.0, "s:slack": 1.0},
-        {"loss:sum": 3.0, "acc:mean": 0.0, "m:max": 5.0, "n:min": 1.0, "id:unique": 8.0, "x:weird": 1.0, "s:slack": 4.0},
+        {
+            "loss:sum": 2.0,
+            "acc:mean": 1.0,
+            "m:max": 3.0,
+            "n:min": 3.0,
+            "id:unique": 7.0,
+            "x:weird": 1.0,
+            "gone:sum": 1.0,
+            "s:slack": 1.0,
+        },
+        {
+            "loss:sum": 3.0,
+            "acc:mean": 0.0,
+            "m:max": 5.0,
+            "n:min": 1.0,
+            "id:unique": 8.0,
+            "x:weird": 1.0,
+            "s:slack": 4.0,
+        },
     ]
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -148,7 +170,15 @@ def test_chunking_and_metric_merge(server: FakeServer, training_client: tinker.T
     assert len(out.loss_fn_outputs) == 130
     mean = (1.0 * 128 + 0.0 * 2) / 130
     assert out.metrics == pytest.approx(
-        {"loss:sum": 5.0, "acc:mean": mean, "m:max": 5.0, "n:min": 1.0, "id:unique": 7.0, "id:unique_1": 8.0, "s:slack": 4.0 - (1.0 * 128 + 4.0 * 2) / 130}
+        {
+            "loss:sum": 5.0,
+            "acc:mean": mean,
+            "m:max": 5.0,
+            "n:min": 1.0,
+            "id:unique": 7.0,
+            "id:unique_1": 8.0,
+            "s:slack": 4.0 - (1.0 * 128 + 4.0 * 2) / 130,
+        }
     )
     assert {r.headers["x-tinker-request-type"] for r in server.calls("/api/v1/retrieve_future")[1:]} == {"Forward"}
 
@@ -197,7 +227,9 @@ def test_checkpoint_ops(server: FakeServer, training_client: tinker.TrainingClie
 
 def test_ephemeral_sampler_save(server: FakeServer, training_client: tinker.TrainingClient) -> None:
     server.route("POST", "/api/v1/save_weights_for_sampler")(
-        lambda r: server.future({"path": None, "sampling_session_id": "sess-1:sample:0", "type": "save_weights_for_sampler"})
+        lambda r: server.future(
+            {"path": None, "sampling_session_id": "sess-1:sample:0", "type": "save_weights_for_sampler"}
+        )
     )
     server.route("POST", "/api/v1/asample")(
         lambda r: server.future({"sequences": [{"stop_reason": "length", "tokens": [5]}]})

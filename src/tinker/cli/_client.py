@@ -27,8 +27,7 @@ def rest_client(state: State) -> Any:
 
         raise CliError(
             "The API key is empty or not printable.",
-            "Pass --api-key KEY or set TINKER_API_KEY (a local `tinker serve` accepts "
-            "any non-empty key).",
+            "Pass --api-key KEY or set TINKER_API_KEY (a local `tinker serve` accepts any non-empty key).",
         )
     service = tinker.ServiceClient(
         api_key=api_key,

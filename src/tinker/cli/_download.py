@@ -103,9 +103,7 @@ class _Body:
             pass
 
 
-def fetch_and_extract(
-    url: str, target: Path, *, show_progress: bool, label: str = "", console: Any = None
-) -> int:
+def fetch_and_extract(url: str, target: Path, *, show_progress: bool, label: str = "", console: Any = None) -> int:
     """Download the archive at ``url`` and extract it to ``target`` as it arrives.
 
     The archive is never stored: it is extracted while it streams in, into a
@@ -134,8 +132,7 @@ def fetch_and_extract(
                     bars.done(size)
             except httpx.HTTPStatusError as exc:
                 raise CliError(
-                    f"Failed to download checkpoint: HTTP {exc.response.status_code} "
-                    f"from the archive URL.",
+                    f"Failed to download checkpoint: HTTP {exc.response.status_code} from the archive URL.",
                     "The signed URL may have expired (they last about 15 minutes); run the "
                     "command again to get a fresh one.",
                 ) from exc

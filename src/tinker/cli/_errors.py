@@ -29,9 +29,7 @@ class CliError(click.ClickException):
         if self.detail:
             import textwrap
 
-            detail = textwrap.fill(
-                self.detail, width=79, break_long_words=False, break_on_hyphens=False
-            )
+            detail = textwrap.fill(self.detail, width=79, break_long_words=False, break_on_hyphens=False)
             click.echo(detail, err=True)
 
 
@@ -67,8 +65,7 @@ def translate(exc: BaseException, base_url: str) -> CliError:
     if isinstance(exc, tinker.AuthenticationError):
         return CliError(
             "Authentication failed: the server rejected the API key.",
-            "Set TINKER_API_KEY (or pass --api-key) to a key this server accepts. "
-            + _details(exc),
+            "Set TINKER_API_KEY (or pass --api-key) to a key this server accepts. " + _details(exc),
         )
     if isinstance(exc, tinker.PermissionDeniedError):
         return CliError(
@@ -79,8 +76,7 @@ def translate(exc: BaseException, base_url: str) -> CliError:
     if isinstance(exc, tinker.NotFoundError):
         return CliError(
             "Resource not found.",
-            "Check the id or path: `tinker run list` and `tinker checkpoint list` show "
-            "what exists. " + _details(exc),
+            "Check the id or path: `tinker run list` and `tinker checkpoint list` show what exists. " + _details(exc),
         )
     if isinstance(exc, tinker.BadRequestError):
         return CliError("Invalid request.", _details(exc))
@@ -89,9 +85,7 @@ def translate(exc: BaseException, base_url: str) -> CliError:
     if isinstance(exc, tinker.ConflictError):
         return CliError("Conflict (status 409).", _details(exc))
     if isinstance(exc, tinker.RateLimitError):
-        return CliError(
-            "Rate limit exceeded.", "Wait a moment and try again. " + _details(exc)
-        )
+        return CliError("Rate limit exceeded.", "Wait a moment and try again. " + _details(exc))
     if isinstance(exc, tinker.InternalServerError):
         return CliError(
             f"The server failed (status {exc.status_code}).",
@@ -106,6 +100,5 @@ def translate(exc: BaseException, base_url: str) -> CliError:
         return CliError(f"{exc}", "Check --base-url / TINKER_BASE_URL and --api-key / TINKER_API_KEY.")
     return CliError(
         f"Unexpected error: {type(exc).__name__}: {exc}",
-        "Run again with --debug (or TINKER_DEBUG=1) to see the traceback, and report it "
-        "if it looks like a bug.",
+        "Run again with --debug (or TINKER_DEBUG=1) to see the traceback, and report it if it looks like a bug.",
     )

@@ -18,9 +18,7 @@ __all__ = ["LazyGroup"]
 class LazyGroup(click.Group):
     """A group whose commands are ``name -> ("module:attribute", "short help")``."""
 
-    def __init__(
-        self, *args: Any, lazy_commands: dict[str, tuple[str, str]] | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, *args: Any, lazy_commands: dict[str, tuple[str, str]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy_commands: dict[str, tuple[str, str]] = dict(lazy_commands or {})
 

@@ -24,9 +24,7 @@ def limit_option(noun: str) -> Callable[[Any], Any]:
 
 def page_size_option(default: int) -> Callable[[Any], Any]:
     # Hidden: lets tests exercise pagination with a handful of items.
-    return click.option(
-        "--page-size", type=click.IntRange(min=1), default=default, hidden=True
-    )
+    return click.option("--page-size", type=click.IntRange(min=1), default=default, hidden=True)
 
 
 def fetch_with_progress(

@@ -42,9 +42,7 @@ def _console(stream: Any) -> Any:
 
     is_tty = hasattr(stream, "isatty") and stream.isatty()
     width = None if is_tty or os.environ.get("COLUMNS") else 1000
-    return Console(
-        file=stream, emoji=False, markup=False, highlight=False, width=width, soft_wrap=False
-    )
+    return Console(file=stream, emoji=False, markup=False, highlight=False, width=width, soft_wrap=False)
 
 
 def stderr_console() -> Any:

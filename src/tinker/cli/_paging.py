@@ -16,10 +16,6 @@ from typing import Any
 __all__ = ["Page", "fetch"]
 
 
-
-
-
-
 class Page:
     """The items fetched, and how many exist in total (``None``: unknown)."""
 

@@ -66,8 +66,7 @@ def _dl(rows: list[tuple[str, str]]) -> list[str]:
 def root_help(prog: str = "tinker") -> str:
     """The text of ``tinker --help`` (fixed layout, lines under 80 columns)."""
     options = [
-        (", ".join(decls) + (f" {metavar}" if metavar else ""), text)
-        for _, decls, metavar, text in SHARED_OPTIONS
+        (", ".join(decls) + (f" {metavar}" if metavar else ""), text) for _, decls, metavar, text in SHARED_OPTIONS
     ]
     options.append(("-h, --help", "Show this message and exit."))
     commands = [(name, text) for name, (_, text) in sorted(COMMANDS.items())]

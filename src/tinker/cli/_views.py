@@ -106,9 +106,7 @@ def checkpoints_result(page: Page, run_id: str | None) -> Result:
         for ckpt in page.items
     ]
     if run_id is not None:
-        title = list_title(
-            page, "checkpoint", f"No checkpoints found for run {run_id}", f" for run {run_id}"
-        )
+        title = list_title(page, "checkpoint", f"No checkpoints found for run {run_id}", f" for run {run_id}")
     else:
         title = list_title(page, "checkpoint", "No checkpoints found")
     table = Table(title, ["Checkpoint ID", "Type", "Size", "Public", "Created", "Path"], rows)

@@ -3,6 +3,7 @@
 Request models are frozen and reject unknown fields; response models are
 frozen and ignore unknown fields.
 """
+
 from __future__ import annotations
 
 from ._base import (

@@ -86,7 +86,9 @@ def _chunk_kind(value: Any) -> str | None:
 
 
 ModelInputChunk = Annotated[
-    Annotated[EncodedTextChunk, pydantic.Tag("encoded_text")] | Annotated[ImageChunk, pydantic.Tag("image")] | Annotated[ImageAssetPointerChunk, pydantic.Tag("image_asset_pointer")],
+    Annotated[EncodedTextChunk, pydantic.Tag("encoded_text")]
+    | Annotated[ImageChunk, pydantic.Tag("image")]
+    | Annotated[ImageAssetPointerChunk, pydantic.Tag("image_asset_pointer")],
     pydantic.Discriminator(_chunk_kind),
 ]
 

@@ -14,8 +14,7 @@ from .._options import State
 PAGE_SIZE = 1000  # checkpoints per request (all runs)
 
 _PATH_FORMAT = (
-    "Expected tinker://RUN_ID/weights/NAME or tinker://RUN_ID/sampler_weights/NAME, "
-    "e.g. tinker://run-123/weights/0001."
+    "Expected tinker://RUN_ID/weights/NAME or tinker://RUN_ID/sampler_weights/NAME, e.g. tinker://run-123/weights/0001."
 )
 
 
@@ -48,16 +47,14 @@ def _find(rest: Any, path: str) -> Any:
     except tinker.NotFoundError as exc:
         raise CliError(
             f"Checkpoint not found: {path}",
-            f"There is no training run {parsed.training_run_id!r} (`tinker run list` "
-            f"shows your runs). Details: {exc}",
+            f"There is no training run {parsed.training_run_id!r} (`tinker run list` shows your runs). Details: {exc}",
         ) from exc
     for ckpt in response.checkpoints:
         if ckpt.tinker_path == path:
             return ckpt
     raise CliError(
         f"Checkpoint not found: {path}",
-        f"`tinker checkpoint list --run-id {parsed.training_run_id}` shows the run's "
-        "checkpoints.",
+        f"`tinker checkpoint list --run-id {parsed.training_run_id}` shows the run's checkpoints.",
     )
 
 
@@ -168,9 +165,7 @@ def delete(state: State, checkpoint_path: str, yes: bool) -> Any:
             click.echo(f"Checkpoint path: {checkpoint_path}", err=True)
         click.echo("", err=True)
         click.echo("WARNING: This action is permanent and cannot be undone.", err=True)
-        if not click.confirm(
-            "Are you sure you want to delete this checkpoint?", default=False, err=True
-        ):
+        if not click.confirm("Are you sure you want to delete this checkpoint?", default=False, err=True):
             click.echo("Deletion cancelled.", err=True)
             return Result({"checkpoint_path": checkpoint_path, "deleted": False})
     rest.delete_checkpoint_from_tinker_path(checkpoint_path).result()
@@ -219,7 +214,5 @@ def download(state: State, checkpoint_path: str, output: Path | None, force: boo
         ) from exc
     rest = rest_client(state)
     archive = rest.get_checkpoint_archive_url_from_tinker_path(checkpoint_path).result()
-    size = fetch_and_extract(
-        archive.url, target, show_progress=not state.json, label=parsed.checkpoint_id
-    )
+    size = fetch_and_extract(archive.url, target, show_progress=not state.json, label=parsed.checkpoint_id)
     return download_result(checkpoint_path, str(target), size)

@@ -32,9 +32,7 @@ def list_sessions(state: State, limit: int, page_size: int) -> Any:
     def fetch_page(count: int, offset: int) -> tuple[list[str], int | None]:
         return rest.list_sessions(limit=count, offset=offset).result().sessions, None
 
-    page = fetch_with_progress(
-        fetch_page, limit=limit, page_size=page_size, noun="sessions", counted=False
-    )
+    page = fetch_with_progress(fetch_page, limit=limit, page_size=page_size, noun="sessions", counted=False)
     return sessions_result(page)
 
 
