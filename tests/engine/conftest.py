@@ -71,14 +71,16 @@ def random_datums(n: int, seed: int, *, lengths=(5, 13), vocab: int = 512, keys=
 
 
 class MergedReference:
-    """A plain HF copy of the tiny model with an adapter merged as ``W + s * B @ A``.
+    """A plain HF copy of the engine's base model with an adapter merged as ``W + s * B @ A``.
 
-    ``A`` and ``B`` are fresh leaf tensors, so plain autograd gives the reference
-    gradients; every datum runs alone (no batching, no padding, no routing).
+    ``model``: a fresh, unwrapped HF model equal to the engine's base (default: the
+    tiny Llama). ``A`` and ``B`` are fresh leaf tensors, so plain autograd gives the
+    reference gradients; every datum runs alone (no batching, no padding, no routing).
+    A tied ``lm_head`` gets its own merged weight; the embedding keeps the base one.
     """
 
-    def __init__(self, engine: Engine, adapter_id: str) -> None:
-        self.model = build_tiny_model()
+    def __init__(self, engine: Engine, adapter_id: str, model: torch.nn.Module | None = None) -> None:
+        self.model = build_tiny_model() if model is None else model
         adapter = engine._adapters[adapter_id]
         self.scaling = adapter.scaling
         self.leaves = {k: p.detach().clone().requires_grad_(True) for k, p in adapter.named_parameters()}
@@ -86,16 +88,26 @@ class MergedReference:
 
     def params(self) -> dict[str, torch.Tensor]:
         merged = {}
-        base = dict(self.model.named_parameters())
         for path in self.paths:
             a = self.leaves[f"base_model.model.{path}.lora_A.weight"]
             b = self.leaves[f"base_model.model.{path}.lora_B.weight"]
-            merged[f"{path}.weight"] = base[f"{path}.weight"] + self.scaling * (b @ a)
+            merged[f"{path}.weight"] = self.model.get_submodule(path).weight + self.scaling * (b @ a)
         return merged
+
+    def merged_model(self) -> torch.nn.Module:
+        """``self.model`` with the merged weights written into it as plain parameters (for
+        ``generate``); ties between a targeted layer and another module are cut."""
+        with torch.no_grad():
+            for name, value in self.params().items():
+                path, _, attr = name.rpartition(".")
+                setattr(self.model.get_submodule(path), attr, torch.nn.Parameter(value.detach().clone()))
+        self.paths = []  # the merge is done: params() must not add it again
+        return self.model
 
     def logits(self, tokens: list[int]) -> torch.Tensor:
         """(N,) token ids -> (N, V) logits, teacher-forced."""
-        return torch.func.functional_call(self.model, self.params(), (torch.tensor([tokens]),)).logits[0]
+        return torch.func.functional_call(self.model, self.params(), (torch.tensor([tokens]),),
+                                          tie_weights=False).logits[0]
 
     def logprobs(self, datum: TrainDatum) -> torch.Tensor:
         logits = self.logits(datum.tokens)
