@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -117,7 +118,8 @@ def test_invalid_result_is_value_error(server: FakeServer, training_client: tink
     empty = training_client.forward([], "cross_entropy").result()  # no data: no request
     assert (empty.loss_fn_output_type, empty.loss_fn_outputs, empty.metrics) == ("", [], {})
     assert server.calls("/api/v1/forward") == []
-    data = [tinker.Datum(model_input=tinker.ModelInput.from_ints([1]), loss_fn_inputs={"weights": [1.0]})]
+    weights: dict[str, Any] = {"weights": [1.0]}  # a list, which Datum's before-validator converts
+    data = [tinker.Datum(model_input=tinker.ModelInput.from_ints([1]), loss_fn_inputs=weights)]
     with pytest.raises(ValueError, match="Error retrieving result"):
         training_client.forward(data, "cross_entropy").result()
 
@@ -161,6 +163,7 @@ def test_polling_starts_before_result_is_requested(server: FakeServer, training_
 
 def test_forward_backward_result_via_helper(server: FakeServer, training_client: tinker.TrainingClient) -> None:
     server.route("POST", "/api/v1/forward_backward")(lambda r: server.future(fb_output()))
-    data = [tinker.Datum(model_input=tinker.ModelInput.from_ints([1, 2]), loss_fn_inputs={"weights": [1, 1]})]
+    weights: dict[str, Any] = {"weights": [1, 1]}  # a list, which Datum's before-validator converts
+    data = [tinker.Datum(model_input=tinker.ModelInput.from_ints([1, 2]), loss_fn_inputs=weights)]
     out = training_client.forward_backward(data, "cross_entropy").result()
     assert out.metrics == {"loss:sum": 1.0}

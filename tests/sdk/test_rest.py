@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -53,7 +54,7 @@ def rest(server: FakeServer, client: tinker.ServiceClient) -> RestClient:
 
 
 def test_sync_methods_return_concurrent_futures(server: FakeServer, rest: RestClient) -> None:
-    futures = [
+    futures: list[concurrent.futures.Future[Any]] = [
         rest.list_training_runs(),
         rest.get_training_run("r:train:0"),
         rest.get_training_run_by_tinker_path("tinker://r:train:0/weights/0001"),
@@ -99,10 +100,11 @@ def test_api_future_methods_and_async_twins(rest: RestClient) -> None:
         assert (await rest.list_sessions_async()).sessions == ["sess-1"]
         assert (await rest.get_session_async("sess-1")).sampler_ids == []
         assert (await rest.get_sampler_async("s:sample:0")).base_model == "b/m"
-        assert await rest.delete_checkpoint_async("r:train:0", "weights/0001") is None
-        assert await rest.publish_checkpoint_from_tinker_path_async("tinker://r:train:0/weights/0001") is None
-        assert await rest.unpublish_checkpoint_from_tinker_path_async("tinker://r:train:0/weights/0001") is None
-        assert await rest.delete_checkpoint_from_tinker_path_async("tinker://r:train:0/weights/0001") is None
+        # The four below return None (their annotation says so; mypy checks it).
+        await rest.delete_checkpoint_async("r:train:0", "weights/0001")
+        await rest.publish_checkpoint_from_tinker_path_async("tinker://r:train:0/weights/0001")
+        await rest.unpublish_checkpoint_from_tinker_path_async("tinker://r:train:0/weights/0001")
+        await rest.delete_checkpoint_from_tinker_path_async("tinker://r:train:0/weights/0001")
         assert await info  # APIFuture is awaitable
 
     asyncio.run(main())

@@ -19,10 +19,9 @@ ADAM = tinker.AdamParams(learning_rate=2e-4)
 
 
 def datum(tokens: int = 3, weights: Any = None) -> tinker.Datum:
-    return tinker.Datum(
-        model_input=tinker.ModelInput.from_ints(list(range(tokens))),
-        loss_fn_inputs={"target_tokens": list(range(1, tokens + 1)), "weights": weights or [1.0] * tokens},
-    )
+    # Plain lists, which Datum's before-validator turns into TensorData (typed Any for that reason).
+    inputs: dict[str, Any] = {"target_tokens": list(range(1, tokens + 1)), "weights": weights or [1.0] * tokens}
+    return tinker.Datum(model_input=tinker.ModelInput.from_ints(list(range(tokens))), loss_fn_inputs=inputs)
 
 
 def echo_fb(server: FakeServer, path: str = "/api/v1/forward_backward", key: str = "forward_backward_input") -> None:
