@@ -9,7 +9,7 @@ COOKBOOK := .venv-cookbook
 # Shared cache of converted models for the test suite (SmolLM2 is converted from its GGUF once).
 export TINKER_TEST_MODEL_HOME ?= $(CURDIR)/.tinker-test-home
 
-.PHONY: install demo test test-fast bench bench-official proto clean browser
+.PHONY: install demo lint test test-fast bench bench-official proto clean browser
 
 install: $(VENV)/.installed
 
@@ -57,7 +57,17 @@ browser:
 demo: install
 	$(BIN)/python examples/pig_latin.py
 
-test: install browser $(COMPAT)/.installed $(COMPAT25)/.installed $(COMPAT38)/.installed $(COOKBOOK)/.installed
+# Lint, format check and type check (configuration in pyproject.toml). For now only the SDK, the
+# CLI and their tests, which are clean; src/tinker_server and the other test directories are cleaned
+# next (several people are rewriting them), and then LINT_PATHS becomes the whole repository.
+LINT_PATHS := src/tinker tests/sdk tests/cli
+
+lint: install
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy $(LINT_PATHS)
+
+test: install lint browser $(COMPAT)/.installed $(COMPAT25)/.installed $(COMPAT38)/.installed $(COOKBOOK)/.installed
 	mkdir -p $(TINKER_TEST_MODEL_HOME)
 	# The cookbook's environment holds a copy of the server (not editable: that would put our
 	# src/, with our own `tinker`, on its path); refresh it from the current sources.
