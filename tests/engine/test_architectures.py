@@ -32,8 +32,16 @@ from .conftest import MergedReference, adapter_grads, assert_tensors_close, rand
 VOCAB = 512
 WINDOW = 8
 COMMON: dict[str, Any] = dict(
-    vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
 )
 
 
@@ -46,12 +54,19 @@ def _configs() -> dict[str, Callable[[], Any]]:
         "qwen3": lambda: t.Qwen3Config(**COMMON, head_dim=16),
         "mistral": lambda: t.MistralConfig(**COMMON, head_dim=16, sliding_window=WINDOW),
         "gemma2": lambda: t.Gemma2Config(
-            **COMMON, head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
+            **COMMON,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=WINDOW,
             layer_types=["sliding_attention", "full_attention"],
-            final_logit_softcapping=4.0, attn_logit_softcapping=5.0,
+            final_logit_softcapping=4.0,
+            attn_logit_softcapping=5.0,
         ),
         "gemma3_text": lambda: t.Gemma3TextConfig(
-            **COMMON, head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
+            **COMMON,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=WINDOW,
             layer_types=["sliding_attention", "full_attention"],
         ),
         "phi3": lambda: t.Phi3Config(**COMMON, sliding_window=WINDOW),
@@ -60,7 +75,11 @@ def _configs() -> dict[str, Callable[[], Any]]:
 
 ARCHS = list(_configs())
 # Sequences longer than the sliding window, of different lengths (padding in a batch).
-PROMPTS = [[5, 17, 200, 33, 9, 41, 77, 12, 3, 99, 150], [300, 4, 8], [44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56]]
+PROMPTS = [
+    [5, 17, 200, 33, 9, 41, 77, 12, 3, 99, 150],
+    [300, 4, 8],
+    [44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56],
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +112,15 @@ def _hf_model(engine: Engine, directory: pathlib.Path) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     attention = engine._parts.model.config._attn_implementation
-    return AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32,
-                                                attn_implementation=attention).eval()
+    return AutoModelForCausalLM.from_pretrained(
+        str(directory), dtype=torch.float32, attn_implementation=attention
+    ).eval()
 
 
 @pytest.fixture(scope="module", params=ARCHS)
-def arch(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-         tokenizer_dir: pathlib.Path) -> tuple[str, pathlib.Path, Engine]:
+def arch(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: pathlib.Path
+) -> tuple[str, pathlib.Path, Engine]:
     """(architecture, model directory, engine with adapter ``a``: all targets, random A and B)."""
     name = request.param
     directory = _save_model(_configs()[name](), tmp_path_factory.mktemp(name), tokenizer_dir)
@@ -123,7 +144,7 @@ def test_lora_gradients_match_the_merged_reference(arch: tuple[str, pathlib.Path
     out = engine.forward_backward("a", data, "cross_entropy", None, backward=True)
     ref = MergedReference(engine, "a", _hf_model(engine, directory))
     total = torch.zeros(())
-    for datum, output in zip(data, out.loss_fn_outputs):
+    for datum, output in zip(data, out.loss_fn_outputs, strict=True):
         lp = ref.logprobs(datum)
         torch.testing.assert_close(torch.from_numpy(output["logprobs"]), lp.detach(), rtol=1e-5, atol=1e-5)
         total = total - (lp * torch.as_tensor(datum.loss_fn_inputs["weights"])).sum()
@@ -141,12 +162,19 @@ def test_greedy_sampling_equals_hf_generate(arch: tuple[str, pathlib.Path, Engin
     jobs = [SampleJob("a", prompt, max_tokens=12, temperature=0.0) for prompt in PROMPTS]
     ours = [out.sequences[0].tokens for out in engine.sample(jobs)]
     model = MergedReference(engine, "a", _hf_model(engine, directory)).merged_model()
-    for prompt, tokens in zip(PROMPTS, ours):
+    for prompt, tokens in zip(PROMPTS, ours, strict=True):
         with torch.no_grad():
-            generated = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                       do_sample=False, max_new_tokens=12, min_new_tokens=12, eos_token_id=None,
-                                       pad_token_id=2)
-        assert tokens == generated[0, len(prompt):].tolist(), prompt
+            mask = torch.ones(1, len(prompt), dtype=torch.long)
+            generated = model.generate(
+                torch.tensor([prompt]),
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=12,
+                min_new_tokens=12,
+                eos_token_id=None,
+                pad_token_id=2,
+            )
+        assert tokens == generated[0, len(prompt) :].tolist(), prompt
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
@@ -160,7 +188,7 @@ def test_saved_adapter_loads_in_stock_peft(arch: tuple[str, pathlib.Path, Engine
     data = random_datums(3, seed=5, lengths=(5, 20), vocab=VOCAB)
     ours = engine.forward_backward("a", data, "cross_entropy", None, backward=False).loss_fn_outputs
     with torch.no_grad():
-        for datum, output in zip(data, ours):
+        for datum, output in zip(data, ours, strict=True):
             logits = model(input_ids=torch.tensor([datum.tokens])).logits[0]
             targets = torch.as_tensor(datum.loss_fn_inputs["target_tokens"])[:, None]
             theirs = torch.log_softmax(logits.float(), -1).gather(1, targets)[:, 0].numpy()
@@ -168,7 +196,7 @@ def test_saved_adapter_loads_in_stock_peft(arch: tuple[str, pathlib.Path, Engine
     # and back: the engine reads its own checkpoint to the same logprobs
     engine.load_adapter("b", tmp_path / "ckpt", optimizer=False)
     again = engine.forward_backward("b", data, "cross_entropy", None, backward=False).loss_fn_outputs
-    for x, y in zip(ours, again):
+    for x, y in zip(ours, again, strict=True):
         np.testing.assert_array_equal(x["logprobs"], y["logprobs"])
     engine.drop_adapter("b")
 
@@ -177,18 +205,22 @@ def test_unsupported_architectures_are_refused_by_name(tmp_path: pathlib.Path, t
     import transformers as t
 
     # A causal LM without LoRA-targetable linear layers (GPT-2's fused Conv1D layers).
-    gpt2 = _save_model(t.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=1, n_head=4, n_positions=64),
-                       tmp_path / "gpt2", tokenizer_dir)
-    with pytest.raises(ModelLoadError, match=r"architecture gpt2 \(GPT2LMHeadModel\) is not supported: .*supported"
-                                             r" architectures: llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3"):
+    gpt2 = _save_model(
+        t.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=1, n_head=4, n_positions=64), tmp_path / "gpt2", tokenizer_dir
+    )
+    supported = r"supported architectures: llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3"
+    with pytest.raises(ModelLoadError, match=rf"architecture gpt2 \(GPT2LMHeadModel\) is not supported: .*{supported}"):
         load_engine(str(gpt2), home=tmp_path / "home")
     # Not a causal LM at all: refused before any weights are read.
     t5 = tmp_path / "t5"
     t.T5Config(vocab_size=VOCAB, d_model=64, num_layers=1, num_heads=4).save_pretrained(str(t5))
     for f in tokenizer_dir.iterdir():
         shutil.copy(f, t5 / f.name)
-    with pytest.raises(ModelLoadError, match=r"architecture t5 .*is not supported: it is not a causal language model;"
-                                             r" supported architectures: llama, "):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"architecture t5 .*is not supported: it is not a causal language model;"
+        r" supported architectures: llama, ",
+    ):
         load_engine(str(t5), home=tmp_path / "home")
     # A multimodal checkpoint (Gemma 3 4B and up): only its text model would be a causal LM.
     gemma3 = tmp_path / "gemma3"
