@@ -287,11 +287,12 @@ ISOLATION_SCRIPT = """\
 import sys, types
 import tinker_server
 
-# The package's __init__ wires the service (and, through it, the server); this checks what the
-# text module itself needs. The package is registered bare so that only text.py's imports run.
-package = types.ModuleType("tinker_server.oai")
-package.__path__ = [tinker_server.__path__[0] + "/oai"]
-sys.modules["tinker_server.oai"] = package
+if sys.argv[2] == "module":
+    # Only text.py's own imports: the package is registered bare, so its __init__ (which
+    # wires the service and, through it, the server) does not run.
+    package = types.ModuleType("tinker_server.oai")
+    package.__path__ = [tinker_server.__path__[0] + "/oai"]
+    sys.modules["tinker_server.oai"] = package
 
 from tinker_server.oai.text import TextAssembler, Tokenizer
 
@@ -307,10 +308,13 @@ sys.exit(1 if heavy else 0)
 """
 
 
-def test_loading_and_using_a_tokenizer_imports_neither_torch_nor_transformers(tiny_dir: Path) -> None:
+@pytest.mark.parametrize("scope", ["module", "package"])
+def test_loading_and_using_a_tokenizer_imports_neither_torch_nor_transformers(tiny_dir: Path, scope: str) -> None:
+    """``module``: text.py's own imports; ``package``: a plain ``import tinker_server.oai.text``,
+    the package's ``__init__`` and everything it imports included."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(ISOLATION_SCRIPT), str(tiny_dir)],
+        [sys.executable, "-c", textwrap.dedent(ISOLATION_SCRIPT), str(tiny_dir), scope],
         capture_output=True,
         text=True,
         timeout=120,
