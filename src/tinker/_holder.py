@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import weakref
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from . import _env
 from ._http import HTTPClient
 from ._retry import execute_with_retries
 from ._sync import get_loop, run_sync
@@ -35,13 +35,6 @@ logger = logging.getLogger("tinker")
 T = TypeVar("T")
 
 _MAX_SAMPLE_SUBMITS = 400
-
-
-def _tags_from_env() -> list[str]:
-    raw = os.environ.get("TINKER_TAGS")
-    if raw is None:
-        return []
-    return sorted(set(raw.split(",")))
 
 
 async def _heartbeat(http: HTTPClient, session_id: str, timings: Timings) -> None:
@@ -109,9 +102,7 @@ class ClientHolder:
         self._finalizer = weakref.finalize(self, _shutdown, get_loop(), tasks, self.http)
 
     async def _start(self, user_metadata: dict[str, str] | None) -> str:
-        request = CreateSessionRequest(
-            tags=_tags_from_env(), user_metadata=user_metadata or {}, sdk_version=__version__
-        )
+        request = CreateSessionRequest(tags=_env.tags(), user_metadata=user_metadata or {}, sdk_version=__version__)
         response = await self.http.call("POST", "api/v1/create_session", CreateSessionResponse, body=to_wire(request))
         if response.info_message:
             logger.info(response.info_message)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import os
 import platform
 import random
 import time
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 import httpx
 import pydantic
 
+from . import _env
 from ._constants import DEFAULT_BASE_URL, DEFAULT_CONNECTION_LIMITS, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ._exceptions import (
     APIConnectionError,
@@ -139,14 +139,14 @@ class HTTPClient:
         http_client: httpx.AsyncClient | None = None,
         timings: Timings | None = None,
     ) -> None:
-        api_key = api_key if api_key is not None else os.environ.get("TINKER_API_KEY")
+        api_key = api_key if api_key is not None else _env.api_key()
         if api_key is None:
             raise TinkerError(
                 "The api_key client option must be set either by passing api_key to the client "
                 "or by setting the TINKER_API_KEY environment variable"
             )
         self.api_key = api_key
-        url = str(base_url if base_url is not None else os.environ.get("TINKER_BASE_URL") or DEFAULT_BASE_URL)
+        url = str(base_url if base_url is not None else _env.base_url() or DEFAULT_BASE_URL)
         self.base_url = httpx.URL(url if url.endswith("/") else url + "/")
         self.timeout: httpx.Timeout | None = DEFAULT_TIMEOUT if isinstance(timeout, NotGiven) else _as_timeout(timeout)
         self.max_retries = max_retries

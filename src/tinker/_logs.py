@@ -7,14 +7,15 @@ The ``httpx`` logger is quietened to WARNING; ``TINKER_LOG=debug|info`` turns on
 from __future__ import annotations
 
 import logging
-import os
+
+from . import _env
 
 __all__ = ["setup_logging"]
 
 
 def setup_logging() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    level = {"debug": logging.DEBUG, "info": logging.INFO}.get(os.environ.get("TINKER_LOG", "").lower())
+    level = _env.log_level()
     if level is None:
         return
     logging.basicConfig(format="[%(asctime)s - %(name)s:%(lineno)d - %(levelname)s] %(message)s")

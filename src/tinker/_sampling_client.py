@@ -9,11 +9,11 @@ the submit is tried again; an expired future (410) re-runs the whole sample.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import _env
 from ._exceptions import RateLimitError
 from ._futures import APIFuture, InternalFuture
 from ._polling import QueueStateLogger, poll_future
@@ -46,7 +46,7 @@ class SamplingClient:
         self.holder = holder
         self.sampling_session_id = sampling_session_id
         self.retry_config = retry_config
-        self.feature_gates = set(os.environ.get("TINKER_FEATURE_GATES", "async_sampling").split(","))
+        self.feature_gates = _env.feature_gates()
         self._retry_handler: RetryHandler = get_retry_handler(sampling_session_id, retry_config, holder.timings)
         self._seq_lock = threading.Lock()
         self._next_seq_id = 0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from . import _env
 from ._holder import ClientHolder
 from ._polling import poll_future
 from ._rest_client import RestClient
@@ -31,12 +31,11 @@ __all__ = ["ServiceClient"]
 def _env_headers() -> dict[str, str]:
     """Headers the ServiceClient adds from the environment (they win over ``api_key``, quirk Q1)."""
     headers: dict[str, str] = {}
-    for env, header in (
-        ("TINKER_API_KEY", "X-API-Key"),
-        ("CLOUDFLARE_ACCESS_CLIENT_ID", "CF-Access-Client-Id"),
-        ("CLOUDFLARE_ACCESS_CLIENT_SECRET", "CF-Access-Client-Secret"),
+    for header, value in (
+        ("X-API-Key", _env.api_key()),
+        ("CF-Access-Client-Id", _env.cloudflare_access_client_id()),
+        ("CF-Access-Client-Secret", _env.cloudflare_access_client_secret()),
     ):
-        value = os.environ.get(env)
         if value is not None:
             headers[header] = value
     return headers

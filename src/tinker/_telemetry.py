@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import platform
 import traceback
 import uuid
@@ -20,6 +19,7 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from . import _env
 from ._version import __version__
 from .types import SessionStartEvent, TelemetryEvent, TelemetrySendRequest, UnhandledExceptionEvent
 from .types._base import to_wire
@@ -36,7 +36,7 @@ _BATCH = 100
 
 
 def telemetry_enabled() -> bool:
-    return os.environ.get("TINKER_TELEMETRY", "1").strip().lower() in ("1", "true", "yes", "on")
+    return _env.telemetry()
 
 
 class Telemetry:

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _env
 from ._exceptions import APIStatusError
 from ._sync import run_sync
 from .types import GetInfoResponse, TokenizerFilesRequest, TokenizerFilesResponse
@@ -52,7 +53,7 @@ def tokenizer_id_for(info: GetInfoResponse) -> str:
 
 
 def cache_dir(tokenizer_id: str) -> Path:
-    root = Path(os.environ.get("TINKER_CACHE_DIR") or Path.home() / ".cache" / "tinker")
+    root = _env.cache_dir()
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", tokenizer_id.replace("/", "--"))
     return root / "tokenizers" / safe
 

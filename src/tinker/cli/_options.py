@@ -15,12 +15,12 @@ built-in default:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
+from .. import _env
 from ._root import DEFAULT_API_KEY, DEFAULT_BASE_URL, SHARED_OPTIONS
 
 __all__ = [
@@ -30,8 +30,6 @@ __all__ = [
     "get_state",
     "shared_options",
 ]
-
-_TRUTHY = {"1", "true", "yes", "on"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,7 +53,7 @@ class State:
 
     @property
     def resolved_base_url(self) -> str:
-        return self.base_url or os.environ.get("TINKER_BASE_URL") or DEFAULT_BASE_URL
+        return self.base_url or _env.base_url() or DEFAULT_BASE_URL
 
     @property
     def resolved_api_key(self) -> str:
@@ -63,11 +61,11 @@ class State:
         error later), an empty ``TINKER_API_KEY`` counts as unset."""
         if self.api_key is not None:
             return self.api_key
-        return os.environ.get("TINKER_API_KEY") or DEFAULT_API_KEY
+        return _env.api_key() or DEFAULT_API_KEY
 
     @property
     def show_traceback(self) -> bool:
-        return self.debug or os.environ.get("TINKER_DEBUG", "").strip().lower() in _TRUTHY
+        return self.debug or _env.debug()
 
 
 def get_state(ctx: click.Context | None = None) -> State:
