@@ -51,7 +51,7 @@ async def _heartbeat(http: HTTPClient, session_id: str, timings: Timings) -> Non
             )
             del response
             last_ok = time.monotonic()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any failure is a missed beat; the loop goes on)
             silent = time.monotonic() - last_ok
             if silent > timings.heartbeat_warn_after:
                 logger.warning(

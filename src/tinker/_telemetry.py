@@ -111,6 +111,6 @@ class Telemetry:
                 await self._http.request(
                     "POST", "api/v1/telemetry", body=to_wire(request), options={"timeout": 5, "max_retries": 0}
                 )
-            except Exception as exc:  # telemetry must never disturb the caller
+            except Exception as exc:  # noqa: BLE001 (telemetry must never disturb the caller)
                 logger.debug("dropped %d telemetry events: %s", len(batch), exc)
                 return
