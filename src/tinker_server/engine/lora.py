@@ -44,6 +44,8 @@ __all__ = [
     "Adapter",
     "LoraLinear",
     "Router",
+    "TESTED_ARCHITECTURES",
+    "architecture_problem",
     "attach_lora",
     "new_adapter",
     "peft_key",
@@ -52,10 +54,41 @@ __all__ = [
 
 LORA_ALPHA = 32.0
 MAX_LORA_RANK = 1024
-ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+# LoRA targets by the short name of a linear layer: the one table for every
+# architecture, since the names mean the same wherever they appear. Llama, SmolLM,
+# Qwen2/2.5/3, Mistral and Gemma 2/3 use q/k/v/o and gate/up/down; Phi-3 fuses
+# q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj`` (PEFT targets those by
+# the same names). ``train_attn`` / ``train_mlp`` / ``train_unembed`` pick a group.
+ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj", "gate_up_proj")
 UNEMBED_MODULES = ("lm_head",)
 ALL_TARGETS = ATTN_MODULES + MLP_MODULES + UNEMBED_MODULES
+# Architectures (``config.model_type``) checked end to end by tests/engine/test_architectures.py.
+# Any other causal LM with attention and MLP linear layers named as above loads too.
+TESTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3")
+
+
+def architecture_problem(model: nn.Module) -> str | None:
+    """Why LoRA cannot serve ``model`` (a loaded HF causal LM), or ``None`` when it can.
+
+    It can when the model has attention and MLP linear layers with names from
+    :data:`ATTN_MODULES` and :data:`MLP_MODULES` (wrapped or not) and an ``lm_head``.
+    """
+    found: set[str] = set()
+    for path, module in model.named_modules():
+        if isinstance(module, (nn.Linear, LoraLinear)):
+            found.add(path.rsplit(".", 1)[-1])
+    missing = [
+        what
+        for what, names in (("attention", ATTN_MODULES), ("MLP", MLP_MODULES))
+        if not found & set(names)
+    ]
+    if missing:
+        return (f"it has no {' and no '.join(missing)} linear layers LoRA can target "
+                f"(attention: {', '.join(ATTN_MODULES)}; MLP: {', '.join(MLP_MODULES)})")
+    if not isinstance(getattr(model, "lm_head", None), (nn.Linear, LoraLinear)):
+        return "it has no linear lm_head"
+    return None
 
 
 def peft_key(path: str, which: str) -> str:
