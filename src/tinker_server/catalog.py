@@ -11,7 +11,7 @@ from .context import Context
 from .errors import NotFound
 from .records import owned_run
 from .training import DEFAULT_OPTIMIZER
-from .scheduler import CallTask
+from .engine import ModelInfo
 
 __all__ = ["Catalog"]
 
@@ -39,17 +39,15 @@ class Catalog:
             )
         return wire.GetServerCapabilitiesResponse(supported_models=models)
 
-    async def model_info(self, model_name: str) -> Any:
+    async def model_info(self, model_name: str) -> ModelInfo:
         """The engine's :class:`ModelInfo`, loading the model first if needed."""
         worker = self._ctx.scheduler.worker(model_name)
         if worker.info is not None:
             return worker.info
-        task = worker.submit(CallTask(fn=lambda engine: engine.info))
-        return await asyncio.wrap_future(task.done)
+        return await asyncio.to_thread(worker.model_info)
 
     async def get_info(self, owner: str, model_id: str) -> wire.GetInfoResponse:
-        with self._ctx.db.session() as s:
-            run = owned_run(s, model_id, owner)
+        run = await asyncio.to_thread(self._owned_run, owner, model_id)
         info = await self.model_info(run.base_model)
         return wire.GetInfoResponse(
             type="get_info",
@@ -60,6 +58,10 @@ class Catalog:
             model_name=run.base_model,
             optimizer_config=run.optimizer_config or DEFAULT_OPTIMIZER,
         )
+
+    def _owned_run(self, owner: str, model_id: str) -> Any:
+        with self._ctx.db.session() as s:
+            return owned_run(s, model_id, owner)
 
     async def tokenizer_files(self, tokenizer_id: str) -> wire.TokenizerFilesResponse:
         """The text files of a served model's tokenizer folder (binary files are skipped)."""

@@ -1,11 +1,14 @@
-"""Wire types ↔ engine messages, with the checks that are cheap at submit time.
+"""Wire types ↔ engine messages.
 
 No tensor math: tensors become numpy arrays and back. Training datums come as
 JSON-parsed :class:`wire.Datum` or protobuf-decoded :class:`wire.ArrayDatum`;
-both get the same checks and messages. Results leave as typed
-:class:`wire.TrainResult` / :class:`wire.SampleResult` (the HTTP edge encodes
-them). Every failed check raises :class:`InvalidRequest` with a message naming
-the offending field.
+both become the same :class:`TrainDatum`. Only the wire's own form is checked here
+(chunk types, shapes against values, dtypes, known keys); what a request may ask
+(vocabulary, context, ranges, required inputs) is the engine's rules
+(:mod:`tinker_server.engine.rules`), which the services run at submit time with the
+model's info. Results leave as typed :class:`wire.TrainResult` /
+:class:`wire.SampleResult` (the HTTP edge encodes them). Every failed check raises
+:class:`InvalidRequest` with a message naming the offending field.
 """
 
 from __future__ import annotations
@@ -17,9 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import wire
-from .engine.losses import LOSSES
-from .engine.sampling import MAX_NUM_SAMPLES, prepare_job
-from .engine import AdamConfig, SampleJob, SampleOutput, TrainDatum, TrainOutput, UserInputError
+from .engine import AdamConfig, ModelInfo, SampleJob, SampleOutput, TrainDatum, TrainOutput, UserInputError, rules
 from .errors import InvalidRequest
 from .wire.arrays import dense_from_csr
 
@@ -31,26 +32,20 @@ __all__ = [
     "train_result",
 ]
 
-# Derived from the engine's loss registry (its one owner): the per-token inputs any loss
-# takes, and those each loss needs.
-KNOWN_INPUT_KEYS = tuple(
-    dict.fromkeys(["target_tokens", *(k for fn in LOSSES.values() for k in (*fn.required, *fn.optional))])
-)
-REQUIRED_INPUTS: dict[str, frozenset[str]] = {
-    name: frozenset({"target_tokens", *fn.required}) for name, fn in LOSSES.items()
-}
+# From the engine's loss signatures (their one owner): the per-token inputs any loss takes.
+KNOWN_INPUT_KEYS = rules.known_input_keys()
 _INT64 = np.iinfo(np.int64)
 
 
-def _token_array(chunks: Iterable[Any], info: Any, where: str) -> np.ndarray:
-    """The token ids of a model input's chunks, concatenated (int64), checked against
-    the vocabulary. Text chunks are ``EncodedTextChunk`` (JSON) or int arrays (protobuf)."""
+def _token_array(chunks: Iterable[Any], where: str) -> np.ndarray:
+    """The token ids of a model input's chunks, concatenated (int64). Text chunks are
+    ``EncodedTextChunk`` (JSON) or int arrays (protobuf)."""
     parts: list[np.ndarray] = []
     for index, chunk in enumerate(chunks):
         if isinstance(chunk, np.ndarray):
             parts.append(chunk)
         elif isinstance(chunk, wire.EncodedTextChunk):
-            parts.append(_int_array(chunk.tokens, info, where))
+            parts.append(_int_array(chunk.tokens, where))
         else:
             raise InvalidRequest(
                 f"{where}.chunks[{index}]: {chunk.type} chunks are not supported; "
@@ -59,42 +54,28 @@ def _token_array(chunks: Iterable[Any], info: Any, where: str) -> np.ndarray:
     tokens = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, dtype=np.int64)
     if tokens.size == 0:
         raise InvalidRequest(f"{where} is empty: it needs at least one token")
-    _check_vocab(tokens, info, where)
     return tokens
 
 
 def _text_tokens(model_input: wire.ModelInput, where: str) -> list[int]:
-    return _token_array(model_input.chunks, None, where).tolist()
+    return _token_array(model_input.chunks, where).tolist()
 
 
-def _int_array(values: Sequence[int] | Sequence[float], info: Any, where: str) -> np.ndarray:
-    """Token ids as int64; a value that is no int64 (huge, NaN) is reported as outside the vocabulary."""
+def _int_array(values: Sequence[int] | Sequence[float], where: str) -> np.ndarray:
+    """Token ids as int64; a value that is no int64 (huge, NaN) is refused."""
     try:
         return np.asarray(values, dtype=np.int64)
     except (OverflowError, ValueError):
         bad = next(v for v in values if not (math.isfinite(v) and _INT64.min <= v <= _INT64.max))
-        vocab = f"the vocabulary of {info.name}" if info is not None else "int64"
-        raise InvalidRequest(f"{where}: token id {bad} is outside {vocab}") from None
+        raise InvalidRequest(f"{where}: token id {bad} is outside int64") from None
 
 
-def _check_vocab(tokens: Sequence[int] | np.ndarray, info: Any, where: str) -> None:
-    if info is None:
-        return
-    vocab = int(info.vocab_size)
-    ids = np.asarray(tokens)
-    bad = ids[(ids < 0) | (ids >= vocab)]
-    if bad.size:
-        raise InvalidRequest(
-            f"{where}: token id {int(bad[0])} is outside the vocabulary of {info.name} (valid ids: 0..{vocab - 1})"
-        )
-
-
-def _input_array(tensor: wire.TensorData | wire.ArrayTensor, info: Any, where: str) -> tuple[np.ndarray, str]:
+def _input_array(tensor: wire.TensorData | wire.ArrayTensor, where: str) -> tuple[np.ndarray, str]:
     """A loss input as a flat numpy array, and the dtype it was sent as."""
     if isinstance(tensor, wire.ArrayTensor):
         return tensor.array.reshape(-1), tensor.dtype
     if tensor.dtype == "int64":
-        array = _int_array(tensor.data, info, where)
+        array = _int_array(tensor.data, where)
     else:
         array = np.asarray(tensor.data, dtype=np.float32)
     if tensor.sparse_crow_indices is not None and tensor.shape is not None:
@@ -114,49 +95,25 @@ def _input_array(tensor: wire.TensorData | wire.ArrayTensor, info: Any, where: s
     return array.reshape(-1), tensor.dtype
 
 
-def train_data(
-    data: Sequence[wire.Datum] | Sequence[wire.ArrayDatum], loss_fn: str, info: Any, *, field: str
-) -> list[TrainDatum]:
-    """Check and convert the datums of a forward/forward_backward request."""
+def train_data(data: Sequence[wire.Datum] | Sequence[wire.ArrayDatum], *, field: str) -> list[TrainDatum]:
+    """Convert the datums of a forward/forward_backward request (wire form checks only)."""
     if not data:
         raise InvalidRequest(f"{field}.data is empty: send at least one datum")
-    required = REQUIRED_INPUTS.get(loss_fn, frozenset({"target_tokens"}))
     out: list[TrainDatum] = []
     for i, datum in enumerate(data):
         where = f"{field}.data[{i}]"
         chunks = datum.chunks if isinstance(datum, wire.ArrayDatum) else datum.model_input.chunks
-        tokens = _token_array(chunks, info, f"{where}.model_input")
-        n = int(tokens.size)
-        if info is not None and n > int(info.max_context):
-            raise InvalidRequest(
-                f"{where}.model_input has {n} tokens, more than the context length of {info.name} ({info.max_context})"
-            )
-        missing = sorted(required - datum.loss_fn_inputs.keys())
-        if missing:
-            raise InvalidRequest(
-                f"{where}.loss_fn_inputs is missing {', '.join(repr(k) for k in missing)} "
-                f"(required by loss_fn {loss_fn!r})"
-            )
+        tokens = _token_array(chunks, f"{where}.model_input")
         arrays: dict[str, np.ndarray] = {}
         for key, tensor in datum.loss_fn_inputs.items():
             kwhere = f"{where}.loss_fn_inputs[{key!r}]"
             if key not in KNOWN_INPUT_KEYS:
                 raise InvalidRequest(f"{where}.loss_fn_inputs has unknown key {key!r}; known keys: {', '.join(KNOWN_INPUT_KEYS)}")
-            array, dtype = _input_array(tensor, info, kwhere)
-            if array.size != n:
-                raise InvalidRequest(
-                    f"{kwhere} has {array.size} values but model_input has {n} tokens; "
-                    "every loss_fn_inputs tensor needs one value per input token"
-                )
+            array, dtype = _input_array(tensor, kwhere)
             if key == "target_tokens":
                 if dtype not in ("int64", "int32"):
                     raise InvalidRequest(f"{kwhere} must have dtype int64, got {dtype}")
                 array = array.astype(np.int64, copy=False)
-                _check_vocab(array, info, kwhere)
-            else:
-                array = array.astype(np.float32, copy=False)
-                if not np.all(np.isfinite(array)):
-                    raise InvalidRequest(f"{kwhere} contains NaN or infinite values")
             arrays[key] = array
         out.append(TrainDatum(tokens=tokens, loss_fn_inputs=arrays))  # type: ignore[arg-type]
     return out
@@ -189,19 +146,7 @@ def adam_config(request: wire.OptimStepRequest) -> AdamConfig:
             "use AdamParams (the adamw optimizer)"
         )
     params = request.adam_params
-    checks = {
-        "learning_rate": params.learning_rate >= 0,
-        "beta1": 0 <= params.beta1 < 1,
-        "beta2": 0 <= params.beta2 < 1,
-        "eps": params.eps > 0,
-        "weight_decay": params.weight_decay >= 0,
-        "grad_clip_norm": params.grad_clip_norm >= 0,
-    }
-    for name, ok in checks.items():
-        value = getattr(params, name)
-        if not ok or not math.isfinite(value):
-            raise InvalidRequest(f"adam_params.{name} has an invalid value {value!r}")
-    return AdamConfig(
+    config = AdamConfig(
         learning_rate=params.learning_rate,
         beta1=params.beta1,
         beta2=params.beta2,
@@ -209,9 +154,14 @@ def adam_config(request: wire.OptimStepRequest) -> AdamConfig:
         weight_decay=params.weight_decay,
         grad_clip_norm=params.grad_clip_norm,
     )
+    try:
+        rules.check_adam(config)
+    except UserInputError as exc:
+        raise InvalidRequest(f"adam_params: {exc}") from None
+    return config
 
 
-def _stops(stop: Any, info: Any) -> tuple[list[str], list[int]]:
+def _stops(stop: Any) -> tuple[list[str], list[int]]:
     if stop is None:
         return [], []
     if isinstance(stop, str):
@@ -222,38 +172,15 @@ def _stops(stop: Any, info: Any) -> tuple[list[str], list[int]]:
             raise InvalidRequest("sampling_params.stop must not contain empty strings")
         return list(items), []
     if all(isinstance(s, int) and not isinstance(s, bool) for s in items):
-        _check_vocab(items, info, "sampling_params.stop")
         return [], [int(s) for s in items]
     raise InvalidRequest("sampling_params.stop must be a string, a list of strings or a list of token ids")
 
 
-def sample_job(request: wire.SampleRequest, adapter_id: str | None, info: Any) -> SampleJob:
-    """Check and convert a sampling request."""
+def sample_job(request: wire.SampleRequest, adapter_id: str | None, info: ModelInfo) -> SampleJob:
+    """Convert a sampling request and check it with the engine's rules for ``info``'s model."""
     prompt = _text_tokens(request.prompt, "prompt")
-    _check_vocab(prompt, info, "prompt")
     params = request.sampling_params
-    if request.num_samples < 1 or request.num_samples > MAX_NUM_SAMPLES:
-        raise InvalidRequest(f"num_samples must be between 1 and {MAX_NUM_SAMPLES}, got {request.num_samples}")
-    if params.max_tokens is not None and params.max_tokens < 1:
-        raise InvalidRequest(f"sampling_params.max_tokens must be a positive integer, got {params.max_tokens}")
-    if not math.isfinite(params.temperature) or params.temperature < 0:
-        raise InvalidRequest(f"sampling_params.temperature must be >= 0, got {params.temperature}")
-    if not (0 < params.top_p <= 1):
-        raise InvalidRequest(f"sampling_params.top_p must be in (0, 1], got {params.top_p}")
-    if params.top_k != -1 and params.top_k < 1:
-        raise InvalidRequest(f"sampling_params.top_k must be -1 (no limit) or >= 1, got {params.top_k}")
-    if request.topk_prompt_logprobs < 0:
-        raise InvalidRequest(f"topk_prompt_logprobs must be >= 0, got {request.topk_prompt_logprobs}")
-    if info is not None:
-        context = int(info.max_context)
-        if len(prompt) >= context:
-            raise InvalidRequest(f"prompt has {len(prompt)} tokens; the context length of {info.name} is {context}")
-        if params.max_tokens is not None and len(prompt) + params.max_tokens > context:
-            raise InvalidRequest(
-                f"prompt ({len(prompt)} tokens) plus max_tokens ({params.max_tokens}) exceeds the context length "
-                f"of {info.name} ({context})"
-            )
-    stop_strings, stop_token_ids = _stops(params.stop, info)
+    stop_strings, stop_token_ids = _stops(params.stop)
     job = SampleJob(
         adapter_id=adapter_id,
         prompt=prompt,
@@ -272,12 +199,10 @@ def sample_job(request: wire.SampleRequest, adapter_id: str | None, info: Any) -
         target_prompt_logprobs=_target_ids(request.target_prompt_logprobs),
         prompt_alt_tokens_k=int(request.prompt_alt_tokens_k),
     )
-    if info is not None:
-        # The engine owns the sampling rules; run them now so a bad request is a 400 at submit.
-        try:
-            prepare_job(job, None, vocab_size=int(info.vocab_size), max_context=int(info.max_context))
-        except UserInputError as exc:
-            raise InvalidRequest(str(exc)) from None
+    try:
+        rules.check_sample_job(job, vocab_size=int(info.vocab_size), max_context=int(info.max_context))
+    except UserInputError as exc:
+        raise InvalidRequest(str(exc)) from None
     return job
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import uuid
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from . import wire
 from .db import Database, RequestResultRow, RequestRow, utcnow
+from .notify import LocalNotifier, Notifier
 from .wire import codec
 
 __all__ = ["CLONE_SEQ_BLOCK", "Completion", "Finished", "FutureHub", "ResolveHook", "StoredResult", "render"]
@@ -89,10 +89,9 @@ def _completions_key(model_id: str) -> str:
 
 
 class FutureHub:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, notifier: Notifier | None = None) -> None:
         self._db = db
-        self._lock = threading.Lock()
-        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self.notifier: Notifier = notifier if notifier is not None else LocalNotifier()
         self.on_resolved: list[ResolveHook] = []
 
     # -- creation ---------------------------------------------------------------------------
@@ -192,14 +191,8 @@ class FutureHub:
             except Exception:  # noqa: BLE001 - a hook never fails the request it watches
                 log.exception("resolve hook %r failed for %s", hook, finished.request_id)
 
-    def _wake(self, request_id: str) -> None:
-        with self._lock:
-            waiters = self._waiters.pop(request_id, [])
-        for loop, fut in waiters:
-            try:
-                loop.call_soon_threadsafe(_set_done, fut)
-            except RuntimeError:  # that loop is closed; nobody is waiting any more
-                pass
+    def _wake(self, key: str) -> None:
+        self.notifier.notify(key)
 
     # -- waiting (event loop) ---------------------------------------------------------------
 
@@ -266,35 +259,9 @@ class FutureHub:
         return found, found[-1].cursor
 
     async def _wait_for(self, key: str, check: Callable[[], T | None], timeout: float) -> T | None:
-        """``check()`` once it returns something, re-run whenever ``key`` is woken; ``None``
-        after ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            fut: asyncio.Future[None] = loop.create_future()
-            with self._lock:
-                self._waiters.setdefault(key, []).append((loop, fut))
-            try:
-                found = check()
-                if found is not None:
-                    return found
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), remaining)
-                except TimeoutError:
-                    return check()
-            finally:
-                with self._lock:
-                    waiters = self._waiters.get(key)
-                    if waiters is not None:
-                        try:
-                            waiters.remove((loop, fut))
-                        except ValueError:
-                            pass
-                        if not waiters:
-                            del self._waiters[key]
+        """``check()`` (a database query, run off the event loop) once it returns something,
+        re-run whenever ``key`` is notified; ``None`` after ``timeout`` seconds."""
+        return await self.notifier.wait_for(key, lambda: asyncio.to_thread(check), timeout)
 
     # -- maintenance ------------------------------------------------------------------------
 
@@ -320,11 +287,6 @@ class FutureHub:
             session.execute(sa.delete(RequestResultRow).where(RequestResultRow.request_id.in_(purged)))
             result = session.execute(sa.delete(RequestRow).where(finished))
             return int(getattr(result, "rowcount", 0) or 0)
-
-
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def _binary(result: Any) -> RequestResultRow | None:

@@ -22,39 +22,65 @@ from .futures import FutureHub
 from .oai import OaiService
 from .run_metrics import RunMetrics
 from .sampling import SamplingService
-from .scheduler import Limits, Scheduler
+from .engine.api import Evicted
+from .engine.host import LocalEngine
+from .engine.process import ProcessEngine, WorkerSpec
+from .engine.residency import ResidencyLimits
+from .scheduler import HandleFactory, Limits, Scheduler
 from .sessions import SessionService
 from .settings import Settings
 from .training import TrainingService
 
-__all__ = ["EngineLoader", "Runtime", "default_engine_loader"]
+__all__ = ["EngineLoader", "Runtime", "default_engine_loader", "handle_factory", "worker_spec"]
 
 log = logging.getLogger(__name__)
 
-EngineLoader = Callable[[str], Any]
+EngineLoader = Callable[[str], Any]  # base model name -> an in-process EngineCore (tests, benchmarks)
 RESTART_REASON = "the server restarted"
 
 
+def residency_limits(settings: Settings) -> ResidencyLimits:
+    mib = settings.sampler_memory_mib
+    return ResidencyLimits(
+        max_samplers=max(settings.max_checkpoint_samplers, 2 * settings.max_sample_batch),
+        snapshots_per_source=settings.snapshots_per_run,
+        max_sampler_bytes=None if mib is None else int(mib * 2**20),
+    )
+
+
+def worker_spec(settings: Settings, model_name: str) -> WorkerSpec:
+    return WorkerSpec(
+        model_name=model_name,
+        home=str(settings.home),
+        device=settings.device,
+        dtype=settings.dtype,
+        max_tokens_per_microbatch=settings.max_tokens_per_microbatch,
+        packed_weights=settings.packed_weights,
+        torch_threads=settings.torch_threads,
+        residency=residency_limits(settings),
+    )
+
+
 def default_engine_loader(settings: Settings) -> EngineLoader:
-    """Load served models with the real engine, configured from ``settings``."""
+    """Load served models with the real engine in this process, configured from ``settings``."""
 
     def load(model_name: str) -> Any:
-        from .engine import load_engine
+        from .engine.worker import load_host
 
-        if settings.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
-        return load_engine(
-            model_name,
-            home=settings.home,
-            device=settings.device,
-            dtype=settings.dtype,
-            max_tokens_per_microbatch=settings.max_tokens_per_microbatch,
-            packed_weights=settings.packed_weights,
-        )
+        return load_host(worker_spec(settings, model_name)).core
 
     return load
+
+
+def handle_factory(settings: Settings, engine_loader: EngineLoader | None = None) -> HandleFactory:
+    """How each served model's engine is run: ``engine_loader`` in this process when given
+    (tests), else a worker process per model (``engine_process``, the default) or the real
+    engine in this process."""
+    limits = residency_limits(settings)
+    if engine_loader is None and settings.engine_process:
+        return lambda name: ProcessEngine(worker_spec(settings, name))
+    loader = engine_loader or default_engine_loader(settings)
+    return lambda name: LocalEngine(lambda: loader(name), limits)
 
 
 def check_models(settings: Settings) -> None:
@@ -74,7 +100,6 @@ class Runtime:
     def __init__(self, settings: Settings, engine_loader: EngineLoader | None = None) -> None:
         if engine_loader is None:
             check_models(settings)
-            engine_loader = default_engine_loader(settings)
         self.settings = settings
         self.db = Database(settings.resolved_database_url)
         self.futures = FutureHub(self.db)
@@ -82,7 +107,7 @@ class Runtime:
         self.futures.on_resolved.append(self.run_metrics.record)
         self.scheduler = Scheduler(
             settings.models,
-            engine_loader,
+            handle_factory(settings, engine_loader),
             self.futures,
             Limits(
                 max_pending=settings.max_pending_requests,
@@ -91,6 +116,8 @@ class Runtime:
                 sample_batch_window_s=settings.sample_batch_window_s,
             ),
         )
+        self.scheduler.on_evicted = self._record_evictions
+        self.scheduler.on_lost = self._record_lost_engine
         ctx = Context(settings=settings, db=self.db, futures=self.futures, scheduler=self.scheduler)
         self.sessions = SessionService(ctx)
         self.training = TrainingService(ctx)
@@ -113,6 +140,35 @@ class Runtime:
             self.db.create_tables()
             self._recover()
             self._started = True
+            if self.settings.preload_models:
+                self.scheduler.warm()
+
+    def _record_evictions(self, base_model: str, events: list[Evicted]) -> None:
+        """Snapshot samplers the engine evicted are gone for good; checkpoint samplers reload."""
+        with self.db.session() as s:
+            for event in events:
+                s.execute(
+                    sa.update(SamplerRow)
+                    .where(SamplerRow.id == event.adapter_id, SamplerRow.model_path.is_(None),
+                           SamplerRow.unloaded_reason.is_(None))
+                    .values(unloaded_reason=event.reason)
+                )
+
+    def _record_lost_engine(self, base_model: str, reason: str) -> None:
+        """The engine of ``base_model`` lost its adapters: its runs and snapshot samplers are
+        unloaded (runs resume from their checkpoints)."""
+        with self.db.session() as s:
+            s.execute(
+                sa.update(TrainingRunRow)
+                .where(TrainingRunRow.base_model == base_model, TrainingRunRow.unloaded_reason.is_(None))
+                .values(unloaded_reason=reason)
+            )
+            s.execute(
+                sa.update(SamplerRow)
+                .where(SamplerRow.base_model == base_model, SamplerRow.unloaded_reason.is_(None),
+                       SamplerRow.has_adapter, SamplerRow.model_path.is_(None))
+                .values(unloaded_reason=reason)
+            )
 
     def _recover(self) -> None:
         """Nothing is in engine memory after a restart: mark what was lost."""

@@ -1,25 +1,25 @@
 """Scheduler: per-model ordering, batching and backpressure in front of the engines.
 
-One :class:`Worker` per served base model owns that model's engine and runs it
-in a single thread (the engine is synchronous and not thread-safe). The engine
-is loaded lazily, by the worker thread, on first use.
+One :class:`Worker` per served base model owns that model's engine handle
+(:class:`~tinker_server.engine.api.EngineHandle`: the engine in a worker process, or
+in this process for tests) and drives it from one thread. The handle is started
+(the model loaded) by that thread when the server starts or on first use.
 
-Work arrives as tasks:
+Work arrives as :class:`Task` s, each carrying one typed engine command
+(:mod:`tinker_server.engine.api`) and what to do with its outcome here, in the API
+process (``on_result`` turns it into the response and records it; ``around`` wraps
+the command when something must hold across it, e.g. a files lock). Tasks with a
+``queue_key`` (a training run id) execute strictly in submit order for that key.
+Each loop of the worker takes: all control tasks (no key), the head task of every
+run queue, and up to ``max_sample_batch`` sampling tasks. Each control task is one
+round; the forward/forward_backward heads of different runs go to the engine in one
+round (one pass through the base model), and so do the sampling tasks. When only
+sampling tasks are queued, the worker first lets requests that are still arriving
+join the batch (see :meth:`Worker._gather_samples`).
 
-* :class:`CallTask` — one engine call (create an adapter, optimizer step, save,
-  load, drop, ...);
-* :class:`ForwardTask` — forward / forward_backward of one request;
-* :class:`SampleTask` — one sampling request.
-
-Tasks with a ``queue_key`` (a training run id) execute strictly in arrival
-order for that key; since the client serializes its submits per run, arrival
-order is ``seq_id`` order, and a rejected submit (a gap) never stalls the queue.
-Each loop of the worker takes: all control tasks (no key), the head task of
-every run queue, and up to ``max_sample_batch`` sampling tasks. The
-forward/forward_backward heads of different runs go to the engine together
-(``forward_backward_many``), and so do the sampling tasks (``sample``).
-When only sampling tasks are queued, the worker first lets requests that are
-still arriving join the batch (see :meth:`Worker._gather_samples`).
+What the engine reports besides results (adapters it evicted) and the loss of its
+process go to ``Scheduler.on_evicted`` / ``Scheduler.on_lost``, which the runtime
+sets to record them in the database.
 
 Every task carries a ``concurrent.futures.Future`` (``task.done``) for callers
 that wait in-process, and optionally a durable request id that is resolved in
@@ -34,20 +34,32 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .engine import AdapterNotFound, EngineError, ModelLoadError, UserInputError
+from .engine import AdapterNotFound, EngineError, ModelInfo, ModelLoadError, UserInputError
+from .engine.api import (
+    Command,
+    CopyAdapter,
+    CreateAdapter,
+    DropAdapter,
+    EngineHandle,
+    Evicted,
+    ForwardBackward,
+    LoadAdapter,
+    OptimStep,
+    Sample,
+    SaveAdapter,
+    WorkerLost,
+)
 from .errors import InvalidRequest, NotFound, Overloaded, ServiceError, Unavailable
 from .futures import FutureHub
 
 __all__ = [
-    "CallTask",
-    "ForwardTask",
+    "HandleFactory",
     "Limits",
     "QueueSnapshot",
-    "SampleTask",
     "Scheduler",
     "Task",
     "WorkObserver",
@@ -57,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EngineLoader = Callable[[str], Any]
+HandleFactory = Callable[[str], EngineHandle]  # base model name -> its engine handle
 
 # Sampling requests arriving closer together than this are batched (up to the window).
 SAMPLE_ARRIVAL_GAP_S = 0.02
@@ -87,40 +99,32 @@ class QueueSnapshot:
 
 @dataclass(eq=False)
 class Task:
+    """One engine command and what to do with its outcome in this process."""
+
+    command: Command
     request_id: str | None = None
     queue_key: str | None = None
-    # Turns the engine's output into the response JSON (runs in the worker thread,
-    # may record metadata); the identity when None.
+    # Turns the engine's result into the response (runs in the worker thread, may record
+    # metadata); the identity when None.
     on_result: Callable[[Any], Any] | None = None
     # Called (in the worker thread) when the task fails.
     on_error: Callable[[BaseException], None] | None = None
+    # Runs the command and on_result inside it: ``around(run)`` must call ``run()`` once and
+    # return its value (a lock held across the engine call and the recording of its result).
+    around: Callable[[Callable[[], Any]], Any] | None = None
     done: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
     queued_at: float = 0.0  # time.monotonic() when submitted (set by Worker.submit)
 
-
-@dataclass(eq=False)
-class CallTask(Task):
-    fn: Callable[[Any], Any] = lambda engine: None
-
-
-@dataclass(eq=False)
-class ForwardTask(Task):
-    adapter_id: str = ""
-    data: list[Any] = field(default_factory=list)
-    loss_fn: str = "cross_entropy"
-    loss_fn_config: dict[str, float] | None = None
-    backward: bool = True
-
-
-@dataclass(eq=False)
-class SampleTask(Task):
-    job: Any = None
-    # Makes the job's adapter available (e.g. reloads a sampler from its checkpoint).
-    prepare: Callable[[Any], None] | None = None
+    @property
+    def batched(self) -> bool:
+        """Forward/backward and sampling commands share engine rounds with other tasks'."""
+        return isinstance(self.command, (ForwardBackward, Sample))
 
 
 def error_category(exc: BaseException) -> str:
     """``user`` when the request was wrong, ``server`` otherwise."""
+    if isinstance(exc, WorkerLost):
+        return "server"
     if isinstance(exc, (UserInputError, AdapterNotFound, InvalidRequest, NotFound)):
         return "user"
     if isinstance(exc, ServiceError) and not isinstance(exc, Unavailable):
@@ -167,48 +171,37 @@ class _Unobserved:
 
 UNOBSERVED: WorkObserver = _Unobserved()
 
-# Engine methods that call tasks and sample preparation time as engine steps; other
-# attributes (``has_adapter``, ``info``, ...) are lookups and pass through untimed.
-TIMED_CALLS = frozenset({"create_adapter", "copy_adapter", "drop_adapter", "optim_step", "save_adapter", "load_adapter"})
+# The name under which each single command's engine time is reported (``engine_step``).
+COMMAND_KINDS: dict[type, str] = {
+    CreateAdapter: "create_adapter",
+    CopyAdapter: "copy_adapter",
+    DropAdapter: "drop_adapter",
+    LoadAdapter: "load_adapter",
+    SaveAdapter: "save_adapter",
+    OptimStep: "optim_step",
+}
+TIMED_CALLS = frozenset(COMMAND_KINDS.values())
 
 
-class _TimedEngine:
-    """The engine as call tasks see it when a worker is observed: the methods named in
-    :data:`TIMED_CALLS` report their duration, under their name, to the observer."""
-
-    def __init__(self, engine: Any, observer: WorkObserver) -> None:
-        self._engine = engine
-        self._observer = observer
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._engine, name)
-        if name not in TIMED_CALLS:
-            return attr
-        observer = self._observer
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                observer.engine_step(name, time.perf_counter() - start)
-
-        return timed
+EventSink = Callable[[str, list[Evicted]], None]  # (base model, evictions)
+LossSink = Callable[[str, str], None]  # (base model, why its engine's adapters were lost)
 
 
 class Worker:
-    """Runs one base model's engine in its own thread."""
+    """Drives one base model's engine handle from its own thread."""
 
     def __init__(
         self,
         model_name: str,
-        loader: EngineLoader,
+        factory: HandleFactory,
         futures: FutureHub,
         limits: Limits,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.model_name = model_name
-        self._loader = loader
+        self._factory = factory
         self._futures = futures
+        self._scheduler = scheduler
         self._max_pending = limits.max_pending
         self._max_pending_samples = limits.max_pending_samples
         self._max_sample_batch = limits.max_sample_batch
@@ -217,13 +210,14 @@ class Worker:
         self._cond = threading.Condition()
         self._control: deque[Task] = deque()
         self._runs: dict[str, deque[Task]] = {}
-        self._samples: deque[SampleTask] = deque()
+        self._samples: deque[Task] = deque()
         self._pending = 0
         self._running = 0  # tasks taken by the current round
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.engine: Any = None
-        self.info: Any = None
+        self.handle: EngineHandle | None = None
+        self.info: ModelInfo | None = None  # set once the model has loaded
+        self._info_ready: concurrent.futures.Future[ModelInfo] = concurrent.futures.Future()
         self.observer: WorkObserver = UNOBSERVED  # set by Scheduler.observe
 
     # -- submitting (any thread) ------------------------------------------------------------
@@ -236,10 +230,14 @@ class Worker:
     def pending_samples(self) -> int:
         return len(self._samples)
 
+    @property
+    def loaded(self) -> bool:
+        return self.info is not None
+
     def snapshot(self) -> QueueSnapshot:
         with self._cond:
             waiting = len(self._control) + sum(len(queue) for queue in self._runs.values())
-            return QueueSnapshot(waiting, len(self._samples), self._running, self.engine is not None)
+            return QueueSnapshot(waiting, len(self._samples), self._running, self.loaded)
 
     def check_capacity(self, *, sampling: bool = False, strict: bool = True) -> None:
         """Raise :class:`Overloaded` when the queue is full."""
@@ -250,52 +248,91 @@ class Worker:
         if self._pending >= self._max_pending:
             raise Overloaded(f"the request queue of {self.model_name} is full; retry shortly")
 
+    def warm(self) -> None:
+        """Start loading the model now (in the worker thread) if it is not loaded."""
+        with self._cond:
+            if self._stopping:
+                return
+            self._ensure_thread()
+
+    def model_info(self, timeout: float | None = None) -> ModelInfo:
+        """The model's :class:`ModelInfo`, waiting for it to load (blocking: call it off the
+        event loop). Raises :class:`Unavailable` when it cannot be loaded or in time."""
+        if self.info is not None:
+            return self.info
+        self.warm()
+        try:
+            return self._info_ready.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise Unavailable(f"base model {self.model_name} is still loading; retry shortly") from None
+        except EngineError as exc:
+            raise Unavailable(f"base model {self.model_name} is not available: {exc}") from None
+
     def withdraw_sample(self, request_id: str) -> bool:
         """Take a queued sampling request out of the queue (it was cancelled); ``False``
         when it is no longer queued (running or finished)."""
         with self._cond:
-            for task in self._samples:
-                if task.request_id == request_id:
-                    self._samples.remove(task)
-                    self._pending -= 1
-                    return True
-        return False
+            task = next((t for t in self._samples if t.request_id == request_id), None)
+        return task is not None and self.withdraw(task)
+
+    def withdraw(self, task: Task) -> bool:
+        """Take a queued sampling task out of the queue; ``False`` when it is not queued."""
+        with self._cond:
+            try:
+                self._samples.remove(task)
+            except ValueError:
+                return False
+            self._pending -= 1
+            return True
 
     def submit(self, task: Task) -> Task:
         with self._cond:
             if self._stopping:
                 raise Unavailable("the server is shutting down")
             task.queued_at = time.monotonic()
-            if isinstance(task, SampleTask):
+            if isinstance(task.command, Sample):
                 self._samples.append(task)
             elif task.queue_key is not None:
                 self._runs.setdefault(task.queue_key, deque()).append(task)
             else:
                 self._control.append(task)
             self._pending += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=f"engine:{self.model_name}", daemon=True)
-                self._thread.start()
+            self._ensure_thread()
             self._cond.notify()
         return task
+
+    def _ensure_thread(self) -> None:  # lock held
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"engine:{self.model_name}", daemon=True)
+            self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-            leftovers = [*self._control, *self._samples, *(t for q in self._runs.values() for t in q)]
-            self._control.clear()
-            self._samples.clear()
-            self._runs.clear()
+            leftovers = self._take_all()
         for task in leftovers:
             if not task.done.done():
                 task.done.set_exception(Unavailable("the server shut down before this request ran"))
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.handle is not None:
+            try:
+                self.handle.close()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                log.exception("%s: closing the engine failed", self.model_name)
+
+    def _take_all(self) -> list[Task]:  # lock held
+        tasks = [*self._control, *self._samples, *(t for q in self._runs.values() for t in q)]
+        self._control.clear()
+        self._samples.clear()
+        self._runs.clear()
+        self._pending -= len(tasks)
+        return tasks
 
     # -- the worker thread ------------------------------------------------------------------
 
-    def _take(self) -> tuple[list[Task], list[Task], list[ForwardTask], list[SampleTask]] | None:
+    def _take(self) -> tuple[list[Task], list[Task], list[Task], list[Task]] | None:
         with self._cond:
             self._running = 0
             while not (self._control or self._runs or self._samples or self._stopping):
@@ -306,13 +343,13 @@ class Worker:
             control = list(self._control)
             self._control.clear()
             calls: list[Task] = []
-            forwards: list[ForwardTask] = []
+            forwards: list[Task] = []
             for key in list(self._runs):
                 queue = self._runs[key]
                 head = queue.popleft()
                 if not queue:
                     del self._runs[key]
-                (forwards if isinstance(head, ForwardTask) else calls).append(head)  # type: ignore[arg-type]
+                (forwards if isinstance(head.command, ForwardBackward) else calls).append(head)
             samples = [self._samples.popleft() for _ in range(min(len(self._samples), self._max_sample_batch))]
             self._running = len(control) + len(calls) + len(forwards) + len(samples)
             self._pending -= self._running
@@ -352,128 +389,152 @@ class Worker:
             self._lone_waits += 1
 
     def _loop(self) -> None:
+        try:
+            self._start_engine()
+        except BaseException:  # noqa: BLE001 - reported to the tasks (and model_info callers)
+            pass
         while True:
             taken = self._take()
             if taken is None:
                 return
             control, calls, forwards, samples = taken
             try:
-                engine = self._ensure_engine()
+                self._start_engine()
             except BaseException as exc:  # noqa: BLE001 - reported to every waiting task
                 for task in [*control, *calls, *forwards, *samples]:
                     self._fail(task, exc)
                 continue
             for task in [*control, *calls]:
-                self._run_call(engine, task)  # type: ignore[arg-type]
+                self._run_round([task])
             if forwards:
-                self._run_forwards(engine, forwards)
+                self._run_round(forwards)
             if samples:
-                self._run_samples(engine, samples)
-            self._count_adapters(engine)
+                self._run_round(samples)
+            self._count_adapters()
 
-    def _count_adapters(self, engine: Any) -> None:
-        adapter_ids = getattr(engine, "adapter_ids", None)
-        if adapter_ids is None or self.observer is UNOBSERVED:
+    def _start_engine(self) -> None:
+        """Create the handle and start its engine (a no-op while it runs)."""
+        first = self.info is None
+        start = time.perf_counter()
+        try:
+            if self.handle is None:
+                self.handle = self._factory(self.model_name)
+            if first:
+                log.info("loading base model %s", self.model_name)
+            info = self.handle.start()
+        except BaseException as exc:
+            if first:
+                log.exception("loading %s failed", self.model_name)
+                ready, self._info_ready = self._info_ready, concurrent.futures.Future()  # the next try waits anew
+                error = exc if isinstance(exc, EngineError) else ModelLoadError(
+                    f"could not load base model {self.model_name}: {exc}")
+                ready.set_exception(error)
+                raise error from exc
+            raise
+        finally:
+            if first:
+                self.observer.engine_step("load_model", time.perf_counter() - start)
+        if first:
+            self.info = info
+            self._info_ready.set_result(info)
+            log.info("base model %s loaded", self.model_name)
+
+    def _count_adapters(self) -> None:
+        if self.observer is UNOBSERVED or self.handle is None:
             return
         try:
-            self.observer.adapters_resident(len(adapter_ids()))
+            self.observer.adapters_resident(self.handle.resident())
         except Exception:  # noqa: BLE001 - metrics never stop the worker
             log.exception("%s: counting resident adapters failed", self.model_name)
 
-    def _observed(self, engine: Any) -> Any:
-        return engine if self.observer is UNOBSERVED else _TimedEngine(engine, self.observer)
-
-    def _started(self, tasks: Sequence[Task]) -> None:
+    def _run_round(self, tasks: list[Task]) -> None:
+        """One engine round for ``tasks``; task i gets the round's outcome i."""
+        assert self.handle is not None
+        handle = self.handle
         now = time.monotonic()
         for task in tasks:
             self.observer.queue_wait(now - task.queued_at)
+        command = tasks[0].command
+        if isinstance(command, ForwardBackward):
+            kind = "forward_backward" if any(t.command.backward for t in tasks) else "forward"  # type: ignore[union-attr]
+        elif isinstance(command, Sample):
+            kind = "sample"
+        else:
+            kind = COMMAND_KINDS.get(type(command), type(command).__name__)
 
-    def _ensure_engine(self) -> Any:
-        if self.engine is None:
-            log.info("loading base model %s", self.model_name)
+        def run() -> None:
             start = time.perf_counter()
             try:
-                engine = self._loader(self.model_name)
-            except EngineError:
-                raise
-            except Exception as exc:
-                log.exception("loading %s failed", self.model_name)
-                raise ModelLoadError(f"could not load base model {self.model_name}: {exc}") from exc
+                report = handle.run([t.command for t in tasks])
             finally:
-                self.observer.engine_step("load_model", time.perf_counter() - start)
-            self.info = engine.info
-            self.engine = engine
-            log.info("base model %s loaded", self.model_name)
-        return self.engine
+                self.observer.engine_step(kind, time.perf_counter() - start)
+            if report.events:
+                self._report_evictions(report.events)
+            self._count_tokens(tasks, report.outcomes)
+            for task, outcome in zip(tasks, report.outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    self._fail(task, outcome)
+                else:
+                    self._finish(task, outcome)
 
-    def _run_call(self, engine: Any, task: CallTask) -> None:
-        self._started([task])
+        around = tasks[0].around if len(tasks) == 1 else None
         try:
-            output = task.fn(self._observed(engine))
+            if around is not None:
+                around(run)
+            else:
+                run()
+        except WorkerLost as exc:
+            self._lost(tasks, exc)
         except BaseException as exc:  # noqa: BLE001
-            self._fail(task, exc)
-            return
-        self._finish(task, output)
-
-    def _run_forwards(self, engine: Any, tasks: list[ForwardTask]) -> None:
-        self._started(tasks)
-        items = [(t.adapter_id, t.data, t.loss_fn, t.loss_fn_config, t.backward) for t in tasks]
-        kind = "forward_backward" if any(t.backward for t in tasks) else "forward"
-
-        def count(outputs: list[Any]) -> None:
-            ok = [t for t, out in zip(tasks, outputs) if t.backward and not isinstance(out, BaseException)]
-            if ok:
-                self.observer.tokens_trained(sum(len(datum.tokens) for t in ok for datum in t.data))
-
-        self._run_batch(tasks, lambda: engine.forward_backward_many(items), kind, count)
-
-    def _run_samples(self, engine: Any, tasks: list[SampleTask]) -> None:
-        self._started(tasks)
-        ready: list[SampleTask] = []
-        for task in tasks:
-            try:
-                if task.prepare is not None:
-                    task.prepare(self._observed(engine))
-            except BaseException as exc:  # noqa: BLE001
-                self._fail(task, exc)
-                continue
-            ready.append(task)
-        if ready:
-            log.debug("%s: sampling %d requests in one batch", self.model_name, len(ready))
-
-            def count(outputs: list[Any]) -> None:
-                tokens = sum(len(s.tokens) for out in outputs if not isinstance(out, BaseException) for s in out.sequences)
-                if tokens:
-                    self.observer.tokens_sampled(tokens)
-
-            self._run_batch(ready, lambda: engine.sample([t.job for t in ready]), "sample", count)
-
-    def _run_batch(
-        self, tasks: Sequence[Task], run: Callable[[], list[Any]], kind: str, count: Callable[[list[Any]], None]
-    ) -> None:
-        """One engine call for several tasks; its i-th output (a result or an error) is task i's.
-        The call's metrics (``count(outputs)``, its duration) are recorded before any task
-        finishes, so a client that has its result sees them."""
-        start = time.perf_counter()
-        try:
-            outputs = run()
-        except BaseException as exc:  # noqa: BLE001
-            self.observer.engine_step(kind, time.perf_counter() - start)
             for task in tasks:
                 self._fail(task, exc)
-            return
-        self.observer.engine_step(kind, time.perf_counter() - start)
+
+    def _count_tokens(self, tasks: list[Task], outcomes: list[Any]) -> None:
+        """Record the round's tokens before any task finishes, so a client that has its
+        result sees them in the metrics."""
         try:
-            count(outputs)
+            trained = sum(len(d.tokens) for t, out in zip(tasks, outcomes)
+                          if isinstance(t.command, ForwardBackward) and t.command.backward
+                          and not isinstance(out, BaseException) for d in t.command.data)
+            if trained:
+                self.observer.tokens_trained(trained)
+            sampled = sum(len(seq.tokens) for t, out in zip(tasks, outcomes)
+                          if isinstance(t.command, Sample) and not isinstance(out, BaseException)
+                          for seq in out.sequences)
+            if sampled:
+                self.observer.tokens_sampled(sampled)
         except Exception:  # noqa: BLE001 - metrics never stop the worker
-            log.exception("%s: counting the tokens of a %s batch failed", self.model_name, kind)
-        for task, output in zip(tasks, outputs, strict=True):
-            if isinstance(output, BaseException):
-                self._fail(task, output)
-            else:
-                self._finish(task, output)
+            log.exception("%s: counting the tokens of a round failed", self.model_name)
+
+    def _report_evictions(self, events: list[Evicted]) -> None:
+        sink = self._scheduler.on_evicted if self._scheduler is not None else None
+        if sink is None:
+            return
+        try:
+            sink(self.model_name, events)
+        except Exception:  # noqa: BLE001 - recording must not stop the worker
+            log.exception("%s: recording evicted adapters failed", self.model_name)
+
+    def _lost(self, tasks: list[Task], exc: WorkerLost) -> None:
+        """The engine's process died: the round's tasks and every queued training task fail
+        with why (their adapters are gone); queued sampling tasks stay (they can reload)."""
+        log.error("%s: %s", self.model_name, exc)
+        sink = self._scheduler.on_lost if self._scheduler is not None else None
+        if sink is not None:
+            try:
+                sink(self.model_name, str(exc))
+            except Exception:  # noqa: BLE001
+                log.exception("%s: recording the lost engine failed", self.model_name)
+        with self._cond:
+            queued = [t for q in self._runs.values() for t in q]
+            self._runs.clear()
+            self._pending -= len(queued)
+        for task in [*tasks, *queued]:
+            self._fail(task, exc)
 
     def _finish(self, task: Task, output: Any) -> None:
+        if task.done.done():
+            return
         try:
             payload = task.on_result(output) if task.on_result is not None else output
         except BaseException as exc:  # noqa: BLE001
@@ -490,9 +551,11 @@ class Worker:
             task.done.set_result(payload)
 
     def _fail(self, task: Task, exc: BaseException) -> None:
+        if task.done.done():
+            return
         category = error_category(exc)
         message = error_message(exc)
-        if category == "server":
+        if category == "server" and not isinstance(exc, WorkerLost):
             log.error(
                 "request %s failed: %s\n%s",
                 task.request_id,
@@ -514,17 +577,20 @@ class Worker:
 
 
 class Scheduler:
-    """The workers of all served base models, created on first use."""
+    """The workers of all served base models (engines start on first use, or at startup
+    with :meth:`warm`)."""
 
     def __init__(
         self,
         models: list[str],
-        loader: EngineLoader,
+        factory: HandleFactory,
         futures: FutureHub,
         limits: Limits,
     ) -> None:
         self.models = list(models)
-        self._workers = {name: Worker(name, loader, futures, limits) for name in self.models}
+        self.on_evicted: EventSink | None = None
+        self.on_lost: LossSink | None = None
+        self._workers = {name: Worker(name, factory, futures, limits, self) for name in self.models}
 
     def worker(self, model_name: str) -> Worker:
         try:
@@ -538,7 +604,12 @@ class Scheduler:
         for name, worker in self._workers.items():
             worker.observer = observer_for(name)
 
-    def loaded_info(self, model_name: str) -> Any:
+    def warm(self) -> None:
+        """Start loading every served model now."""
+        for worker in self._workers.values():
+            worker.warm()
+
+    def loaded_info(self, model_name: str) -> ModelInfo | None:
         """The model's info if its engine is loaded, else ``None``."""
         return self.worker(model_name).info
 

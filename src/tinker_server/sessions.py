@@ -21,7 +21,8 @@ from .context import Context
 from .db import SamplerRow, SessionRow, TrainingRunRow, utcnow
 from .errors import Gone
 from .records import owned_session, page_bounds
-from .scheduler import CallTask
+from .engine.api import DropAdapter
+from .scheduler import Task
 
 __all__ = ["SessionService", "check_not_finished"]
 
@@ -161,12 +162,6 @@ class SessionService:
             worker = self._ctx.scheduler.worker(drop.base_model)
         except Exception:  # noqa: BLE001 - a model no longer served holds no adapters
             return
-        if worker.engine is None:
-            return
-        adapter_id = drop.adapter_id
-
-        def _drop(engine: Any) -> None:
-            if engine.has_adapter(adapter_id):
-                engine.drop_adapter(adapter_id)
-
-        worker.submit(CallTask(queue_key=drop.queue_key, fn=_drop))
+        if not worker.loaded:
+            return  # nothing is in its memory
+        worker.submit(Task(DropAdapter(drop.adapter_id), queue_key=drop.queue_key))

@@ -52,9 +52,19 @@ class Settings(BaseSettings):
     # Sampling requests that arrive together (gaps under 20 ms) wait for each other, at
     # most this long after the first, to decode in one batch; 0 turns that off.
     sample_batch_window_s: Annotated[float, pydantic.Field(ge=0, le=1)] = 0.1
-    # Samplers loaded from checkpoints kept in memory per base model (least recently
-    # used first out; they reload from disk on demand). At least 2 * max_sample_batch.
+    # Sampler adapters kept in memory per base model, least recently used first out
+    # (checkpoint samplers reload from disk on demand; snapshots made by
+    # save_weights_for_sampler are gone once evicted). At least 2 * max_sample_batch.
     max_checkpoint_samplers: Annotated[int, pydantic.Field(ge=1)] = 64
+    # Snapshots (save_weights_for_sampler without a name) kept per training run: the newest.
+    snapshots_per_run: Annotated[int, pydantic.Field(ge=1)] = 4
+    # Memory for sampler adapters' weights per base model, in MiB (None: no budget).
+    sampler_memory_mib: Annotated[float | None, pydantic.Field(gt=0)] = None
+    # Run each base model's engine in its own worker process (the default; the API
+    # process then never imports torch). False runs it in the API process.
+    engine_process: bool = True
+    # Load every served model when the server starts, instead of on first use.
+    preload_models: bool = False
     # Finished futures are kept this long (their results can be fetched again).
     future_retention_s: Annotated[float, pydantic.Field(gt=0)] = 3600.0
     # How often the sweeper looks for expired sessions and stale futures; default

@@ -20,32 +20,28 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm.attributes import set_committed_value
 
 from . import wire
 from .context import Context
 from .convert import adam_config, train_data, train_result
 from .checkpoints import FILES_LOCK, expiry, validate_ttl
 from .db import CheckpointRow, SamplerRow, TrainingRunRow, as_utc, utcnow
-from .engine import LoraSpec, UserInputError, validate_train_request
-from .engine.optim import UNSUPPORTED_OPTIMIZERS
-from .engine.train import resolve_loss
+from .engine import LoraSpec, UserInputError, rules
+from .engine.api import Command, CopyAdapter, CreateAdapter, DropAdapter, ForwardBackward, LoadAdapter, OptimStep, SaveAdapter
 from .errors import Gone, InvalidRequest, Overloaded
 from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
 from .reorder import ReorderFull, SeqReorder
 from .records import find_checkpoint, owned_run, owned_session, readable_checkpoint
-from .scheduler import CallTask, ForwardTask, Task, Worker
+from .scheduler import Task, Worker
 from .sessions import check_not_finished
 
-__all__ = ["DEFAULT_OPTIMIZER", "EPHEMERAL_SAMPLERS_KEPT", "MAX_LORA_RANK", "TrainingService", "optimizer_family"]
+__all__ = ["DEFAULT_OPTIMIZER", "TrainingService", "optimizer_family"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LORA_RANK = 32
 DEFAULT_OPTIMIZER: dict[str, Any] = {"type": "adamw"}
-MAX_LORA_RANK = 512
-# Ephemeral samplers (save_weights_and_get_sampling_client) kept in memory per run;
-# older ones are dropped when a newer one is made.
-EPHEMERAL_SAMPLERS_KEPT = 4
 # save_weights_for_sampler kinds (0.38); both are served as a snapshot of the current weights.
 SAMPLER_KINDS = ("snapshot", "inflight")
 
@@ -72,6 +68,25 @@ def _seq_ordered(method: Callable[[Any, str, Any], wire.UntypedAPIFuture]) -> Ca
     return submit
 
 
+def _advance_seq(s: Any, run: TrainingRunRow, old: int, new: int) -> None:
+    """Move the run's last accepted ``seq_id`` from ``old`` to ``new`` in the database, only
+    if it is still ``old``: the database, not a process lock, decides which submit took an
+    id, so API processes sharing it cannot both accept one (the loser gets a 400)."""
+    run.last_seq_id = old  # the ORM must not write the attribute itself
+    if new == old:
+        return
+    s.flush()
+    done = s.execute(
+        sa.update(TrainingRunRow)
+        .where(TrainingRunRow.id == run.id, TrainingRunRow.last_seq_id == old)
+        .values(last_seq_id=new)
+        .execution_options(synchronize_session=False)
+    )
+    if int(getattr(done, "rowcount", 0) or 0) != 1:
+        raise InvalidRequest(f"seq_id {new} of {run.id} was taken by a concurrent submit; submit in order")
+    set_committed_value(run, "last_seq_id", new)
+
+
 def _future(request_id: str, model_id: str | None) -> wire.UntypedAPIFuture:
     return wire.UntypedAPIFuture(request_id=request_id, model_id=model_id)
 
@@ -88,10 +103,6 @@ class TrainingService:
 
     def create_model(self, owner: str, req: wire.CreateModelRequest) -> wire.UntypedAPIFuture:
         lora = req.lora_config or wire.LoraConfig(rank=DEFAULT_LORA_RANK)
-        if not 1 <= lora.rank <= MAX_LORA_RANK:
-            raise InvalidRequest(f"lora_config.rank must be between 1 and {MAX_LORA_RANK}, got {lora.rank}")
-        if not (lora.train_mlp or lora.train_attn or lora.train_unembed):
-            raise InvalidRequest("lora_config: at least one of train_mlp, train_attn, train_unembed must be true")
         spec = LoraSpec(
             rank=lora.rank,
             seed=lora.seed,
@@ -99,6 +110,10 @@ class TrainingService:
             train_attn=lora.train_attn,
             train_unembed=lora.train_unembed,
         )
+        try:
+            rules.check_lora_spec(spec)
+        except UserInputError as exc:
+            raise InvalidRequest(f"lora_config: {exc}") from None
         return self._new_run(
             owner,
             req.session_id,
@@ -108,7 +123,7 @@ class TrainingService:
             optimizer_config=optimizer_family(req.optimizer_config, "optimizer_config"),
             user_metadata=req.user_metadata,
             kind="create_model",
-            fn=lambda engine, run_id: engine.create_adapter(run_id, spec),
+            command=lambda run_id: CreateAdapter(run_id, spec),
             response=lambda run_id: wire.CreateModelResponse(model_id=run_id),
         )
 
@@ -123,11 +138,11 @@ class TrainingService:
         optimizer_config: dict[str, Any],
         user_metadata: dict[str, Any] | None,
         kind: str,
-        fn: Callable[[Any, str], Any],
+        command: Callable[[str], Command],
         response: Callable[[str], Any],
     ) -> wire.UntypedAPIFuture:
-        """Record a new run ``<session>:train:<model_seq_id>`` and queue ``fn(engine, run_id)``
-        that creates its adapter. A retried submit returns the first one's request id."""
+        """Record a new run ``<session>:train:<model_seq_id>`` and queue ``command(run_id)``,
+        which creates its adapter. A retried submit returns the first one's request id."""
         ctx = self._ctx
         run_id = f"{session_id}:train:{model_seq_id}"
         with self._lock, ctx.db.session() as s:
@@ -172,10 +187,10 @@ class TrainingService:
                     run.unloaded_reason = f"creating it failed: {exc}"
 
         worker.submit(
-            CallTask(
+            Task(
+                command(run_id),
                 request_id=request_id,
                 queue_key=run_id,
-                fn=lambda engine: fn(engine, run_id),
                 on_result=lambda _: response(run_id).model_dump(mode="json"),
                 on_error=on_error,
             )
@@ -196,15 +211,11 @@ class TrainingService:
             request_id = ctx.futures.new_id()
             ctx.futures.add(s, request_id=request_id, owner=owner, kind="unload_model", model_id=model_id)
 
-        def drop(engine: Any) -> None:
-            if engine.has_adapter(model_id):
-                engine.drop_adapter(model_id)
-
         worker.submit(
-            CallTask(
+            Task(
+                DropAdapter(model_id),
                 request_id=request_id,
                 queue_key=model_id,
-                fn=drop,
                 on_result=lambda _: wire.UnloadModelResponse(model_id=model_id, type="unload_model").model_dump(
                     mode="json"
                 ),
@@ -229,6 +240,11 @@ class TrainingService:
         rejected with a 400 uses its ``seq_id`` up, so it leaves no gap behind.
         """
         ctx = self._ctx
+        with ctx.db.session() as s:
+            base_model = owned_run(s, model_id, owner).base_model
+        # The request is checked against the model's info: wait for it (outside the lock)
+        # while the model loads, so a cold model checks exactly as a warm one.
+        ctx.scheduler.worker(base_model).model_info()
         with self._lock:
             with ctx.db.session() as s:
                 run = owned_run(s, model_id, owner)
@@ -269,6 +285,7 @@ class TrainingService:
         ctx = self._ctx
         request_id = ctx.futures.new_id()
         ready: list[Task] = []
+        first = run.last_seq_id
         if seq_id is not None:
             # Ids used up by rejected submits no longer hold anything back.
             self._held.discard(run.id, seq_id)
@@ -290,11 +307,11 @@ class TrainingService:
         task.request_id = request_id
         task.queue_key = run.id
         run.last_request_time = utcnow()
-        if seq_id is None:
-            return [*ready, task]
-        if seq_id > run.last_seq_id + 1:
-            return ready
+        if seq_id is None or seq_id > run.last_seq_id + 1:
+            _advance_seq(s, run, first, run.last_seq_id)
+            return [*ready, task] if seq_id is None else ready
         run.last_seq_id, held = self._held.release(run.id, seq_id)
+        _advance_seq(s, run, first, run.last_seq_id)
         return [*ready, task, *held]
 
     def _use_up(self, owner: str, model_id: str | None, seq_id: int | None) -> None:
@@ -312,7 +329,9 @@ class TrainingService:
                 self._held.hold(model_id, seq_id, None, time.monotonic())
                 if not self._held.has_items(model_id):
                     return  # nothing waits behind it: the client may still send this id again
-                run.last_seq_id, ready = self._held.release(model_id, run.last_seq_id)
+                old = run.last_seq_id
+                new, ready = self._held.release(model_id, old)
+                _advance_seq(s, run, old, new)
                 worker = self._ctx.scheduler.worker(run.base_model)
             for item in ready:
                 worker.submit(item)
@@ -330,7 +349,7 @@ class TrainingService:
                         continue
                     have = {h.seq_id for h in entries}
                     missing = [i for i in range(run.last_seq_id + 1, entries[-1].seq_id) if i not in have]
-                    run.last_seq_id = max(run.last_seq_id, entries[-1].seq_id)
+                    _advance_seq(s, run, run.last_seq_id, max(run.last_seq_id, entries[-1].seq_id))
                 gap = ", ".join(str(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else "")
                 message = (
                     f"seq_id {gap} of {run_id} never arrived within {ctx.settings.seq_gap_timeout_s:g} s, "
@@ -360,29 +379,22 @@ class TrainingService:
         loss_fn = fwd.loss_fn
 
         try:
-            resolve_loss(loss_fn)
+            rules.resolve_loss(loss_fn)
         except UserInputError as exc:
             raise InvalidRequest(f"{field}.loss_fn: {exc}") from None
+        data = train_data(fwd.data, field=field)
+        config = dict(fwd.loss_fn_config) if fwd.loss_fn_config is not None else None
 
         def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
-            data = train_data(fwd.data, loss_fn, worker.info, field=field)
+            info = worker.model_info()
             try:
-                validate_train_request(
-                    data,
-                    loss_fn,
-                    fwd.loss_fn_config,
-                    backward=backward,
-                    vocab_size=worker.info.vocab_size,
-                    max_context=worker.info.max_context,
+                rules.check_train_request(
+                    data, loss_fn, config, backward=backward, vocab_size=info.vocab_size, max_context=info.max_context
                 )
             except UserInputError as exc:
                 raise InvalidRequest(f"{field}: {exc}") from None
-            return ForwardTask(
-                adapter_id=model_id,
-                data=data,
-                loss_fn=loss_fn,
-                loss_fn_config=dict(fwd.loss_fn_config) if fwd.loss_fn_config is not None else None,
-                backward=backward,
+            return Task(
+                ForwardBackward(model_id, data, loss_fn, config, backward),
                 on_result=lambda out: train_result(out, loss_fn),
             )
 
@@ -394,8 +406,8 @@ class TrainingService:
         model_id = req.model_id
 
         def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
-            return CallTask(
-                fn=lambda engine: engine.optim_step(model_id, config),
+            return Task(
+                OptimStep(model_id, config),
                 on_result=lambda metrics: wire.OptimStepResponse(
                     metrics={str(k): float(v) for k, v in (metrics or {}).items()}
                 ).model_dump(mode="json"),
@@ -463,19 +475,21 @@ class TrainingService:
         model_id = ref.run_id
         db = self._ctx.db
 
-        def fn(engine: Any) -> int | None:
+        def around(run: Callable[[], Any]) -> Any:
             with FILES_LOCK:
                 if refuse_existing:
                     # Re-checked here: an earlier queued save may have taken the name since the submit.
                     with db.session() as s:
                         if find_checkpoint(s, ref) is not None:
                             raise InvalidRequest(_exists_message(ref))
-                written = engine.save_adapter(model_id, directory, optimizer=optimizer)
-                size = int(written) if written is not None else None
-                self._record_checkpoint(ref, owner, size, ttl_seconds=ttl_seconds, user_metadata=user_metadata)
-            return size
+                return run()
 
-        return CallTask(fn=fn, on_result=lambda size: response(ref.tinker_path, size))
+        def recorded(written: int | None) -> Any:
+            size = int(written) if written is not None else None
+            self._record_checkpoint(ref, owner, size, ttl_seconds=ttl_seconds, user_metadata=user_metadata)
+            return response(ref.tinker_path, size)
+
+        return Task(SaveAdapter(model_id, directory, optimizer), on_result=recorded, around=around)
 
     @_seq_ordered
     def save_weights(self, owner: str, req: wire.SaveWeightsRequest) -> wire.UntypedAPIFuture:
@@ -565,12 +579,10 @@ class TrainingService:
         db = self._ctx.db
         run_id, session_id, base_model = run.id, run.session_id, run.base_model
 
-        def fn(engine: Any) -> None:
-            if engine.has_adapter(sampler_id):
-                engine.drop_adapter(sampler_id)
-            engine.copy_adapter(run_id, sampler_id)
+        def recorded(_: None) -> Any:
+            # Older snapshots of the run that the engine evicted were recorded as events.
             with db.session() as s:
-                s.add(
+                s.merge(
                     SamplerRow(
                         id=sampler_id,
                         owner=owner,
@@ -582,27 +594,11 @@ class TrainingService:
                         created_at=utcnow(),
                     )
                 )
-                s.flush()
-                older = s.scalars(
-                    sa.select(SamplerRow)
-                    .where(SamplerRow.source_run_id == run_id, SamplerRow.unloaded_reason.is_(None))
-                    .order_by(SamplerRow.created_at.desc())
-                    .offset(EPHEMERAL_SAMPLERS_KEPT)
-                ).all()
-                for old in older:
-                    old.unloaded_reason = (
-                        f"a newer sampler of training run {run_id} replaced it "
-                        f"(the {EPHEMERAL_SAMPLERS_KEPT} newest are kept)"
-                    )
-                    if engine.has_adapter(old.id):
-                        engine.drop_adapter(old.id)
-
-        return CallTask(
-            fn=fn,
-            on_result=lambda _: wire.SaveWeightsForSamplerResponse(
+            return wire.SaveWeightsForSamplerResponse(
                 path=None, sampling_session_id=sampler_id, type="save_weights_for_sampler"
-            ).model_dump(mode="json"),
-        )
+            ).model_dump(mode="json")
+
+        return Task(CopyAdapter(run_id, sampler_id), on_result=recorded)
 
     @_seq_ordered
     def load_weights(self, owner: str, req: wire.LoadWeightsRequest) -> wire.UntypedAPIFuture:
@@ -628,8 +624,8 @@ class TrainingService:
                 raise InvalidRequest(
                     f"{req.path} has LoRA rank {source_run.lora_rank}, but {model_id} has rank {run.lora_rank}"
                 )
-            return CallTask(
-                fn=lambda engine: engine.load_adapter(model_id, directory, optimizer=optimizer),
+            return Task(
+                LoadAdapter(model_id, directory, optimizer),
                 on_result=lambda _: wire.LoadWeightsResponse(path=req.path, type="load_weights").model_dump(
                     mode="json"
                 ),
@@ -669,7 +665,7 @@ class TrainingService:
             optimizer_config=optimizer_config,
             user_metadata=req.user_metadata,
             kind="load_weights",
-            fn=lambda engine, run_id: engine.load_adapter(run_id, directory, optimizer=optimizer),
+            command=lambda run_id: LoadAdapter(run_id, directory, optimizer),
             response=lambda run_id: wire.LoadWeightsResponse(model_id=run_id, path=path),
         )
 
@@ -680,7 +676,7 @@ def optimizer_family(config: dict[str, Any] | None, where: str) -> dict[str, Any
         return dict(DEFAULT_OPTIMIZER)
     family = config.get("type", "adamw")
     if family != "adamw":
-        why = UNSUPPORTED_OPTIMIZERS.get(str(family), "this server implements AdamW only")
+        why = rules.UNSUPPORTED_OPTIMIZERS.get(str(family), "this server implements AdamW only")
         raise InvalidRequest(
             f"{where}: the {family!r} optimizer is not supported by this server ({why}); use the default "
             "adamw (AdamParams in optim_step)"

@@ -49,13 +49,15 @@ class Server:
     url: str
     home: Path
     settings: Settings
+    app: Any = None  # the FastAPI app (its runtime: app.state.runtime)
 
 
 @contextlib.contextmanager
 def serve(home: Path, **overrides: Any) -> Iterator[Server]:
     """The real app under uvicorn in a daemon thread, until the block exits."""
     port = free_port()
-    options: dict[str, Any] = {"models": [TINY_MODEL], "long_poll_s": 1.0, "log_level": "warning"}
+    # One torch thread in the engine's worker: the tiny model gains nothing from more.
+    options: dict[str, Any] = {"models": [TINY_MODEL], "long_poll_s": 1.0, "log_level": "warning", "torch_threads": 1}
     options.update(overrides)
     settings = Settings(home=home, host="127.0.0.1", port=port, **options)
     app = create_app(settings)
@@ -69,7 +71,7 @@ def serve(home: Path, **overrides: Any) -> Iterator[Server]:
             raise RuntimeError("the e2e test server did not start")
         time.sleep(0.02)
     try:
-        yield Server(f"http://127.0.0.1:{port}", home, settings)
+        yield Server(f"http://127.0.0.1:{port}", home, settings, app)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

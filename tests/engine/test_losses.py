@@ -250,4 +250,4 @@ def test_string_config_values(engine: Engine) -> None:
         with pytest.raises(UserInputError, match=r"loss_fn_config\['scale'\] must be a finite number, got 'big'"):
             engine.forward_backward("a", data, "string_config_for_test", {"scale": "big"}, backward=False)
     finally:
-        losses.LOSSES.pop("string_config_for_test", None)
+        losses.unregister("string_config_for_test")

@@ -38,16 +38,16 @@ TRAIN_CASES = [
     ("cross_entropy", [datum(target_tokens=np.array([1, 2, 3, 4, 600]))], None,
      "datum 0: target token id 600 is outside the vocabulary (size 512)"),
     ("cross_entropy", [datum(7, weights=np.ones(5, np.float32))], None,
-     "datum 0: loss_fn_inputs['weights'] has length 5 but the input has 7 tokens"),
+     "datum 0: loss_fn_inputs['weights'] has 5 values but model_input has 7 tokens"),
     ("cross_entropy", [datum(target_tokens=np.arange(4))], None,
-     "datum 0: loss_fn_inputs['target_tokens'] has length 4 but the input has 5 tokens"),
+     "datum 0: loss_fn_inputs['target_tokens'] has 4 values but model_input has 5 tokens"),
     ("foo", [datum()], None, "unknown loss_fn 'foo'; expected one of: cross_entropy, importance_sampling, ppo, cispo, dro"),
     ("stable_reinforce", [rl_datum()], None,
      "loss_fn 'stable_reinforce' is not supported by this server: its objective is not publicly specified"),
     ("ppo", [rl_datum(), datum(weights=None, logprobs=np.zeros(5, np.float32))], None,
-     "datum 1: missing loss_fn_inputs key 'advantages' required by ppo"),
+     "datum 1: loss_fn_inputs is missing 'advantages' (required by loss_fn 'ppo')"),
     ("cross_entropy", [datum(weights=None, target_tokens=None)], None,
-     "datum 0: missing loss_fn_inputs key 'target_tokens' required by cross_entropy"),
+     "datum 0: loss_fn_inputs is missing 'target_tokens' (required by loss_fn 'cross_entropy')"),
     ("cross_entropy", [datum(advantages=np.ones(5, np.float32))], None,
      "datum 0: loss_fn_inputs key 'advantages' is not used by cross_entropy"),
     ("ppo", [rl_datum()], {"clip_ratio": 0.2}, "unknown loss_fn_config key 'clip_ratio' for ppo"),
@@ -59,7 +59,7 @@ TRAIN_CASES = [
     ("gspo", [rl_datum()], {"clip_low_threshold": 1.3}, "clip_low_threshold (1.3) is greater than"),
     ("gspo", [datum(weights=None, logprobs=np.zeros(5, np.float32), advantages=np.ones(5, np.float32),
                     sequence_ratio_mask=np.ones(3, np.float32))], None,
-     "datum 0: loss_fn_inputs['sequence_ratio_mask'] has length 3 but the input has 5 tokens"),
+     "datum 0: loss_fn_inputs['sequence_ratio_mask'] has 3 values but model_input has 5 tokens"),
     ("ppo", [datum(weights=None, logprobs=np.zeros(5, np.float32), advantages=np.ones(5, np.float32),
                    sequence_ratio_mask=np.ones(5, np.float32))], None,
      "datum 0: loss_fn_inputs key 'sequence_ratio_mask' is not used by ppo"),
@@ -124,10 +124,10 @@ def test_duplicate_adapter_id(eng: Engine) -> None:
 
 
 @pytest.mark.parametrize(("cfg", "message"), [
-    (AdamConfig(learning_rate=-1.0), "learning_rate must be >= 0"),
+    (AdamConfig(learning_rate=-1.0), "learning_rate must be between 0 and 10"),
     (AdamConfig(beta1=1.0), "beta1 must be in"),
     (AdamConfig(beta2=float("nan")), "beta2 must be a finite number"),
-    (AdamConfig(eps=-1e-8), "eps must be >= 0"),
+    (AdamConfig(eps=-1e-8), "eps must be > 0"),
     (AdamConfig(grad_clip_norm=-1), "grad_clip_norm must be >= 0"),
 ])
 def test_bad_adam_configs(eng: Engine, cfg: AdamConfig, message: str) -> None:

@@ -134,6 +134,10 @@ def make_fake_server(
         return engine
 
     def make(**overrides: Any) -> Api:
+        # The engines exist before they load (on first use), so tests can hold their gate.
+        for name in (FAKE_MODEL, FAKE_MODEL_B):
+            if name not in fake_engines:
+                fake_engines[name] = FakeEngine(name, tmp_path)
         settings = Settings(
             home=tmp_path / "home",
             models=[FAKE_MODEL, FAKE_MODEL_B],

@@ -146,14 +146,14 @@ def test_bad_sampling_params(api: Api) -> None:
         {"session_id": sid, "sampling_session_seq_id": 0, "base_model": FAKE_MODEL, "model_path": None},
     )["sampling_session_id"]
     cases = [
-        (_sample_body(sampler, max_tokens=-1), "max_tokens must be a positive integer"),
-        (_sample_body(sampler, num_samples=0), "num_samples must be between 1"),
+        (_sample_body(sampler, max_tokens=-1), "max_tokens must be a non-negative integer"),
+        (_sample_body(sampler, num_samples=0), "num_samples must be an integer from 1 to 512"),
         (_sample_body(sampler, temperature=-0.5), "temperature"),
         (_sample_body(sampler, top_p=0), "top_p"),
-        (_sample_body(sampler, top_k=0), "top_k"),
-        (_sample_body(sampler, stop=[9999]), "token id 9999"),
-        (_sample_body(sampler, prompt={"chunks": [{"tokens": [1, 500]}]}), "prompt: token id 500"),
-        (_sample_body(sampler, max_tokens=1000), "exceeds the context length"),
+        (_sample_body(sampler, top_k=-2), "top_k"),
+        (_sample_body(sampler, stop=[9999]), "stop token id 9999 is outside the vocabulary"),
+        (_sample_body(sampler, prompt={"chunks": [{"tokens": [1, 500]}]}), "prompt token id 500 is outside the vocabulary"),
+        (_sample_body(sampler, max_tokens=1000), "exceeds the model's context"),
         (_sample_body("nope:sample:0"), "not found"),
     ]
     for body, expected in cases:

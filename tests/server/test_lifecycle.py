@@ -38,6 +38,7 @@ def test_session_expiry_drops_adapters(
         {"session_id": sid, "sampling_session_seq_id": 1, "base_model": None, "model_path": path},
     )["sampling_session_id"]
     engine = fake_engines[FAKE_MODEL]
+    assert "error" not in api.poll(_sample(api, named).json()["request_id"])  # loads its adapter
     assert {model_id, eph["sampling_session_id"], named} <= set(engine.adapters)
 
     time.sleep(0.6)

@@ -311,8 +311,10 @@ def test_checkpoint_samplers_are_evicted_and_reloaded(
         for i in range(3)
     ]
     engine = fake_engines[FAKE_MODEL]
+    assert not set(samplers) & set(engine.adapters)  # made without touching the engine
+    body = {"num_samples": 1, "prompt": {"chunks": [{"tokens": [1]}]}, "sampling_params": {}, "seq_id": 0}
+    for sampler in samplers:  # each request loads its adapter; the least recently used leaves
+        assert api.result("asample", {**body, "sampling_session_id": sampler})["sequences"]
     assert [s for s in samplers if s in engine.adapters] == samplers[1:]
-    body = {"num_samples": 1, "prompt": {"chunks": [{"tokens": [1]}]}, "sampling_params": {},
-            "sampling_session_id": samplers[0], "seq_id": 0}
-    assert api.result("asample", body)["sequences"]  # reloaded on demand
+    assert api.result("asample", {**body, "sampling_session_id": samplers[0]})["sequences"]  # reloaded on demand
     assert [s for s in samplers if s in engine.adapters] == [samplers[0], samplers[2]]

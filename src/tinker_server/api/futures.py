@@ -7,6 +7,8 @@ JSON. Not-finished, failed and error answers are always JSON.
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
@@ -27,7 +29,7 @@ Accept = Annotated[str, Header()]
 async def retrieve_future(
     body: wire.FutureRetrieveRequest, owner: Owner, runtime: RuntimeDep, accept: Accept = ""
 ) -> Response:
-    row = runtime.futures.get(body.request_id)
+    row = await asyncio.to_thread(runtime.futures.get, body.request_id)
     if row is None or row.owner != owner:
         raise NotFound(f"unknown request_id {body.request_id!r}")
     if row.status == "pending":
@@ -35,7 +37,7 @@ async def retrieve_future(
     status, content = render(row, body.request_id)
     if content is not None or row is None:
         return JSONResponse(content, status_code=status)
-    stored = runtime.futures.stored_result(row)
+    stored = await asyncio.to_thread(runtime.futures.stored_result, row)
     if body.allow_metadata_only and len(stored.body) >= runtime.settings.metadata_only_min_bytes:
         # Large payload: tell its size first so the client can reserve room for it (0.14+).
         return JSONResponse({"status": "complete_metadata", "response_payload_size": len(stored.body)})
@@ -47,7 +49,7 @@ async def retrieve_futures(body: wire.RetrieveFuturesRequest, owner: Owner, runt
     """Finished sampling requests of one sampler (clone) after ``prev_cursor`` (0.26+ pollers);
     the payloads are then fetched with ``retrieve_future``."""
     target = body.target
-    runtime.sampling.get_sampler(owner, target.sampling_session_id)  # 404 unless it is the caller's
+    await asyncio.to_thread(runtime.sampling.get_sampler, owner, target.sampling_session_id)  # 404 unless the caller's
     timeout = runtime.settings.long_poll_s if body.timeout is None else max(0.0, min(body.timeout, runtime.settings.long_poll_s))
     found, cursor = await runtime.futures.completions(
         owner, target.sampling_session_id, target.cloned_sampler_id, body.prev_cursor, timeout
@@ -62,7 +64,7 @@ async def retrieve_futures(body: wire.RetrieveFuturesRequest, owner: Owner, runt
 
 
 @router.post("/cancel_future")
-async def cancel_future(body: wire.CancelFutureRequest, owner: Owner, runtime: RuntimeDep) -> dict[str, str]:
+def cancel_future(body: wire.CancelFutureRequest, owner: Owner, runtime: RuntimeDep) -> dict[str, str]:
     return runtime.sampling.cancel(owner, body.request_id)
 
 

@@ -11,7 +11,7 @@ router = APIRouter(tags=["models"])
 
 
 @router.post("/create_model")
-async def create_model(body: wire.CreateModelRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+def create_model(body: wire.CreateModelRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     return runtime.training.create_model(owner, body)
 
 
@@ -21,12 +21,12 @@ async def get_info(body: wire.GetInfoRequest, owner: Owner, runtime: RuntimeDep)
 
 
 @router.post("/unload_model")
-async def unload_model(body: wire.UnloadModelRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+def unload_model(body: wire.UnloadModelRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     return runtime.training.unload_model(owner, body.model_id)
 
 
 @router.post("/weights_info")
-async def weights_info(body: wire.WeightsInfoRequest, owner: Owner, runtime: RuntimeDep) -> wire.WeightsInfoResponse:
+def weights_info(body: wire.WeightsInfoRequest, owner: Owner, runtime: RuntimeDep) -> wire.WeightsInfoResponse:
     return runtime.checkpoints.weights_info(owner, body.tinker_path)
 
 

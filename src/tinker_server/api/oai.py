@@ -126,10 +126,10 @@ async def chat_completions(body: w.ChatCompletionRequest, owner: OaiOwner, runti
 
 
 @router.get("/models")
-async def list_models(owner: OaiOwner, runtime: RuntimeDep) -> w.ModelList:
+def list_models(owner: OaiOwner, runtime: RuntimeDep) -> w.ModelList:
     return runtime.oai.list_models(owner)
 
 
 @router.get("/models/{model:path}")
-async def get_model(model: str, owner: OaiOwner, runtime: RuntimeDep) -> w.ModelCard:
+def get_model(model: str, owner: OaiOwner, runtime: RuntimeDep) -> w.ModelCard:
     return runtime.oai.get_model(owner, model)

@@ -39,46 +39,46 @@ def _base_url(runtime: RuntimeDep, request: Request) -> str:
 
 
 @router.get("/training_runs")
-async def list_training_runs(
+def list_training_runs(
     owner: Owner, runtime: RuntimeDep, limit: Limit = 20, offset: Offset = 0
 ) -> wire.TrainingRunsResponse:
     return runtime.checkpoints.list_runs(owner, limit, offset)
 
 
 @router.get("/training_runs/{run_id}")
-async def get_training_run(run_id: str, owner: Owner, runtime: RuntimeDep) -> wire.TrainingRun:
+def get_training_run(run_id: str, owner: Owner, runtime: RuntimeDep) -> wire.TrainingRun:
     return runtime.checkpoints.get_run(owner, run_id)
 
 
 @router.get("/training_runs/{run_id}/checkpoints")
-async def list_checkpoints(
+def list_checkpoints(
     run_id: str, owner: Owner, runtime: RuntimeDep, version: ClientVersion = None
 ) -> wire.CheckpointsListResponse:
     return runtime.checkpoints.list_run_checkpoints(owner, run_id, include_external=_lists_external(version))
 
 
 @router.get(_CHECKPOINT + "/archive")
-async def checkpoint_archive(run_id: str, checkpoint_id: str, request: Request, owner: Owner, runtime: RuntimeDep) -> Response:
+def checkpoint_archive(run_id: str, checkpoint_id: str, request: Request, owner: Owner, runtime: RuntimeDep) -> Response:
     url, expires = runtime.checkpoints.archive_link(owner, run_id, checkpoint_id, _base_url(runtime, request))
     return Response(status_code=302, headers={"Location": url, "Expires": expires})
 
 
 @router.get(_CHECKPOINT + "/external_weights_urls")
-async def external_weights_urls(
+def external_weights_urls(
     run_id: str, checkpoint_id: str, request: Request, owner: Owner, runtime: RuntimeDep
 ) -> wire.ExternalWeightsUrlsResponse:
     return runtime.checkpoints.external_urls(owner, run_id, checkpoint_id, _base_url(runtime, request))
 
 
 @router.put(_CHECKPOINT + "/ttl")
-async def set_checkpoint_ttl(
+def set_checkpoint_ttl(
     run_id: str, checkpoint_id: str, body: wire.SetCheckpointTtlRequest, owner: Owner, runtime: RuntimeDep
 ) -> wire.Checkpoint:
     return runtime.checkpoints.set_ttl(owner, run_id, checkpoint_id, body.ttl_seconds)
 
 
 @router.post(_CHECKPOINT + "/publish")
-async def publish_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, runtime: RuntimeDep) -> dict[str, str]:
+def publish_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, runtime: RuntimeDep) -> dict[str, str]:
     runtime.checkpoints.set_public(owner, run_id, checkpoint_id, True)
     return {"status": "published"}
 
@@ -102,7 +102,7 @@ def delete_checkpoint(run_id: str, checkpoint_id: str, owner: Owner, runtime: Ru
 
 
 @router.get("/checkpoints")
-async def list_user_checkpoints(
+def list_user_checkpoints(
     owner: Owner, runtime: RuntimeDep, limit: Limit = 100, offset: Offset = 0, version: ClientVersion = None
 ) -> wire.CheckpointsListResponse:
     return runtime.checkpoints.list_user_checkpoints(owner, limit, offset, include_external=_lists_external(version))

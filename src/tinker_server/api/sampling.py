@@ -13,14 +13,14 @@ router = APIRouter(tags=["sampling"])
 
 
 @router.post("/create_sampling_session")
-async def create_sampling_session(
+def create_sampling_session(
     body: wire.CreateSamplingSessionRequest, owner: Owner, runtime: RuntimeDep
 ) -> wire.CreateSamplingSessionResponse:
-    return await runtime.sampling.create_sampling_session(owner, body)
+    return runtime.sampling.create_sampling_session(owner, body)
 
 
 @router.post("/asample")
-async def asample(
+def asample(
     body: wire.SampleRequest,
     owner: Owner,
     runtime: RuntimeDep,
@@ -30,5 +30,5 @@ async def asample(
 
 
 @router.get("/samplers/{sampler_id}")
-async def get_sampler(sampler_id: str, owner: Owner, runtime: RuntimeDep) -> wire.GetSamplerResponse:
+def get_sampler(sampler_id: str, owner: Owner, runtime: RuntimeDep) -> wire.GetSamplerResponse:
     return runtime.sampling.get_sampler(owner, sampler_id)

@@ -14,12 +14,12 @@ router = APIRouter(tags=["service"])
 
 
 @router.get("/healthz")
-async def healthz() -> wire.HealthResponse:
+def healthz() -> wire.HealthResponse:
     return wire.HealthResponse(status="ok")
 
 
 @router.get("/get_server_capabilities")
-async def get_server_capabilities(_owner: Owner, runtime: RuntimeDep) -> wire.GetServerCapabilitiesResponse:
+def get_server_capabilities(_owner: Owner, runtime: RuntimeDep) -> wire.GetServerCapabilitiesResponse:
     return runtime.catalog.capabilities()
 
 
@@ -31,17 +31,17 @@ async def telemetry(request: Request) -> wire.TelemetryResponse:
 
 
 @router.post("/client/config")
-async def client_config(_owner: Owner, runtime: RuntimeDep) -> dict[str, Any]:
+def client_config(_owner: Owner, runtime: RuntimeDep) -> dict[str, Any]:
     """What 0.18+ clients ask first: the protocol features this server supports."""
     return protocol.client_config(runtime.settings)
 
 
 @router.post("/client/dynamic_config")
-async def client_dynamic_config(_owner: Owner, runtime: RuntimeDep) -> dict[str, Any]:
+def client_dynamic_config(_owner: Owner, runtime: RuntimeDep) -> dict[str, Any]:
     return protocol.client_dynamic_config(runtime.settings)
 
 
 @router.get("/auth/apikey/me")
-async def api_key_me(owner: Owner) -> wire.ApiKeyInfo:
+def api_key_me(owner: Owner) -> wire.ApiKeyInfo:
     """The key in use (``tinker auth login`` checks a pasted key with it)."""
     return api_key_info(owner)

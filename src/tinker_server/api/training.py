@@ -44,41 +44,41 @@ _TRAINING_BODY_DOCS: dict[str, Any] = {
 
 
 @router.post("/forward")
-async def forward(body: wire.ForwardRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+def forward(body: wire.ForwardRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     return runtime.training.forward(owner, body)
 
 
 @router.post("/forward_backward", openapi_extra=_TRAINING_BODY_DOCS)
-async def forward_backward(body: TrainingBody, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+def forward_backward(body: TrainingBody, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     if isinstance(body, wire.ForwardRequest):
         return runtime.training.forward(owner, body)
     return runtime.training.forward_backward(owner, body)
 
 
 @router.post("/optim_step")
-async def optim_step(body: wire.OptimStepRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+def optim_step(body: wire.OptimStepRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     return runtime.training.optim_step(owner, body)
 
 
 @router.post("/save_weights")
-async def save_weights(body: wire.SaveWeightsRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+def save_weights(body: wire.SaveWeightsRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     return runtime.training.save_weights(owner, body)
 
 
 @router.post("/save_weights_external")
-async def save_weights_external(
+def save_weights_external(
     body: wire.SaveWeightsExternalRequest, owner: Owner, runtime: RuntimeDep
 ) -> wire.UntypedAPIFuture:
     return runtime.training.save_weights_external(owner, body)
 
 
 @router.post("/load_weights")
-async def load_weights(body: wire.LoadWeightsRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+def load_weights(body: wire.LoadWeightsRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
     return runtime.training.load_weights(owner, body)
 
 
 @router.post("/save_weights_for_sampler")
-async def save_weights_for_sampler(
+def save_weights_for_sampler(
     body: wire.SaveWeightsForSamplerRequest, owner: Owner, runtime: RuntimeDep
 ) -> wire.UntypedAPIFuture:
     return runtime.training.save_weights_for_sampler(owner, body)

@@ -103,7 +103,7 @@ class Playground:
                 max_tokens=req.max_tokens, temperature=req.temperature, stop=stop or None, seed=req.seed
             ),
         )
-        future = self._sampling.asample(owner, request, backpressure=True)
+        future = await asyncio.to_thread(self._sampling.asample, owner, request, backpressure=True)
         result = await self._outcome(future.request_id)
         sequence = result.sequences[0]
         out_tokens = [int(t) for t in sequence.tokens.tolist()]
@@ -160,7 +160,8 @@ class Playground:
                 return sampler_id
             seq = self._next_seq.get(session_id, 0)
             self._next_seq[session_id] = seq + 1
-        response = await self._sampling.create_sampling_session(
+        response = await asyncio.to_thread(
+            self._sampling.create_sampling_session,
             owner,
             wire.CreateSamplingSessionRequest(
                 session_id=session_id,

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from torch import nn
 
 from . import checkpoint, lora, sampling, train
-from .errors import AdapterNotFound, EngineError, ModelLoadError, UserInputError
+from .errors import COMPUTE_ERRORS, AdapterNotFound, EngineError, ModelLoadError, UserInputError
 from .messages import AdamConfig, LoraSpec, ModelInfo, SampleJob, SampleOutput, TrainDatum, TrainOutput
 from .models import LoadedBase, ModelParts, load_base_model
 from .optim import adamw_step
@@ -22,8 +22,7 @@ from .packed import pack_weights
 
 __all__ = ["Engine", "load_engine"]
 
-# Errors from torch while computing (out of memory, a kernel refusing a shape).
-_COMPUTE_ERRORS = (RuntimeError, MemoryError, ValueError, IndexError)
+_COMPUTE_ERRORS = COMPUTE_ERRORS
 
 FbItem = tuple[str, list[TrainDatum], str, "Mapping[str, float | str] | None", bool]
 
@@ -149,6 +148,11 @@ class Engine:
     def adapter_ids(self) -> list[str]:
         with self._lock:
             return list(self._adapters)
+
+    def adapter_nbytes(self, adapter_id: str) -> int:
+        """Memory held by an adapter's weights (not its optimizer state)."""
+        with self._lock:
+            return sum(p.numel() * p.element_size() for p in self._get(adapter_id).parameters())
 
     # ------------------------------------------------------------------ training
 

@@ -13,7 +13,11 @@ error responses itself.
 
 from __future__ import annotations
 
-__all__ = ["AdapterNotFound", "EngineError", "ModelLoadError", "UserInputError"]
+__all__ = ["COMPUTE_ERRORS", "AdapterNotFound", "EngineError", "ModelLoadError", "UserInputError"]
+
+# Errors torch raises while computing (out of memory, a kernel refusing a shape): the
+# request fails, the engine stays usable.
+COMPUTE_ERRORS = (RuntimeError, MemoryError, ValueError, IndexError)
 
 
 class EngineError(Exception):
@@ -30,6 +34,9 @@ class AdapterNotFound(EngineError):
     def __init__(self, adapter_id: str) -> None:
         super().__init__(f"adapter {adapter_id!r} is not loaded")
         self.adapter_id = adapter_id
+
+    def __reduce__(self) -> tuple[type[AdapterNotFound], tuple[str]]:  # pickled across the worker boundary
+        return (AdapterNotFound, (self.adapter_id,))
 
 
 class ModelLoadError(EngineError):

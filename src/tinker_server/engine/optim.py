@@ -17,38 +17,17 @@ which is what ``torch.optim.AdamW`` computes. A parameter with no gradient
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 
-from .errors import UserInputError
 from .lora import Adapter
 from .messages import AdamConfig
+from .rules import UNSUPPORTED_OPTIMIZERS, check_adam
 
 __all__ = ["UNSUPPORTED_OPTIMIZERS", "adamw_step", "validate_adam"]
 
-# Optimizer families the official client can request (create_model's optimizer_config)
-# that this engine does not implement, with the reason. AdamW is the only one implemented.
-UNSUPPORTED_OPTIMIZERS: dict[str, str] = {
-    "dimuon": "its update rule is not publicly specified (only its hyper-parameters are documented)",
-}
-
-
 def validate_adam(cfg: AdamConfig) -> None:
-    def number(name: str) -> float:
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise UserInputError(f"adam {name} must be a finite number, got {value!r}")
-        return float(value)
-
-    if number("learning_rate") < 0:
-        raise UserInputError(f"adam learning_rate must be >= 0, got {cfg.learning_rate}")
-    for name in ("beta1", "beta2"):
-        if not 0.0 <= number(name) < 1.0:
-            raise UserInputError(f"adam {name} must be in [0, 1), got {getattr(cfg, name)}")
-    for name in ("eps", "weight_decay", "grad_clip_norm"):
-        if number(name) < 0:
-            raise UserInputError(f"adam {name} must be >= 0, got {getattr(cfg, name)}")
+    check_adam(cfg)  # the rule is the engine's one, in .rules
 
 
 @torch.no_grad()

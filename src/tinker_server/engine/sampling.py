@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from .errors import UserInputError
+from .rules import MAX_NUM_SAMPLES, MAX_TOKENS_WHEN_UNSET, MAX_TOPK_LOGPROBS, check_sample_job
 from .lora import Adapter
 from .messages import SampledSequence, SampleJob, SampleOutput, TokenEvent
 from .models import ModelParts
@@ -69,11 +70,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MAX_NUM_SAMPLES", "MAX_TOKENS_WHEN_UNSET", "MAX_TOPK_LOGPROBS", "PreparedJob", "prepare_job", "run_jobs"]
 
-MAX_TOKENS_WHEN_UNSET = 1024
-MAX_NUM_SAMPLES = 512
-# Most (token, logprob) pairs per position for topk_sample_logprobs and prompt_alt_tokens_k
-# (also capped by the vocabulary size). topk_prompt_logprobs keeps its older limit, the vocabulary.
-MAX_TOPK_LOGPROBS = 20
 PROMPT_LOGPROB_CHUNK = 1024  # prompt positions per lm_head call when computing prompt logprobs
 MAX_KV_CACHE_BYTES = 4 * 2**30  # key/value cache of one decode batch; larger requests run in several
 
@@ -102,124 +98,37 @@ class PreparedJob:
     first_sample: int = 0  # index in the job of this piece's first sample (see run_jobs)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _row_seed(job_seed: int, index: int) -> int:
     digest = hashlib.blake2b(f"{job_seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
 
 
 def prepare_job(job: SampleJob, adapter: Adapter | None, *, vocab_size: int, max_context: int) -> PreparedJob:
-    """Validate ``job``; raise :class:`UserInputError` naming the offending field."""
-    prompt = job.prompt.tolist() if hasattr(job.prompt, "tolist") else job.prompt
-    if not isinstance(prompt, Sequence) or isinstance(prompt, (str, bytes)) or not all(_is_int(t) for t in prompt):
-        raise UserInputError("prompt must be a list of integer token ids")
-    prompt = [int(t) for t in prompt]
-    if not prompt:
-        raise UserInputError("prompt has no tokens")
-    for t in prompt:
-        if not 0 <= t < vocab_size:
-            raise UserInputError(f"prompt token id {t} is outside the vocabulary (size {vocab_size})")
-    if len(prompt) > max_context:
-        raise UserInputError(f"prompt has {len(prompt)} tokens, more than the model's context of {max_context}")
-    if not _is_int(job.num_samples) or not 1 <= job.num_samples <= MAX_NUM_SAMPLES:
-        raise UserInputError(f"num_samples must be an integer from 1 to {MAX_NUM_SAMPLES}, got {job.num_samples!r}")
-    room = max_context - len(prompt)
-    if job.max_tokens is None:
-        max_new = min(room, MAX_TOKENS_WHEN_UNSET)
-    else:
-        if not _is_int(job.max_tokens) or job.max_tokens < 0:
-            raise UserInputError(f"max_tokens must be a non-negative integer, got {job.max_tokens!r}")
-        if job.max_tokens > room:
-            raise UserInputError(
-                f"prompt ({len(prompt)} tokens) plus max_tokens ({job.max_tokens}) exceeds "
-                f"the model's context of {max_context}"
-            )
-        max_new = int(job.max_tokens)
-    if not _is_number(job.temperature) or job.temperature < 0:
-        raise UserInputError(f"temperature must be a finite number >= 0, got {job.temperature!r}")
-    if not _is_int(job.top_k) or job.top_k < -1:
-        raise UserInputError(f"top_k must be -1 (off) or a positive integer, got {job.top_k!r}")
-    if not _is_number(job.top_p) or not 0 < job.top_p <= 1:
-        raise UserInputError(f"top_p must be in (0, 1], got {job.top_p!r}")
-    if job.seed is not None and not _is_int(job.seed):
-        raise UserInputError(f"seed must be an integer or None, got {job.seed!r}")
-    stops = [job.stop_strings] if isinstance(job.stop_strings, str) else list(job.stop_strings or [])
-    for s in stops:
-        if not isinstance(s, str) or not s:
-            raise UserInputError(f"stop strings must be non-empty strings, got {s!r}")
-    stop_ids = list(job.stop_token_ids or [])
-    for t in stop_ids:
-        if not _is_int(t) or not 0 <= t < vocab_size:
-            raise UserInputError(f"stop token id {t!r} is outside the vocabulary (size {vocab_size})")
-    if not _is_int(job.topk_prompt_logprobs) or not 0 <= job.topk_prompt_logprobs <= vocab_size:
-        raise UserInputError(
-            f"topk_prompt_logprobs must be an integer from 0 to {vocab_size}, got {job.topk_prompt_logprobs!r}"
-        )
-    limit = min(MAX_TOPK_LOGPROBS, vocab_size)
-    for name in ("topk_sample_logprobs", "prompt_alt_tokens_k"):
-        value = getattr(job, name)
-        if not _is_int(value) or not 0 <= value <= limit:
-            raise UserInputError(f"{name} must be an integer from 0 to {limit}, got {value!r}")
-    last_n = job.prompt_logprobs_last_n
-    if last_n is not None:
-        if not _is_int(last_n) or last_n < 1:
-            raise UserInputError(f"prompt_logprobs_last_n must be a positive integer or None, got {last_n!r}")
-        if not job.prompt_logprobs:
-            raise UserInputError("prompt_logprobs_last_n requires prompt_logprobs")
-    targets = _target_ids(job.target_prompt_logprobs, len(prompt), vocab_size)
+    """Check ``job`` with :func:`.rules.check_sample_job` (raises :class:`UserInputError`
+    naming the offending field) and fix each sample's seed."""
+    p = check_sample_job(job, vocab_size=vocab_size, max_context=max_context)
     if job.on_token is not None and not callable(job.on_token):
         raise UserInputError(f"on_token must be callable or None, got {job.on_token!r}")
-    job_seed = int(job.seed) if job.seed is not None else secrets.randbits(63)
+    job_seed = p.seed if p.seed is not None else secrets.randbits(63)
     return PreparedJob(
         adapter=adapter,
-        prompt=prompt,
-        num_samples=int(job.num_samples),
-        max_new=max_new,
-        temperature=float(job.temperature),
-        top_k=max(int(job.top_k), 0),
-        top_p=float(job.top_p),
-        seeds=[_row_seed(job_seed, i) for i in range(job.num_samples)],
-        stop_strings=tuple(stops),
-        stop_ids=frozenset(int(t) for t in stop_ids),
-        prompt_logprobs=bool(job.prompt_logprobs),
-        topk_prompt_logprobs=int(job.topk_prompt_logprobs),
-        topk_sample_logprobs=int(job.topk_sample_logprobs),
-        prompt_logprobs_last_n=None if last_n is None else int(last_n),
-        target_prompt_logprobs=targets,
-        prompt_alt_tokens_k=int(job.prompt_alt_tokens_k),
+        prompt=p.prompt,
+        num_samples=p.num_samples,
+        max_new=p.max_new,
+        temperature=p.temperature,
+        top_k=p.top_k,
+        top_p=p.top_p,
+        seeds=[_row_seed(job_seed, i) for i in range(p.num_samples)],
+        stop_strings=p.stop_strings,
+        stop_ids=p.stop_ids,
+        prompt_logprobs=p.prompt_logprobs,
+        topk_prompt_logprobs=p.topk_prompt_logprobs,
+        topk_sample_logprobs=p.topk_sample_logprobs,
+        prompt_logprobs_last_n=p.prompt_logprobs_last_n,
+        target_prompt_logprobs=p.target_prompt_logprobs,
+        prompt_alt_tokens_k=p.prompt_alt_tokens_k,
         on_token=job.on_token,
     )
-
-
-def _target_ids(value: object, prompt_len: int, vocab_size: int) -> np.ndarray | None:
-    """``target_prompt_logprobs`` as an int64 ``[prompt_len - 1, K]`` array, or ``None``."""
-    if value is None:
-        return None
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError):
-        raise UserInputError("target_prompt_logprobs must be a 2-D array of integer token ids") from None
-    if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
-        raise UserInputError(f"target_prompt_logprobs must hold integer token ids, got {arr.dtype} values")
-    if arr.ndim != 2 or arr.shape[0] != prompt_len - 1:
-        raise UserInputError(
-            f"target_prompt_logprobs must have shape [len(prompt) - 1, K] = [{prompt_len - 1}, K], "
-            f"got {list(arr.shape)}"
-        )
-    bad = arr[(arr < -1) | (arr >= vocab_size)]
-    if bad.size:
-        raise UserInputError(
-            f"target_prompt_logprobs token id {int(bad[0])} is outside the vocabulary "
-            f"(size {vocab_size}; -1 means no request)"
-        )
-    return arr.astype(np.int64, copy=True)
 
 
 @dataclass

@@ -8,15 +8,13 @@ most ``max_tokens_per_microbatch`` padded tokens (a longer row runs alone); the
 loss of a request is a sum over its tokens, so the micro-batches' losses and
 gradients simply add up. Gradients accumulate in the adapters' ``.grad``.
 
-Validation: every datum needs ``target_tokens`` and the loss's required inputs,
-each of the input's length. ``forward_backward`` rejects inputs its loss does not
-use; ``forward`` ignores them.
+Validation is :func:`.rules.check_train_request` (the same function the server
+runs at submit time).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import rules
 from .errors import UserInputError
 from .lora import Adapter
-from .losses import LOSSES, UNSUPPORTED_LOSSES, ConfigValue, LossFn, Segments, config_number
+from .losses import LOSSES, ConfigValue, LossFn, Segments
 from .messages import TrainDatum, TrainOutput
 from .models import ModelParts
 
@@ -60,134 +59,8 @@ class PreparedRequest:
 
 
 def resolve_loss(name: object) -> LossFn:
-    if isinstance(name, str) and name in UNSUPPORTED_LOSSES:
-        raise UserInputError(
-            f"loss_fn {name!r} is not supported by this server: {UNSUPPORTED_LOSSES[name]}; "
-            f"supported: {', '.join(LOSSES)}"
-        )
-    if not isinstance(name, str) or name not in LOSSES:
-        raise UserInputError(f"unknown loss_fn {name!r}; expected one of: {', '.join(LOSSES)}")
-    return LOSSES[name]
-
-
-def resolve_config(loss: LossFn, config: Mapping[str, ConfigValue] | None) -> dict[str, ConfigValue]:
-    """``config`` merged over the loss's defaults. A key whose default is a string takes a
-    string; every other key takes a finite number (stored as float)."""
-    merged = dict(loss.config)
-    if config is None:
-        return merged
-    if not isinstance(config, Mapping):
-        raise UserInputError(f"loss_fn_config must be a mapping of names to values, got {type(config).__name__}")
-    for key, value in config.items():
-        if key not in loss.config:
-            expected = ", ".join(loss.config) if loss.config else "none"
-            raise UserInputError(f"unknown loss_fn_config key {key!r} for {loss.name}; accepted keys: {expected}")
-        if isinstance(loss.config[key], str):
-            if not isinstance(value, str):
-                raise UserInputError(f"loss_fn_config[{key!r}] must be a string, got {value!r}")
-            merged[key] = value
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise UserInputError(f"loss_fn_config[{key!r}] must be a finite number, got {value!r}")
-        merged[key] = float(value)
-    if "clip_low_threshold" in merged:
-        low, high = config_number(merged, "clip_low_threshold"), config_number(merged, "clip_high_threshold")
-        if low > high:
-            raise UserInputError(
-                f"loss_fn_config clip_low_threshold ({low}) is greater than clip_high_threshold ({high})"
-            )
-    return merged
-
-
-def _int_tokens(values: object, where: str) -> np.ndarray:
-    try:
-        arr = np.asarray(values)
-    except (ValueError, TypeError) as exc:
-        raise UserInputError(f"{where} must be a list of integers ({exc})") from None
-    if arr.dtype.kind in "iu":
-        return arr.reshape(-1).astype(np.int64)
-    if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-        return arr.reshape(-1).astype(np.int64)  # ints sent as floats
-    if arr.size == 0:
-        return arr.reshape(-1).astype(np.int64)
-    raise UserInputError(f"{where} must be integers, got {arr.dtype} values")
-
-
-def _check_vocab(ids: np.ndarray, vocab_size: int, where: str) -> None:
-    bad = ids[(ids < 0) | (ids >= vocab_size)]
-    if bad.size:
-        raise UserInputError(f"{where} {int(bad[0])} is outside the vocabulary (size {vocab_size})")
-
-
-def prepare_rows(
-    data: Sequence[TrainDatum], loss: LossFn, *, vocab_size: int, max_context: int, strict: bool = True
-) -> list[Row]:
-    """Validate datums against ``loss`` and the model; raise :class:`UserInputError` if wrong.
-
-    ``strict``: inputs the loss does not use are an error (for forward_backward, where
-    they signal a wrong loss choice); otherwise they are ignored (for forward, which
-    ``forward_backward_custom`` calls with the user's data unchanged).
-    """
-    if not isinstance(data, Sequence):
-        raise UserInputError(f"data must be a list of datums, got {type(data).__name__}")
-    allowed = ("target_tokens", *loss.required, *loss.optional)
-    rows: list[Row] = []
-    for d, datum in enumerate(data):
-        raw_tokens: Any = getattr(datum, "tokens", None)
-        try:
-            flat = np.ndim(raw_tokens) == 1
-        except ValueError:  # ragged nesting
-            flat = False
-        if not flat:
-            raise UserInputError(f"datum {d}: tokens must be a flat list of token ids")
-        tokens = _int_tokens(raw_tokens, f"datum {d}: tokens")
-        n = int(tokens.shape[0])
-        if n == 0:
-            raise UserInputError(f"datum {d}: the input has no tokens")
-        if n > max_context:
-            raise UserInputError(f"datum {d} has {n} tokens, more than the model's context of {max_context}")
-        _check_vocab(tokens, vocab_size, f"datum {d}: token id")
-        raw = getattr(datum, "loss_fn_inputs", None)
-        if not isinstance(raw, Mapping):
-            raise UserInputError(f"datum {d}: loss_fn_inputs must be a mapping of names to arrays")
-        for key in raw:
-            if key not in allowed and strict:
-                raise UserInputError(
-                    f"datum {d}: loss_fn_inputs key {key!r} is not used by {loss.name}; "
-                    f"accepted keys: {', '.join(allowed)}"
-                )
-        for key in ("target_tokens", *loss.required):
-            if key not in raw:
-                raise UserInputError(f"datum {d}: missing loss_fn_inputs key {key!r} required by {loss.name}")
-        targets = _int_tokens(raw["target_tokens"], f"datum {d}: loss_fn_inputs['target_tokens']")
-        if targets.shape[0] != n:
-            raise UserInputError(
-                f"datum {d}: loss_fn_inputs['target_tokens'] has length {targets.shape[0]} but the input has {n} tokens"
-            )
-        _check_vocab(targets, vocab_size, f"datum {d}: target token id")
-        inputs: dict[str, torch.Tensor] = {}
-        for key, value in raw.items():
-            if key == "target_tokens" or key not in allowed:
-                continue
-            inputs[key] = _float_input(value, n, f"datum {d}: loss_fn_inputs[{key!r}]")
-        rows.append(Row(torch.from_numpy(tokens), torch.from_numpy(targets), inputs))
-    return rows
-
-
-def _float_input(value: object, n: int, where: str) -> torch.Tensor:
-    try:
-        arr = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise UserInputError(f"{where} must be an array of numbers ({exc})") from None
-    if arr.dtype.kind not in "iuf":
-        raise UserInputError(f"{where} must be numbers, got {arr.dtype} values")
-    arr = arr.reshape(-1)
-    if arr.shape[0] != n:
-        raise UserInputError(f"{where} has length {arr.shape[0]} but the input has {n} tokens")
-    arr = arr.astype(np.float32)
-    if not np.all(np.isfinite(arr)):
-        raise UserInputError(f"{where} contains NaN or infinite values")
-    return torch.from_numpy(arr)
+    """The registered loss named ``name`` (:func:`.rules.resolve_loss` checks the name)."""
+    return LOSSES[rules.resolve_loss(name).name]
 
 
 def prepare_request(
@@ -200,28 +73,15 @@ def prepare_request(
     vocab_size: int,
     max_context: int,
 ) -> PreparedRequest:
-    loss, config, rows = validate_train_request(
+    """Check a request with :func:`.rules.check_train_request` and turn its rows into tensors."""
+    signature, config, checked = rules.check_train_request(
         data, loss_fn, loss_fn_config, backward=backward, vocab_size=vocab_size, max_context=max_context
     )
-    return PreparedRequest(adapter, loss, config, bool(backward), rows, logprobs=[None] * len(rows))
-
-
-def validate_train_request(
-    data: Sequence[TrainDatum],
-    loss_fn: str,
-    loss_fn_config: Mapping[str, ConfigValue] | None,
-    *,
-    backward: bool,
-    vocab_size: int,
-    max_context: int,
-) -> tuple[LossFn, dict[str, ConfigValue], list[Row]]:
-    """Every check of a training request, needing no adapter (so a server can also run it
-    when the request is submitted). Returns the loss, its resolved config and the datums'
-    rows; raises :class:`UserInputError` naming what is wrong."""
-    loss = resolve_loss(loss_fn)
-    config = resolve_config(loss, loss_fn_config)
-    rows = prepare_rows(data, loss, vocab_size=vocab_size, max_context=max_context, strict=bool(backward))
-    return loss, config, rows
+    rows = [
+        Row(torch.from_numpy(r.tokens), torch.from_numpy(r.targets), {k: torch.from_numpy(v) for k, v in r.inputs.items()})
+        for r in checked
+    ]
+    return PreparedRequest(adapter, LOSSES[signature.name], config, bool(backward), rows, logprobs=[None] * len(rows))
 
 
 def _microbatches(rows: list[tuple[int, int, Row]], budget: int) -> list[list[tuple[int, int, Row]]]:

@@ -2,18 +2,18 @@
 
 A ``model`` is a served base model or a ``tinker://`` checkpoint path (``sampler_weights/``
 or ``weights/``, whatever ``create_sampling_session`` accepts) that the caller may read:
-its own, or a public one. Checkpoint adapters are loaded by
-:meth:`SamplingService.checkpoint_loader` under an id of their own (the path and the
-checkpoint's save time, so an overwritten checkpoint is loaded afresh), and share the
-Tinker samplers' limit on loaded checkpoint adapters.
+its own, or a public one. A checkpoint's adapter is loaded by the engine on demand (a
+``Sample`` command with ``reload_from``) under an id of its own (the path and the
+checkpoint's save time, so an overwritten checkpoint is loaded afresh), as a sampler
+that the engine's residency policy may evict like Tinker samplers.
 
 Each prompt becomes one :class:`SampleJob` (``n`` samples) on the base model's worker,
-as a :class:`SampleTask` like Tinker ``asample``, so OpenAI requests batch with Tinker
+a ``Sample`` task like Tinker ``asample``, so OpenAI requests batch with Tinker
 sampling. Nothing is recorded: the HTTP request waits for its tasks. Streamed requests
 give their jobs an ``on_token`` sink and send text as the engine decodes it.
 
 Parameters are checked before anything is queued; the engine's own sampling rules
-(:func:`prepare_job`) decide the ranges, their messages renamed to the OpenAI
+(:func:`~tinker_server.engine.rules.check_sample_job`) decide the ranges, their messages renamed to the OpenAI
 parameter names. Tokenizing and detokenizing run in worker threads
 (``asyncio.to_thread``), never on the event loop.
 """
@@ -21,6 +21,7 @@ parameter names. Tokenizing and detokenizing run in worker threads
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import secrets
 import threading
 import time
@@ -33,13 +34,13 @@ import sqlalchemy as sa
 from ..catalog import Catalog
 from ..context import Context
 from ..db import CheckpointRow, as_utc
-from ..engine import SampleJob, TokenEvent, UserInputError
-from ..engine.sampling import prepare_job
+from ..engine import SampleJob, TokenEvent, UserInputError, rules
+from ..engine.api import Sample
 from ..errors import InvalidRequest, NotFound
 from ..paths import checkpoint_dir, parse_tinker_path
 from ..records import not_expired, readable_checkpoint
 from ..sampling import SamplingService
-from ..scheduler import SampleTask
+from ..scheduler import Task, Worker
 from ..wire import oai as w
 from .generation import Decoding, Delta, Entry, Generation
 from .params import Names, chat_messages, completion_prompts, decoding_of, refuse_unsupported, renamed
@@ -57,7 +58,7 @@ class _Target:
 
     base_model: str
     adapter_id: str | None = None
-    prepare: Callable[[Any], None] | None = None
+    reload_from: pathlib.Path | None = None  # the checkpoint folder of the adapter
 
 
 class OaiService:
@@ -121,7 +122,7 @@ class OaiService:
             raise InvalidRequest(f"{model} was trained on {base_model}, which this server does not serve", param="model")
         adapter_id = f"oai:{ref.tinker_path}@{saved}"
         directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
-        return _Target(base_model, adapter_id, self._sampling.checkpoint_loader(adapter_id, base_model, directory))
+        return _Target(base_model, adapter_id, directory)
 
     async def _tokenizer(self, base_model: str) -> Tokenizer:
         tokenizer = self._tokenizers.get(base_model)
@@ -238,7 +239,7 @@ class OaiService:
                names: Names, *, stream: bool) -> _Flight:
         """Check every job by the engine's rules, then queue them all on the base model's worker."""
         worker = self._ctx.scheduler.worker(target.base_model)
-        info = worker.info
+        info = worker.model_info()  # loaded: the tokenizer came from it
         limit = self._ctx.settings.max_pending_samples
         if len(prompts) > limit:
             raise InvalidRequest(f"prompt holds {len(prompts)} prompts; at most {limit} per request", param=names.prompt)
@@ -251,15 +252,15 @@ class OaiService:
         ]
         for job in jobs:
             try:
-                prepare_job(job, None, vocab_size=int(info.vocab_size), max_context=int(info.max_context))
+                rules.check_sample_job(job, vocab_size=int(info.vocab_size), max_context=int(info.max_context))
             except UserInputError as exc:
                 raise renamed(str(exc), names) from None
         worker.check_capacity(sampling=True, strict=False)
-        flight = _Flight(Generation(tokenizer, decoding, prompts), stream)
+        flight = _Flight(Generation(tokenizer, decoding, prompts), stream, worker)
         for index, job in enumerate(jobs):
             if stream:
                 job.on_token = flight.sink(index)
-            task = worker.submit(SampleTask(job=job, prepare=flight.prepare(target.prepare)))
+            task = worker.submit(Task(Sample(job, reload_from=target.reload_from)))
             flight.watch(index, task)
         return flight
 
@@ -267,10 +268,10 @@ class OaiService:
 class _Flight:
     """The queued tasks of one request and the way their tokens come back."""
 
-    def __init__(self, generation: Generation, stream: bool) -> None:
+    def __init__(self, generation: Generation, stream: bool, worker: Worker) -> None:
         self.generation = generation
-        self.tasks: list[SampleTask] = []
-        self._cancelled = threading.Event()
+        self.tasks: list[Task] = []
+        self._worker = worker
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[int, Any]] | None = asyncio.Queue() if stream else None
 
@@ -285,20 +286,15 @@ class _Flight:
     def sink(self, prompt: int) -> Callable[[TokenEvent], None]:
         return lambda event: self._put((prompt, event))
 
-    def watch(self, prompt: int, task: SampleTask) -> None:
+    def watch(self, prompt: int, task: Task) -> None:
         self.tasks.append(task)
         task.done.add_done_callback(lambda future: self._put((prompt, future)))
 
-    def prepare(self, load: Callable[[Any], None] | None) -> Callable[[Any], None]:
-        """The task's ``prepare``: a stream whose client went away is not started; then the adapter."""
-
-        def prepare(engine: Any) -> None:
-            if self._cancelled.is_set():
-                raise InvalidRequest("the client closed the stream before sampling started")
-            if load is not None:
-                load(engine)
-
-        return prepare
+    def cancel(self) -> None:
+        """The client went away: its jobs still queued leave the queue (running ones finish)."""
+        for task in self.tasks:
+            if self._worker.withdraw(task):
+                task.done.set_exception(InvalidRequest("the client closed the stream before sampling started"))
 
     async def result(self, render: Callable[[Generation], Any]) -> Any:
         outputs = await asyncio.gather(*(asyncio.wrap_future(t.done) for t in self.tasks))
@@ -327,7 +323,7 @@ class _Flight:
             if usage is not None:
                 yield usage(generation)
         finally:
-            self._cancelled.set()
+            self.cancel()
 
 
 # -- rendering -------------------------------------------------------------------------------
