@@ -82,8 +82,9 @@ def test_limits_have_one_owner(api: Api) -> None:
 
 
 def test_the_api_process_never_imports_torch(tmp_path: pathlib.Path) -> None:
-    """A whole training and sampling round trip on the real tiny model, engine in its worker
-    process: the API process ends without torch or transformers imported."""
+    """A whole training and sampling round trip on the real tiny model (Tinker API, OpenAI
+    endpoint, console playground), engine in its worker process: the API process ends
+    without torch or transformers imported."""
     script = textwrap.dedent(
         f"""
         import sys, time
@@ -125,6 +126,9 @@ def test_the_api_process_never_imports_torch(tmp_path: pathlib.Path) -> None:
             assert len(out["sequences"]) == 2
             r = client.post("/oai/api/v1/completions", headers={{"Authorization": "Bearer tml-local"}},
                             json={{"model": "tinker-test/tiny-llama", "prompt": "hello", "max_tokens": 3}})
+            assert r.status_code == 200, r.text
+            r = client.post("/api/v1/console/playground/sample", headers=headers,
+                            json={{"base_model": "tinker-test/tiny-llama", "prompt": "hi", "max_tokens": 3}})
             assert r.status_code == 200, r.text
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
         print("LEAKED", leaked[:5])

@@ -4,15 +4,14 @@ It goes the way every client goes (no second sampling implementation): a session
 the caller's (display name "console playground", made once per caller and server
 process), a sampler per model made with :meth:`SamplingService.create_sampling_session`,
 :meth:`SamplingService.asample`, and the durable future's stored result. The text is
-tokenized here with the model's own tokenizer (``transformers.AutoTokenizer`` over the
-engine's tokenizer folder); with ``chat`` the prompt becomes a user turn of the model's
+tokenized here with the model's own tokenizer (:class:`~tinker_server.oai.text.Tokenizer`
+over the engine's tokenizer folder); with ``chat`` the prompt becomes a user turn of the model's
 chat template, and the tokenizer's end-of-sequence token stops the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 from .. import wire
@@ -20,6 +19,7 @@ from ..catalog import Catalog
 from ..db import Database
 from ..errors import InvalidRequest, NotFound, Unavailable
 from ..futures import FutureHub
+from ..oai.text import Tokenizer
 from ..paths import parse_tinker_path
 from ..records import owned_session, readable_checkpoint
 from ..sampling import SamplingService
@@ -34,33 +34,23 @@ SESSION_NAME = "console playground"
 
 
 class _Tokenizer:
-    """A Hugging Face tokenizer and the lock its (not thread-safe) fast backend needs."""
+    """The served model's tokenizer (the OpenAI endpoints' :class:`Tokenizer`: no torch in
+    the API process) as the playground uses it."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.lock = threading.Lock()
-
-    @property
-    def has_chat_template(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
 
     def encode(self, prompt: str, chat: bool) -> tuple[list[int], bool]:
-        with self.lock:
-            if chat and self.has_chat_template:
-                text = self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-                )
-                return list(self.tokenizer.encode(text, add_special_tokens=False)), True
-            return list(self.tokenizer.encode(prompt)), False
+        if chat and self.tokenizer.has_chat_template:
+            return self.tokenizer.chat_prompt([{"role": "user", "content": prompt}]), True
+        return self.tokenizer.encode(prompt), False
 
     def decode(self, tokens: list[int]) -> str:
-        with self.lock:
-            return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     @property
     def eos(self) -> str | None:
-        token = getattr(self.tokenizer, "eos_token", None)
-        return token if isinstance(token, str) and token else None
+        return self.tokenizer.eos_token
 
 
 class Playground:
@@ -140,9 +130,7 @@ class Playground:
         info = await self._catalog.model_info(base_model)
 
         def load() -> _Tokenizer:
-            from transformers import AutoTokenizer
-
-            return _Tokenizer(AutoTokenizer.from_pretrained(str(info.tokenizer_dir)))
+            return _Tokenizer(Tokenizer.load(info.tokenizer_dir, base_model))
 
         try:
             loaded = await asyncio.to_thread(load)

@@ -267,9 +267,14 @@ class Tokenizer:
                 ) from None
             return list(self._backend.encode(text, add_special_tokens=False).ids)
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
         with self._lock:
-            return str(self._backend.decode([int(i) for i in ids], skip_special_tokens=False))
+            return str(self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens))
+
+    @property
+    def eos_token(self) -> str | None:
+        """The end-of-sequence token's text (``None`` when the tokenizer names none)."""
+        return self._special_tokens.get("eos_token") or None
 
     def token_text(self, token: int) -> str:
         """One token's text, as logprobs show it (remembered: at most one entry per vocabulary id)."""
