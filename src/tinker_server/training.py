@@ -73,9 +73,14 @@ def _advance_seq(s: Any, run: TrainingRunRow, old: int, new: int) -> None:
     if it is still ``old``: the database, not a process lock, decides which submit took an
     id, so API processes sharing it cannot both accept one (the loser gets a 400)."""
     run.last_seq_id = old  # the ORM must not write the attribute itself
+    try:
+        s.flush()  # the request row: its dedup key is unique, so a second acceptance of this id fails here
+    except sa.exc.IntegrityError:
+        raise InvalidRequest(
+            f"seq_id {new} of {run.id} was taken by a concurrent submit; submit the operations of a run in order"
+        ) from None
     if new == old:
         return
-    s.flush()
     done = s.execute(
         sa.update(TrainingRunRow)
         .where(TrainingRunRow.id == run.id, TrainingRunRow.last_seq_id == old)

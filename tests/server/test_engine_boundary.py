@@ -137,3 +137,33 @@ def test_the_api_process_never_imports_torch(tmp_path: pathlib.Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_two_api_processes_sharing_a_database_never_both_accept_a_seq_id(
+    make_fake_server: Callable[..., Api],
+) -> None:
+    """seq_id order is the database's: two servers on one home (as two API processes would
+    share a database) race to accept each seq_id of a run; exactly one request is recorded
+    for it, whichever server answers."""
+    first = make_fake_server()
+    second = make_fake_server()  # same home, same database
+    model_id = first.create_model(first.session())
+    for seq in range(1, 9):
+        answers: dict[str, Any] = {}
+        barrier = threading.Barrier(2)
+
+        def submit(name: str, api: Api, seq: int = seq) -> None:
+            barrier.wait()
+            answers[name] = api.post("forward_backward", fb_body(model_id, seq))
+
+        threads = [threading.Thread(target=submit, args=(n, a)) for n, a in (("first", first), ("second", second))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        accepted = {r.json()["request_id"] for r in answers.values() if r.status_code == 200}
+        # One request took the id; the other is answered as its retry (same future) or refused.
+        assert len(accepted) == 1, {n: r.text for n, r in answers.items()}
+        for r in answers.values():
+            if r.status_code != 200:
+                assert r.status_code == 400 and "concurrent submit" in r.json()["detail"], r.text
