@@ -182,7 +182,9 @@ class CheckpointService:
         now = now or utcnow()
         with self._ctx.db.session() as s:
             due = s.scalars(
-                sa.select(CheckpointRow.pk).where(CheckpointRow.expires_at.is_not(None), CheckpointRow.expires_at <= now)
+                sa.select(CheckpointRow.pk).where(
+                    CheckpointRow.expires_at.is_not(None), CheckpointRow.expires_at <= now
+                )
             ).all()
         removed = 0
         for pk in due:
@@ -265,9 +267,7 @@ class CheckpointService:
         for name in files:
             token, expires = self._signer.sign(ref.run_id, ref.checkpoint_id, ttl_s, now, file=name)
             urls[name] = f"{base_url.rstrip('/')}/api/v1/external_files/{token}"
-        return wire.ExternalWeightsUrlsResponse(
-            urls=urls, expires=dt.datetime.fromtimestamp(expires, dt.timezone.utc)
-        )
+        return wire.ExternalWeightsUrlsResponse(urls=urls, expires=dt.datetime.fromtimestamp(expires, dt.timezone.utc))
 
     def external_file(self, token: str) -> pathlib.Path:
         """The one file a signed external-export link names; it never leaves the export's folder."""

@@ -108,7 +108,9 @@ def train_data(data: Sequence[wire.Datum] | Sequence[wire.ArrayDatum], *, field:
         for key, tensor in datum.loss_fn_inputs.items():
             kwhere = f"{where}.loss_fn_inputs[{key!r}]"
             if key not in KNOWN_INPUT_KEYS:
-                raise InvalidRequest(f"{where}.loss_fn_inputs has unknown key {key!r}; known keys: {', '.join(KNOWN_INPUT_KEYS)}")
+                raise InvalidRequest(
+                    f"{where}.loss_fn_inputs has unknown key {key!r}; known keys: {', '.join(KNOWN_INPUT_KEYS)}"
+                )
             array, dtype = _input_array(tensor, kwhere)
             if key == "target_tokens":
                 if dtype not in ("int64", "int32"):
@@ -226,7 +228,9 @@ def _target_ids(tensor: wire.TensorData | None) -> np.ndarray | None:
         except ValueError as exc:
             raise InvalidRequest(f"target_prompt_logprobs: {exc}") from None
     if values.size != tensor.shape[0] * tensor.shape[1]:
-        raise InvalidRequest(f"target_prompt_logprobs: shape {tensor.shape} needs {tensor.shape[0] * tensor.shape[1]} values, got {values.size}")
+        raise InvalidRequest(
+            f"target_prompt_logprobs: shape {tensor.shape} needs {tensor.shape[0] * tensor.shape[1]} values, got {values.size}"
+        )
     return values.reshape(tensor.shape)
 
 

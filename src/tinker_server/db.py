@@ -180,7 +180,9 @@ class RunMetricRow(Base):
         sa.Index("ix_run_metrics_series", "run_id", "kind", "name", "step", "seq_id", "value"),
     )
 
-    pk: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True)
+    pk: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     run_id: Mapped[str] = mapped_column(sa.String(128))
     step: Mapped[int] = mapped_column(sa.BigInteger)
     seq_id: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)

@@ -54,6 +54,7 @@ class StoredResult:
     message: str | None = None
     sequence_ids: tuple[str, ...] = ()
 
+
 log = logging.getLogger(__name__)
 
 
@@ -178,7 +179,9 @@ class FutureHub:
                 ).first()
                 model_id = found.model_id if found is not None else None
                 if recorded and status == "done" and found is not None and self.on_resolved:
-                    self._run_hooks(session, Finished(request_id, found.owner, found.kind, model_id, found.seq_id), value)
+                    self._run_hooks(
+                        session, Finished(request_id, found.owner, found.kind, model_id, found.seq_id), value
+                    )
         finally:
             self._wake(request_id)
             if model_id is not None:

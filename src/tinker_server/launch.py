@@ -1,7 +1,7 @@
 """Run `tinker serve` as a child process: for demos, benchmarks and tests.
 
-    with background_server(home, ["HuggingFaceTB/SmolLM2-135M-Instruct"]) as url:
-        client = tinker.ServiceClient(base_url=url, api_key="local")
+with background_server(home, ["HuggingFaceTB/SmolLM2-135M-Instruct"]) as url:
+    client = tinker.ServiceClient(base_url=url, api_key="local")
 """
 
 from __future__ import annotations

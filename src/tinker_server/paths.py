@@ -59,8 +59,7 @@ def validate_checkpoint_name(name: str | None) -> str:
         raise InvalidRequest(f"invalid checkpoint name {name!r}: it must not contain '/', '\\' or '..'")
     if not _NAME.fullmatch(name):
         raise InvalidRequest(
-            f"invalid checkpoint name {name!r}: use at most 200 letters, digits and '_.-+=@,:' "
-            "(not starting with '.')"
+            f"invalid checkpoint name {name!r}: use at most 200 letters, digits and '_.-+=@,:' (not starting with '.')"
         )
     return name
 

@@ -282,7 +282,10 @@ def thin_run(db: Database, run_id: str, max_rows: int) -> int:
                 removed += int(getattr(result, "rowcount", 0) or 0)
                 break
             drop: list[int] = []
-            for upto in ((low + high) // 2, high - 1):  # the older half; when that is down to one step, all but the last
+            for upto in (
+                (low + high) // 2,
+                high - 1,
+            ):  # the older half; when that is down to one step, all but the last
                 steps = s.scalars(
                     sa.select(m.step).where(m.run_id == run_id, m.step <= upto).distinct().order_by(m.step)
                 ).all()
@@ -395,9 +398,7 @@ def load_series(session: Session, run_id: str, max_points: int = MAX_POINTS) -> 
     """The run's metrics, one point per step (or per bucket of steps for a long run; see
     :class:`Series`); several requests of one step fold by the reduction their name ends with."""
     m = RunMetricRow
-    has_steps = session.scalar(
-        sa.select(m.pk).where(m.run_id == run_id, m.kind == "optim_step").limit(1)
-    ) is not None
+    has_steps = session.scalar(sa.select(m.pk).where(m.run_id == run_id, m.kind == "optim_step").limit(1)) is not None
     x_col = m.step if has_steps else m.seq_id
     x_name = "step" if has_steps else "seq_id"
     top = session.scalar(sa.select(sa.func.max(x_col)).where(m.run_id == run_id))
@@ -475,15 +476,11 @@ def _series_order(item: Series) -> tuple[int, int, str]:
     return (_KIND_ORDER.get(item.kind, 99), 0 if item.name.startswith("loss") else 1, item.name)
 
 
-def load_points(
-    session: Session, run_id: str, kind: str, name: str, after: float, limit: int
-) -> tuple[str, Series]:
+def load_points(session: Session, run_id: str, kind: str, name: str, after: float, limit: int) -> tuple[str, Series]:
     """One series exactly, one point per step, for the ``limit`` steps after ``after``
     (``x`` as in :func:`load_series`): the full-resolution values of a long run."""
     m = RunMetricRow
-    has_steps = session.scalar(
-        sa.select(m.pk).where(m.run_id == run_id, m.kind == "optim_step").limit(1)
-    ) is not None
+    has_steps = session.scalar(sa.select(m.pk).where(m.run_id == run_id, m.kind == "optim_step").limit(1)) is not None
     x_col = m.step if has_steps else m.seq_id
     where = sa.and_(m.run_id == run_id, m.kind == kind, m.name == name, x_col > after)
     upper = session.scalar(

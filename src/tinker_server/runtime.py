@@ -149,8 +149,11 @@ class Runtime:
             for event in events:
                 s.execute(
                     sa.update(SamplerRow)
-                    .where(SamplerRow.id == event.adapter_id, SamplerRow.model_path.is_(None),
-                           SamplerRow.unloaded_reason.is_(None))
+                    .where(
+                        SamplerRow.id == event.adapter_id,
+                        SamplerRow.model_path.is_(None),
+                        SamplerRow.unloaded_reason.is_(None),
+                    )
                     .values(unloaded_reason=event.reason)
                 )
 
@@ -165,8 +168,12 @@ class Runtime:
             )
             s.execute(
                 sa.update(SamplerRow)
-                .where(SamplerRow.base_model == base_model, SamplerRow.unloaded_reason.is_(None),
-                       SamplerRow.has_adapter, SamplerRow.model_path.is_(None))
+                .where(
+                    SamplerRow.base_model == base_model,
+                    SamplerRow.unloaded_reason.is_(None),
+                    SamplerRow.has_adapter,
+                    SamplerRow.model_path.is_(None),
+                )
                 .values(unloaded_reason=reason)
             )
 
@@ -175,7 +182,9 @@ class Runtime:
         failed = self.futures.fail_pending_after_restart()
         with self.db.session() as s:
             runs = s.execute(
-                sa.update(TrainingRunRow).where(TrainingRunRow.unloaded_reason.is_(None)).values(unloaded_reason=RESTART_REASON)
+                sa.update(TrainingRunRow)
+                .where(TrainingRunRow.unloaded_reason.is_(None))
+                .values(unloaded_reason=RESTART_REASON)
             )
             samplers = s.execute(
                 sa.update(SamplerRow)

@@ -93,7 +93,9 @@ class SamplingService:
         job = sample_job(req, adapter_id, worker.model_info())
         with ctx.db.session() as s:
             request_id = ctx.futures.new_id()
-            ctx.futures.add(s, request_id=request_id, owner=owner, kind="sample", model_id=sampler_id, seq_id=req.seq_id)
+            ctx.futures.add(
+                s, request_id=request_id, owner=owner, kind="sample", model_id=sampler_id, seq_id=req.seq_id
+            )
         reload_from = None
         if model_path is not None:
             reload_from = checkpoint_dir(ctx.settings.checkpoints_dir, parse_tinker_path(model_path))

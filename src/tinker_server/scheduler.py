@@ -376,8 +376,10 @@ class Worker:
             and len(self._samples) < self._max_sample_batch
             and not (self._control or self._runs or self._stopping)
         ):
-            deadline = min(self._samples[-1].queued_at + SAMPLE_ARRIVAL_GAP_S,
-                           self._samples[0].queued_at + self._sample_batch_window_s)
+            deadline = min(
+                self._samples[-1].queued_at + SAMPLE_ARRIVAL_GAP_S,
+                self._samples[0].queued_at + self._sample_batch_window_s,
+            )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -426,8 +428,11 @@ class Worker:
             if first:
                 log.exception("loading %s failed", self.model_name)
                 ready, self._info_ready = self._info_ready, concurrent.futures.Future()  # the next try waits anew
-                error = exc if isinstance(exc, EngineError) else ModelLoadError(
-                    f"could not load base model {self.model_name}: {exc}")
+                error = (
+                    exc
+                    if isinstance(exc, EngineError)
+                    else ModelLoadError(f"could not load base model {self.model_name}: {exc}")
+                )
                 ready.set_exception(error)
                 raise error from exc
             raise
@@ -493,14 +498,20 @@ class Worker:
         """Record the round's tokens before any task finishes, so a client that has its
         result sees them in the metrics."""
         try:
-            trained = sum(len(d.tokens) for t, out in zip(tasks, outcomes)
-                          if isinstance(t.command, ForwardBackward) and t.command.backward
-                          and not isinstance(out, BaseException) for d in t.command.data)
+            trained = sum(
+                len(d.tokens)
+                for t, out in zip(tasks, outcomes)
+                if isinstance(t.command, ForwardBackward) and t.command.backward and not isinstance(out, BaseException)
+                for d in t.command.data
+            )
             if trained:
                 self.observer.tokens_trained(trained)
-            sampled = sum(len(seq.tokens) for t, out in zip(tasks, outcomes)
-                          if isinstance(t.command, Sample) and not isinstance(out, BaseException)
-                          for seq in out.sequences)
+            sampled = sum(
+                len(seq.tokens)
+                for t, out in zip(tasks, outcomes)
+                if isinstance(t.command, Sample) and not isinstance(out, BaseException)
+                for seq in out.sequences
+            )
             if sampled:
                 self.observer.tokens_sampled(sampled)
         except Exception:  # noqa: BLE001 - metrics never stop the worker

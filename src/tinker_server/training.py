@@ -28,7 +28,16 @@ from .convert import adam_config, train_data, train_result
 from .checkpoints import FILES_LOCK, expiry, validate_ttl
 from .db import CheckpointRow, SamplerRow, TrainingRunRow, as_utc, utcnow
 from .engine import LoraSpec, UserInputError, rules
-from .engine.api import Command, CopyAdapter, CreateAdapter, DropAdapter, ForwardBackward, LoadAdapter, OptimStep, SaveAdapter
+from .engine.api import (
+    Command,
+    CopyAdapter,
+    CreateAdapter,
+    DropAdapter,
+    ForwardBackward,
+    LoadAdapter,
+    OptimStep,
+    SaveAdapter,
+)
 from .errors import Gone, InvalidRequest, Overloaded
 from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
 from .reorder import ReorderFull, SeqReorder
@@ -47,13 +56,12 @@ SAMPLER_KINDS = ("snapshot", "inflight")
 
 
 def _exists_message(ref: CheckpointRef) -> str:
-    return (
-        f"checkpoint {ref.tinker_path} already exists; pass overwrite=True to replace it, "
-        "or save under another name"
-    )
+    return f"checkpoint {ref.tinker_path} already exists; pass overwrite=True to replace it, or save under another name"
 
 
-def _seq_ordered(method: Callable[[Any, str, Any], wire.UntypedAPIFuture]) -> Callable[[Any, str, Any], wire.UntypedAPIFuture]:
+def _seq_ordered(
+    method: Callable[[Any, str, Any], wire.UntypedAPIFuture],
+) -> Callable[[Any, str, Any], wire.UntypedAPIFuture]:
     """For an operation that takes a ``seq_id``: when it is refused with a 400, that id is used
     up (the client moves on to the next), so it must not hold later submits back."""
 
@@ -182,7 +190,9 @@ class TrainingService:
                 )
             )
             request_id = ctx.futures.new_id()
-            ctx.futures.add(s, request_id=request_id, owner=owner, kind=kind, model_id=run_id, dedup_key=f"{run_id}#create")
+            ctx.futures.add(
+                s, request_id=request_id, owner=owner, kind=kind, model_id=run_id, dedup_key=f"{run_id}#create"
+            )
 
         def on_error(exc: BaseException) -> None:
             with ctx.db.session() as s2:

@@ -50,7 +50,11 @@ async def retrieve_futures(body: wire.RetrieveFuturesRequest, owner: Owner, runt
     the payloads are then fetched with ``retrieve_future``."""
     target = body.target
     await asyncio.to_thread(runtime.sampling.get_sampler, owner, target.sampling_session_id)  # 404 unless the caller's
-    timeout = runtime.settings.long_poll_s if body.timeout is None else max(0.0, min(body.timeout, runtime.settings.long_poll_s))
+    timeout = (
+        runtime.settings.long_poll_s
+        if body.timeout is None
+        else max(0.0, min(body.timeout, runtime.settings.long_poll_s))
+    )
     found, cursor = await runtime.futures.completions(
         owner, target.sampling_session_id, target.cloned_sampler_id, body.prev_cursor, timeout
     )

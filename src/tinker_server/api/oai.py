@@ -31,8 +31,14 @@ __all__ = ["router"]
 log = logging.getLogger(__name__)
 
 PREFIX = "/oai/api/v1"
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "invalid_request_error", 410: "invalid_request_error", 429: "rate_limit_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    410: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def error_body(status: int, message: str, param: str | None = None) -> w.ErrorBody:
@@ -57,7 +63,9 @@ def _error_for(exc: Exception) -> tuple[int, w.ErrorBody]:
 def _validation_error(exc: RequestValidationError) -> w.ErrorBody:
     err = exc.errors()[0]
     if err.get("type") == "json_invalid":
-        return error_body(400, f"the request body is not valid JSON: {(err.get('ctx') or {}).get('error', 'cannot parse')}")
+        return error_body(
+            400, f"the request body is not valid JSON: {(err.get('ctx') or {}).get('error', 'cannot parse')}"
+        )
     loc = [str(part) for part in err.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
     if err.get("type") == "missing":
@@ -101,8 +109,11 @@ router = APIRouter(prefix=PREFIX, tags=["openai"], route_class=_OaiRoute)
 def _reply(result: Any) -> Response:
     if isinstance(result, w.Response):
         return JSONResponse(result.model_dump(mode="json"))
-    return StreamingResponse(_events(result), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        _events(result),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 async def _events(chunks: AsyncIterator[w.Response]) -> AsyncIterator[str]:

@@ -58,7 +58,9 @@ def list_checkpoints(
 
 
 @router.get(_CHECKPOINT + "/archive")
-def checkpoint_archive(run_id: str, checkpoint_id: str, request: Request, owner: Owner, runtime: RuntimeDep) -> Response:
+def checkpoint_archive(
+    run_id: str, checkpoint_id: str, request: Request, owner: Owner, runtime: RuntimeDep
+) -> Response:
     url, expires = runtime.checkpoints.archive_link(owner, run_id, checkpoint_id, _base_url(runtime, request))
     return Response(status_code=302, headers={"Location": url, "Expires": expires})
 

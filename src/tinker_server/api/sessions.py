@@ -11,9 +11,7 @@ router = APIRouter(tags=["sessions"])
 
 
 @router.post("/create_session")
-def create_session(
-    body: wire.CreateSessionRequest, owner: Owner, runtime: RuntimeDep
-) -> wire.CreateSessionResponse:
+def create_session(body: wire.CreateSessionRequest, owner: Owner, runtime: RuntimeDep) -> wire.CreateSessionResponse:
     return runtime.sessions.create(owner, body)
 
 
@@ -25,7 +23,9 @@ def session_heartbeat(
 
 
 @router.get("/sessions")
-def list_sessions(owner: Owner, runtime: RuntimeDep, limit: Limit = 20, offset: Offset = 0) -> wire.ListSessionsResponse:
+def list_sessions(
+    owner: Owner, runtime: RuntimeDep, limit: Limit = 20, offset: Offset = 0
+) -> wire.ListSessionsResponse:
     return runtime.sessions.list_sessions(owner, limit, offset)
 
 

@@ -115,7 +115,9 @@ class ConsoleQueries:
             runs = [_summary(row, counts.get(row.id, 0)) for row in rows]
         return RunsPage(runs=runs, page=Page(offset=offset, limit=limit, total=total))
 
-    def run_detail(self, owner: str, run_id: str, checkpoints_offset: int = 0, checkpoints_limit: int = 20) -> RunDetail:
+    def run_detail(
+        self, owner: str, run_id: str, checkpoints_offset: int = 0, checkpoints_limit: int = 20
+    ) -> RunDetail:
         limit, offset = _bounds(checkpoints_limit, checkpoints_offset)
         with self._db.session() as s:
             run = owned_run(s, run_id, owner)
@@ -250,8 +252,13 @@ class ConsoleQueries:
         """The served base models and the owner's newest sampler checkpoints."""
         with self._db.session() as s:
             rows = s.execute(
-                sa.select(CheckpointRow.tinker_path, CheckpointRow.run_id, CheckpointRow.checkpoint_id,
-                          CheckpointRow.time, TrainingRunRow.base_model)
+                sa.select(
+                    CheckpointRow.tinker_path,
+                    CheckpointRow.run_id,
+                    CheckpointRow.checkpoint_id,
+                    CheckpointRow.time,
+                    TrainingRunRow.base_model,
+                )
                 .join(TrainingRunRow, TrainingRunRow.id == CheckpointRow.run_id)
                 .where(CheckpointRow.owner == owner, CheckpointRow.checkpoint_type == "sampler", not_expired())
                 .order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())
@@ -260,7 +267,11 @@ class ConsoleQueries:
         served = set(self._scheduler.models)
         choices = [
             PlaygroundChoice(
-                tinker_path=path, run_id=run_id, name=checkpoint_id.split("/", 1)[-1], base_model=base, time=as_utc(time)
+                tinker_path=path,
+                run_id=run_id,
+                name=checkpoint_id.split("/", 1)[-1],
+                base_model=base,
+                time=as_utc(time),
             )
             for path, run_id, checkpoint_id, time, base in rows
             if base in served

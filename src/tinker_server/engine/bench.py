@@ -50,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--phases", default="train,forward,sample", help="comma-separated subset")
-    parser.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto",
-                        help="activation checkpointing (auto: for micro-batches over 1024 tokens)")
+    parser.add_argument(
+        "--checkpointing",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="activation checkpointing (auto: for micro-batches over 1024 tokens)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -63,12 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home or pathlib.Path(tempfile.gettempdir()) / "tinker-bench-home"
     import torch
 
-    result: dict[str, object] = {"model": args.model, "dtype": args.dtype, "rank": args.rank,
-                                 "threads": torch.get_num_threads(),
-                                 "microbatch": args.microbatch, "checkpointing": args.checkpointing}
+    result: dict[str, object] = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "rank": args.rank,
+        "threads": torch.get_num_threads(),
+        "microbatch": args.microbatch,
+        "checkpointing": args.checkpointing,
+    }
     start = time.perf_counter()
-    engine = load_engine(args.model, home=home, dtype=args.dtype, max_tokens_per_microbatch=args.microbatch,
-                         activation_checkpointing={"auto": None, "on": True, "off": False}[args.checkpointing])
+    engine = load_engine(
+        args.model,
+        home=home,
+        dtype=args.dtype,
+        max_tokens_per_microbatch=args.microbatch,
+        activation_checkpointing={"auto": None, "on": True, "off": False}[args.checkpointing],
+    )
     result["load_s"] = round(time.perf_counter() - start, 3)
     result["load_source"] = engine.source
     engine.create_adapter("bench", LoraSpec(rank=args.rank, seed=0))
@@ -78,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     data = []
     for _ in range(args.batch):
         tokens = rng.integers(0, vocab, args.seq + 1)
-        data.append(TrainDatum(tokens=tokens[:-1].tolist(),
-                               loss_fn_inputs={"target_tokens": tokens[1:], "weights": np.ones(args.seq, np.float32)}))
+        data.append(
+            TrainDatum(
+                tokens=tokens[:-1].tolist(),
+                loss_fn_inputs={"target_tokens": tokens[1:], "weights": np.ones(args.seq, np.float32)},
+            )
+        )
     label = f"{args.batch}x{args.seq}"
     if "train" in phases:
+
         def step() -> None:
             engine.forward_backward("bench", data, "cross_entropy", None, backward=True)
             engine.optim_step("bench", AdamConfig(learning_rate=1e-4))
@@ -90,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         result[f"train_step_{label}_s"] = round(statistics.median(times), 3)
         result["train_step_all_s"] = [round(t, 3) for t in times]
     if "forward" in phases:
-        times = _timed(lambda: engine.forward_backward("bench", data, "cross_entropy", None, backward=False),
-                       args.repeats)
+        times = _timed(
+            lambda: engine.forward_backward("bench", data, "cross_entropy", None, backward=False), args.repeats
+        )
         result[f"forward_{label}_s"] = round(statistics.median(times), 3)
     if "sample" in phases:
         prompt = rng.integers(0, vocab, 32).tolist()

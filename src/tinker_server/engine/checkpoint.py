@@ -90,8 +90,11 @@ def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
 
 
 def _write_tensors(path: pathlib.Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(path),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()},
+        str(path),
+        metadata={"format": "pt"},
+    )
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
@@ -170,7 +173,7 @@ def _layer_path(key: str) -> tuple[str, str] | None:
     """``base_model.model.X.lora_A.weight`` -> (``X``, ``"A"``); PEFT adapter names tolerated."""
     if not key.startswith(_PREFIX):
         return None
-    body = key[len(_PREFIX):]
+    body = key[len(_PREFIX) :]
     for which in ("A", "B"):
         for suffix in (f".lora_{which}.weight", f".lora_{which}.default.weight"):
             if body.endswith(suffix):
@@ -196,7 +199,9 @@ def read_checkpoint(directory: pathlib.Path, layers: dict[str, LoraLinear], *, o
             raise UserInputError(f"{directory / WEIGHTS_FILE}: unsupported tensor {key!r} (only LoRA A/B weights)")
         path, which = parsed
         if path not in layers:
-            raise UserInputError(f"{directory / WEIGHTS_FILE}: {key!r} targets {path!r}, which this model has no LoRA layer for")
+            raise UserInputError(
+                f"{directory / WEIGHTS_FILE}: {key!r} targets {path!r}, which this model has no LoRA layer for"
+            )
         halves.setdefault(path, {})[which] = value
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for path in layers:  # model order
@@ -204,7 +209,9 @@ def read_checkpoint(directory: pathlib.Path, layers: dict[str, LoraLinear], *, o
             continue
         pair = halves[path]
         if set(pair) != {"A", "B"}:
-            raise UserInputError(f"{directory / WEIGHTS_FILE}: layer {path!r} lacks lora_{'A' if 'A' not in pair else 'B'}")
+            raise UserInputError(
+                f"{directory / WEIGHTS_FILE}: layer {path!r} lacks lora_{'A' if 'A' not in pair else 'B'}"
+            )
         a, b = pair["A"], pair["B"]
         layer = layers[path]
         if tuple(a.shape) != (rank, layer.in_features) or tuple(b.shape) != (layer.out_features, rank):

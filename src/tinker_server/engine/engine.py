@@ -50,15 +50,25 @@ def load_engine(
     if not isinstance(max_tokens_per_microbatch, int) or max_tokens_per_microbatch < 1:
         raise ModelLoadError(f"max_tokens_per_microbatch must be a positive integer, got {max_tokens_per_microbatch!r}")
     base = load_base_model(model_name, home=pathlib.Path(home), device=device, dtype=dtype)
-    return Engine(base, max_tokens_per_microbatch=max_tokens_per_microbatch,
-                  activation_checkpointing=activation_checkpointing, packed_weights=packed_weights)
+    return Engine(
+        base,
+        max_tokens_per_microbatch=max_tokens_per_microbatch,
+        activation_checkpointing=activation_checkpointing,
+        packed_weights=packed_weights,
+    )
 
 
 class Engine:
     """A loaded base model with named adapters. See the package docstring for the API."""
 
-    def __init__(self, base: LoadedBase, *, max_tokens_per_microbatch: int = 2048,
-                 activation_checkpointing: bool | None = None, packed_weights: bool = True) -> None:
+    def __init__(
+        self,
+        base: LoadedBase,
+        *,
+        max_tokens_per_microbatch: int = 2048,
+        activation_checkpointing: bool | None = None,
+        packed_weights: bool = True,
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.info: ModelInfo = base.info
@@ -68,7 +78,9 @@ class Engine:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(base.info.tokenizer_dir))
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load the tokenizer of {base.info.name} from {base.info.tokenizer_dir}: {exc}") from exc
+            raise ModelLoadError(
+                f"cannot load the tokenizer of {base.info.name} from {base.info.tokenizer_dir}: {exc}"
+            ) from exc
         model = base.model
         self._router = lora.Router()
         self._layers = lora.attach_lora(model, self._router)
@@ -184,11 +196,23 @@ class Engine:
                 try:
                     adapter = self._get(adapter_id)
                     if backward and adapter.frozen:
-                        raise UserInputError(f"adapter {adapter_id!r} is a frozen sampler snapshot and cannot be trained")
-                    prepared.append((i, train.prepare_request(
-                        adapter, data, loss_fn, config, backward,
-                        vocab_size=self.info.vocab_size, max_context=self.info.max_context,
-                    )))
+                        raise UserInputError(
+                            f"adapter {adapter_id!r} is a frozen sampler snapshot and cannot be trained"
+                        )
+                    prepared.append(
+                        (
+                            i,
+                            train.prepare_request(
+                                adapter,
+                                data,
+                                loss_fn,
+                                config,
+                                backward,
+                                vocab_size=self.info.vocab_size,
+                                max_context=self.info.max_context,
+                            ),
+                        )
+                    )
                 except EngineError as exc:
                     results[i] = exc
             for i, outcome in self._train(prepared):
@@ -206,8 +230,13 @@ class Engine:
         for p in params:
             p.grad = None
         try:
-            outputs = train.run_requests(self._parts, requests, self.max_tokens_per_microbatch,
-                                         checkpointing=self._checkpointing, checkpoint_above=self._checkpoint_above)
+            outputs = train.run_requests(
+                self._parts,
+                requests,
+                self.max_tokens_per_microbatch,
+                checkpointing=self._checkpointing,
+                checkpoint_above=self._checkpoint_above,
+            )
         except BaseException as exc:
             for p in params:
                 p.grad = stash[id(p)]
@@ -241,8 +270,9 @@ class Engine:
         """Write a PEFT-format checkpoint (plus optimizer state if asked); returns bytes written."""
         with self._lock:
             adapter = self._get(adapter_id)
-            return checkpoint.write_checkpoint(adapter, pathlib.Path(directory), base_model=self.info.name,
-                                               optimizer=optimizer)
+            return checkpoint.write_checkpoint(
+                adapter, pathlib.Path(directory), base_model=self.info.name, optimizer=optimizer
+            )
 
     def load_adapter(self, adapter_id: str, directory: pathlib.Path, *, optimizer: bool) -> LoraSpec:
         """Load a checkpoint into ``adapter_id`` (created if missing).
@@ -262,8 +292,9 @@ class Engine:
             adapter = lora.Adapter(spec=ckpt.spec, scaling=ckpt.scaling, weights=weights)
             if optimizer and ckpt.optim_state is not None:
                 adapter.optim_step = ckpt.optim_step or 0
-                adapter.optim_state = {k: (m.to(self._device), v.to(self._device))
-                                       for k, (m, v) in ckpt.optim_state.items()}
+                adapter.optim_state = {
+                    k: (m.to(self._device), v.to(self._device)) for k, (m, v) in ckpt.optim_state.items()
+                }
             self._adapters[adapter_id] = adapter
             return ckpt.spec
 
@@ -277,9 +308,14 @@ class Engine:
             for i, job in enumerate(jobs):
                 try:
                     adapter = None if job.adapter_id is None else self._get(job.adapter_id)
-                    prepared.append((i, sampling.prepare_job(
-                        job, adapter, vocab_size=self.info.vocab_size, max_context=self.info.max_context
-                    )))
+                    prepared.append(
+                        (
+                            i,
+                            sampling.prepare_job(
+                                job, adapter, vocab_size=self.info.vocab_size, max_context=self.info.max_context
+                            ),
+                        )
+                    )
                 except EngineError as exc:
                     results[i] = exc
             for i, outcome in self._sample(prepared):

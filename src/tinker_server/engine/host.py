@@ -109,8 +109,9 @@ class EngineHost:
         except (EngineError, *COMPUTE_ERRORS) as exc:
             return _as_error(exc, type(command).__name__)
 
-    def _added(self, adapter_id: str, role: str, source: str | None, report: Report,
-               protect: Sequence[str] = ()) -> None:
+    def _added(
+        self, adapter_id: str, role: str, source: str | None, report: Report, protect: Sequence[str] = ()
+    ) -> None:
         nbytes_of: Callable[[str], int] | None = getattr(self.core, "adapter_nbytes", None)
         nbytes = nbytes_of(adapter_id) if nbytes_of is not None and role == "sampler" else 0
         self.residency.added(adapter_id, role, source=source, nbytes=nbytes)

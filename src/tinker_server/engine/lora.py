@@ -78,14 +78,12 @@ def architecture_problem(model: nn.Module) -> str | None:
     for path, module in model.named_modules():
         if isinstance(module, (nn.Linear, LoraLinear)):
             found.add(path.rsplit(".", 1)[-1])
-    missing = [
-        what
-        for what, names in (("attention", ATTN_MODULES), ("MLP", MLP_MODULES))
-        if not found & set(names)
-    ]
+    missing = [what for what, names in (("attention", ATTN_MODULES), ("MLP", MLP_MODULES)) if not found & set(names)]
     if missing:
-        return (f"it has no {' and no '.join(missing)} linear layers LoRA can target "
-                f"(attention: {', '.join(ATTN_MODULES)}; MLP: {', '.join(MLP_MODULES)})")
+        return (
+            f"it has no {' and no '.join(missing)} linear layers LoRA can target "
+            f"(attention: {', '.join(ATTN_MODULES)}; MLP: {', '.join(MLP_MODULES)})"
+        )
     if not isinstance(getattr(model, "lm_head", None), (nn.Linear, LoraLinear)):
         return "it has no linear lm_head"
     return None
@@ -114,7 +112,8 @@ class Adapter:
     # Low-precision copies of the weights for forwards without gradients on a bf16/fp16
     # base: {layer path: (version key, A, B)} (see _compute_copies).
     compute_cache: dict[str, tuple[tuple[object, ...], torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict, repr=False)
+        default_factory=dict, repr=False
+    )
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Parameters under their PEFT key names, in a fixed order."""
@@ -228,8 +227,9 @@ class LoraLinear(nn.Module):
         return f"path={self.path!r}, in={self.in_features}, out={self.out_features}"
 
 
-def _compute_copies(adapter: Adapter, path: str, a: torch.Tensor, b: torch.Tensor,
-                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _compute_copies(
+    adapter: Adapter, path: str, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``A`` and ``B`` in ``dtype`` for one layer's products (themselves when already in it).
 
     With autograd on, a fresh cast (part of the graph). Without (sampling, forward-only

@@ -75,8 +75,9 @@ class LossFn:
     config: Mapping[str, ConfigValue]
     per_datum: bool = False
 
-    def __call__(self, lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue],
-                 segments: Segments) -> Tensor:
+    def __call__(
+        self, lp: Tensor, inputs: Mapping[str, Tensor], cfg: Mapping[str, ConfigValue], segments: Segments
+    ) -> Tensor:
         """The loss of the flat batch ``lp`` whose datums ``segments`` delimits."""
         if self.per_datum:
             return self.compute(lp, inputs, cfg, segments)  # type: ignore[call-arg]

@@ -111,9 +111,11 @@ def supported_architectures() -> str:
     """The sentence naming what :func:`check_architecture` accepts."""
     from .lora import ATTN_MODULES, MLP_MODULES, TESTED_ARCHITECTURES
 
-    return (f"supported architectures: {', '.join(TESTED_ARCHITECTURES)}, and other causal LMs whose "
-            f"attention ({'/'.join(ATTN_MODULES)}) and MLP ({'/'.join(MLP_MODULES)}) layers are linear "
-            f"layers with those names")
+    return (
+        f"supported architectures: {', '.join(TESTED_ARCHITECTURES)}, and other causal LMs whose "
+        f"attention ({'/'.join(ATTN_MODULES)}) and MLP ({'/'.join(MLP_MODULES)}) layers are linear "
+        f"layers with those names"
+    )
 
 
 def _arch_name(config: Any) -> str:
@@ -171,8 +173,9 @@ def _quiet_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _from_pretrained(path: str | pathlib.Path, torch_dtype: torch.dtype, *, what: str = "",
-                     **kwargs: Any) -> PreTrainedModel:
+def _from_pretrained(
+    path: str | pathlib.Path, torch_dtype: torch.dtype, *, what: str = "", **kwargs: Any
+) -> PreTrainedModel:
     """Load a causal LM with SDPA attention, or eager where the architecture has no SDPA
     path (Gemma 2: its attention logit softcapping)."""
     from transformers import AutoModelForCausalLM

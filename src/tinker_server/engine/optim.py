@@ -26,6 +26,7 @@ from .rules import UNSUPPORTED_OPTIMIZERS, check_adam
 
 __all__ = ["UNSUPPORTED_OPTIMIZERS", "adamw_step", "validate_adam"]
 
+
 def validate_adam(cfg: AdamConfig) -> None:
     check_adam(cfg)  # the rule is the engine's one, in .rules
 

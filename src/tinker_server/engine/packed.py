@@ -107,7 +107,9 @@ def pack_weights(weights: list[torch.Tensor], *, max_share_of_free_memory: float
     if free is not None and need > max_share_of_free_memory * free:
         log.warning(
             "not packing %.2f GB of base weights for oneDNN: only %.2f GB of memory is available "
-            "(sampling runs on the plain, slower path)", need / 1e9, free / 1e9,
+            "(sampling runs on the plain, slower path)",
+            need / 1e9,
+            free / 1e9,
         )
         return [None] * len(weights)
     return [pack_weight(w) for w in weights]

@@ -164,8 +164,11 @@ class ProcessEngine:
             except subprocess.TimeoutExpired:
                 code = None
         self._discard()
-        how = f"exit code {code}" if code is not None and code >= 0 else (
-            f"killed by signal {-code}" if code is not None else "stopped answering")
+        how = (
+            f"exit code {code}"
+            if code is not None and code >= 0
+            else (f"killed by signal {-code}" if code is not None else "stopped answering")
+        )
         return WorkerLost(
             f"the engine worker of {self.spec.model_name} stopped ({how}) while {doing}; the adapters it held "
             "are gone and a new worker starts with the next request"

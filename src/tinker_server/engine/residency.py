@@ -76,8 +76,13 @@ class Residency:
                     break
                 if adapter_id in protect:
                     continue
-                out.append((adapter_id, f"a newer sampler of training run {source} replaced it "
-                                        f"(the {limits.snapshots_per_source} newest are kept)"))
+                out.append(
+                    (
+                        adapter_id,
+                        f"a newer sampler of training run {source} replaced it "
+                        f"(the {limits.snapshots_per_source} newest are kept)",
+                    )
+                )
                 extra -= 1
         for adapter_id, _ in out:
             del self._samplers[adapter_id]
@@ -85,8 +90,7 @@ class Residency:
         while len(self._samplers) > limits.max_samplers and candidates:
             victim = candidates.pop(0)
             del self._samplers[victim]
-            out.append((victim, f"it was the least recently used of the {limits.max_samplers} samplers "
-                                "kept in memory"))
+            out.append((victim, f"it was the least recently used of the {limits.max_samplers} samplers kept in memory"))
         if limits.max_sampler_bytes is not None:
             while sum(s.nbytes for s in self._samplers.values()) > limits.max_sampler_bytes and candidates:
                 victim = candidates.pop(0)

@@ -85,7 +85,10 @@ LOSS_SIGNATURES: dict[str, LossSignature] = {
         LossSignature("cispo", required=_RL, optional=_CLIP, config={_CLIP[0]: 0.0, _CLIP[1]: 4.0}),
         LossSignature("dro", required=_RL, config={"beta": 0.05}),
         LossSignature(
-            "gspo", required=_RL, optional=("sequence_ratio_mask",), config={_CLIP[0]: 0.8, _CLIP[1]: 1.2},
+            "gspo",
+            required=_RL,
+            optional=("sequence_ratio_mask",),
+            config={_CLIP[0]: 0.8, _CLIP[1]: 1.2},
             per_datum=True,
         ),
     )
@@ -156,7 +159,9 @@ def resolve_config(loss: LossSignature, config: Mapping[str, ConfigValue] | None
     if _CLIP[0] in merged:
         low, high = float(merged[_CLIP[0]]), float(merged[_CLIP[1]])
         if low > high:
-            raise UserInputError(f"loss_fn_config clip_low_threshold ({low}) is greater than clip_high_threshold ({high})")
+            raise UserInputError(
+                f"loss_fn_config clip_low_threshold ({low}) is greater than clip_high_threshold ({high})"
+            )
     return merged
 
 

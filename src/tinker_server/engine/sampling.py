@@ -180,8 +180,9 @@ def _layer_class() -> type:
             self.key_buffer: torch.Tensor | None = None
             self.value_buffer: torch.Tensor | None = None
 
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             length = self.get_seq_length()
@@ -259,8 +260,10 @@ def _prefill(
             use_cache=True,
         ).last_hidden_state  # (J, Pmax, H)
         last = parts.logits(hidden[:, -1:])[:, 0]  # (J, V)
-    outputs = [_prompt_outputs(parts, job, hidden[j, width - lengths[j] :], ids[j, width - lengths[j] :])
-               for j, job in enumerate(jobs)]
+    outputs = [
+        _prompt_outputs(parts, job, hidden[j, width - lengths[j] :], ids[j, width - lengths[j] :])
+        for j, job in enumerate(jobs)
+    ]
     return cache, valid, last, outputs
 
 
@@ -368,8 +371,9 @@ def _sliding_layout(config: object) -> tuple[int | None, bool]:
     return window, not all(sliding)
 
 
-def _attention_mask(parts: ModelParts, mask: torch.Tensor,
-                    dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
+def _attention_mask(
+    parts: ModelParts, mask: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor]:
     """(R, 1, Q, L) bool mask (True: query may attend to key; the Q queries are the last
     Q key positions) -> what the decoder takes: in the form its attention implementation
     wants (bool for sdpa, additive float for eager), restricted to the sliding window
@@ -452,7 +456,9 @@ def choose_tokens(
     return tokens, logp.gather(1, tokens[:, None])[:, 0]
 
 
-def _stopped_by_string(tokenizer: PreTrainedTokenizerBase, tokens: list[int], stops: tuple[str, ...], window: int) -> bool:
+def _stopped_by_string(
+    tokenizer: PreTrainedTokenizerBase, tokens: list[int], stops: tuple[str, ...], window: int
+) -> bool:
     text = str(tokenizer.decode(tokens[-window:], skip_special_tokens=False, clean_up_tokenization_spaces=False))
     return any(s in text for s in stops)
 
@@ -466,8 +472,12 @@ def kv_bytes_per_token(parts: ModelParts) -> int:
     return int(2 * config.num_hidden_layers * heads * head_dim * itemsize)
 
 
-def run_jobs(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[PreparedJob],
-             max_kv_bytes: int = MAX_KV_CACHE_BYTES) -> list[SampleOutput]:
+def run_jobs(
+    parts: ModelParts,
+    tokenizer: PreTrainedTokenizerBase,
+    jobs: list[PreparedJob],
+    max_kv_bytes: int = MAX_KV_CACHE_BYTES,
+) -> list[SampleOutput]:
     """Sample every job. One :class:`SampleOutput` per job, sequences in sample order.
 
     Rows decode together as long as their key/value caches fit in ``max_kv_bytes``
@@ -484,16 +494,21 @@ def run_jobs(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[P
         step = max(1, budget // per_row)
         for start in range(0, job.num_samples, step):
             first = start == 0
-            pieces.append((j, replace(
-                job,
-                num_samples=min(step, job.num_samples - start),
-                seeds=job.seeds[start : start + step],
-                first_sample=job.first_sample + start,
-                prompt_logprobs=job.prompt_logprobs and first,
-                topk_prompt_logprobs=job.topk_prompt_logprobs if first else 0,
-                target_prompt_logprobs=job.target_prompt_logprobs if first else None,
-                prompt_alt_tokens_k=job.prompt_alt_tokens_k if first else 0,
-            )))
+            pieces.append(
+                (
+                    j,
+                    replace(
+                        job,
+                        num_samples=min(step, job.num_samples - start),
+                        seeds=job.seeds[start : start + step],
+                        first_sample=job.first_sample + start,
+                        prompt_logprobs=job.prompt_logprobs and first,
+                        topk_prompt_logprobs=job.topk_prompt_logprobs if first else 0,
+                        target_prompt_logprobs=job.target_prompt_logprobs if first else None,
+                        prompt_alt_tokens_k=job.prompt_alt_tokens_k if first else 0,
+                    ),
+                )
+            )
     batches: list[list[tuple[int, PreparedJob]]] = [[]]
     used = 0
     for piece in pieces:
@@ -518,8 +533,12 @@ def _run_batch(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list
     with torch.no_grad():
         cache, valid, last_logits, prompt_outputs = _prefill(parts, jobs)
         rows = [
-            _Row(job=j, generator=torch.Generator().manual_seed(seed), position=len(job.prompt),
-                 sample=job.first_sample + i)
+            _Row(
+                job=j,
+                generator=torch.Generator().manual_seed(seed),
+                position=len(job.prompt),
+                sample=job.first_sample + i,
+            )
             for j, job in enumerate(jobs)
             for i, seed in enumerate(job.seeds)
         ]
@@ -531,19 +550,37 @@ def _run_batch(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list
     outputs = []
     for j, job in enumerate(jobs):
         seqs = [
-            SampledSequence(tokens=r.tokens, logprobs=r.logprobs, stop_reason=r.stop_reason or "length",  # type: ignore[arg-type]
-                            topk_logprobs=r.topk if job.topk_sample_logprobs else None)
+            SampledSequence(
+                tokens=r.tokens,
+                logprobs=r.logprobs,
+                stop_reason=r.stop_reason or "length",  # type: ignore[arg-type]
+                topk_logprobs=r.topk if job.topk_sample_logprobs else None,
+            )
             for r in rows
             if r.job == j
         ]
         prompt = prompt_outputs[j]
-        outputs.append(SampleOutput(sequences=seqs, prompt_logprobs=prompt.logprobs, topk_prompt_logprobs=prompt.topk,
-                                    target_prompt_logprobs=prompt.targets, prompt_alt_tokens=prompt.alt))
+        outputs.append(
+            SampleOutput(
+                sequences=seqs,
+                prompt_logprobs=prompt.logprobs,
+                topk_prompt_logprobs=prompt.topk,
+                target_prompt_logprobs=prompt.targets,
+                prompt_alt_tokens=prompt.alt,
+            )
+        )
     return outputs
 
 
-def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[PreparedJob], rows: list[_Row],
-            cache: DynamicCache, valid: torch.Tensor, last_logits: torch.Tensor) -> None:
+def _decode(
+    parts: ModelParts,
+    tokenizer: PreTrainedTokenizerBase,
+    jobs: list[PreparedJob],
+    rows: list[_Row],
+    cache: DynamicCache,
+    valid: torch.Tensor,
+    last_logits: torch.Tensor,
+) -> None:
     """Decode every row; ``cache``/``valid``/``last_logits`` hold one row per job (from :func:`_prefill`)."""
     device = parts.device
     per_row_job = torch.tensor([row.job for row in rows], dtype=torch.long, device=device)
@@ -610,9 +647,14 @@ def _decode(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list[Pr
 
 def _notify(job: PreparedJob, row: _Row) -> None:
     """Tell ``job.on_token`` of the token ``row`` just appended; a sink that raises is dropped."""
-    event = TokenEvent(sample=row.sample, position=len(row.tokens) - 1, token=row.tokens[-1],
-                       logprob=row.logprobs[-1], topk=row.topk[-1] if job.topk_sample_logprobs else None,
-                       stop_reason=row.stop_reason)  # type: ignore[arg-type]
+    event = TokenEvent(
+        sample=row.sample,
+        position=len(row.tokens) - 1,
+        token=row.tokens[-1],
+        logprob=row.logprobs[-1],
+        topk=row.topk[-1] if job.topk_sample_logprobs else None,
+        stop_reason=row.stop_reason,
+    )  # type: ignore[arg-type]
     try:
         job.on_token(event)  # type: ignore[misc]
     except Exception:  # noqa: BLE001 - a broken listener must not fail the batch

@@ -78,7 +78,11 @@ def prepare_request(
         data, loss_fn, loss_fn_config, backward=backward, vocab_size=vocab_size, max_context=max_context
     )
     rows = [
-        Row(torch.from_numpy(r.tokens), torch.from_numpy(r.targets), {k: torch.from_numpy(v) for k, v in r.inputs.items()})
+        Row(
+            torch.from_numpy(r.tokens),
+            torch.from_numpy(r.targets),
+            {k: torch.from_numpy(v) for k, v in r.inputs.items()},
+        )
         for r in checked
     ]
     return PreparedRequest(adapter, LOSSES[signature.name], config, bool(backward), rows, logprobs=[None] * len(rows))
@@ -110,8 +114,9 @@ def _head_blocks(lengths: Sequence[int]) -> list[tuple[int, int, int, int]]:
     b = 0
     while b < len(lengths):
         if lengths[b] >= HEAD_BLOCK_TOKENS:
-            blocks.extend((b, b + 1, s, min(lengths[b], s + HEAD_BLOCK_TOKENS))
-                          for s in range(0, lengths[b], HEAD_BLOCK_TOKENS))
+            blocks.extend(
+                (b, b + 1, s, min(lengths[b], s + HEAD_BLOCK_TOKENS)) for s in range(0, lengths[b], HEAD_BLOCK_TOKENS)
+            )
             b += 1
             continue
         end, width = b + 1, lengths[b]
@@ -123,8 +128,13 @@ def _head_blocks(lengths: Sequence[int]) -> list[tuple[int, int, int, int]]:
     return blocks
 
 
-def target_logprobs(parts: ModelParts, tokens: torch.Tensor, targets: torch.Tensor,
-                    lengths: Sequence[int], row_adapters: Sequence[Adapter | None]) -> list[torch.Tensor]:
+def target_logprobs(
+    parts: ModelParts,
+    tokens: torch.Tensor,
+    targets: torch.Tensor,
+    lengths: Sequence[int],
+    row_adapters: Sequence[Adapter | None],
+) -> list[torch.Tensor]:
     """``tokens``, ``targets``: (B, T) int64, right-padded -> per row (lengths[b],) float32
     ``log p(target | prefix)``.
 
@@ -171,9 +181,14 @@ class LayerCheckpointing:
             layer.forward = forward  # instance attribute: module paths stay unchanged
 
 
-def _run_microbatch(parts: ModelParts, requests: list[PreparedRequest],
-                    batch: list[tuple[int, int, Row]], grad: bool,
-                    checkpointing: LayerCheckpointing | None, checkpoint_above: int | None) -> None:
+def _run_microbatch(
+    parts: ModelParts,
+    requests: list[PreparedRequest],
+    batch: list[tuple[int, int, Row]],
+    grad: bool,
+    checkpointing: LayerCheckpointing | None,
+    checkpoint_above: int | None,
+) -> None:
     device = parts.device
     width = max(row.length for _, _, row in batch)
     if checkpointing is not None:
@@ -198,8 +213,10 @@ def _run_microbatch(parts: ModelParts, requests: list[PreparedRequest],
             req = requests[r]
             pieces = [lp[i] for i in positions]
             flat = torch.cat(pieces)
-            inputs = {key: torch.cat([batch[i][2].inputs[key] for i in positions]).to(device)
-                      for key in batch[positions[0]][2].inputs}
+            inputs = {
+                key: torch.cat([batch[i][2].inputs[key] for i in positions]).to(device)
+                for key in batch[positions[0]][2].inputs
+            }
             segments = Segments.from_lengths([int(p.shape[0]) for p in pieces], device)
             value = req.loss(flat, inputs, req.config, segments)
             number = float(value.detach())
@@ -218,9 +235,14 @@ def _run_microbatch(parts: ModelParts, requests: list[PreparedRequest],
             total.backward()  # type: ignore[no-untyped-call]
 
 
-def run_requests(parts: ModelParts, requests: list[PreparedRequest], max_tokens_per_microbatch: int, *,
-                 checkpointing: LayerCheckpointing | None = None,
-                 checkpoint_above: int | None = None) -> list[TrainOutput]:
+def run_requests(
+    parts: ModelParts,
+    requests: list[PreparedRequest],
+    max_tokens_per_microbatch: int,
+    *,
+    checkpointing: LayerCheckpointing | None = None,
+    checkpoint_above: int | None = None,
+) -> list[TrainOutput]:
     """Run every request's rows through the model; backward where asked.
 
     Rows needing gradients and forward-only rows are batched separately (the

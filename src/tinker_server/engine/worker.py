@@ -55,6 +55,7 @@ def _streaming(commands: list[Any], streaming: list[int], conn: Connection) -> l
     for index in streaming:
         command = out[index]
         if isinstance(command, Sample):
+
             def sink(event: Any, index: int = index) -> None:
                 conn.send(("token", (index, event)))
 

@@ -132,8 +132,9 @@ class Generation:
                 self._take(choice, delta, seq.tokens[position], seq.logprobs[position], top)
             self._finish(choice, delta, seq.stop_reason)
 
-    def _take(self, choice: Choice, delta: Delta, token: int, logprob: float,
-              top: list[tuple[int, float]] | None) -> None:
+    def _take(
+        self, choice: Choice, delta: Delta, token: int, logprob: float, top: list[tuple[int, float]] | None
+    ) -> None:
         offset = choice.text.offset
         text = choice.text.push(token)
         choice.tokens += 1

@@ -30,8 +30,16 @@ def refuse_unsupported(req: w.CompletionRequest | w.ChatCompletionRequest) -> No
         raise InvalidRequest("logit_bias is not supported by this server", param="logit_bias")
 
 
-def decoding_of(req: w.CompletionRequest | w.ChatCompletionRequest, n: int, max_tokens: int | None, limit_name: str,
-                hidden: frozenset[int], *, logprobs: bool, top: int) -> Decoding:
+def decoding_of(
+    req: w.CompletionRequest | w.ChatCompletionRequest,
+    n: int,
+    max_tokens: int | None,
+    limit_name: str,
+    hidden: frozenset[int],
+    *,
+    logprobs: bool,
+    top: int,
+) -> Decoding:
     """What the request's jobs share; ``max_tokens`` as the caller named it (``limit_name``)."""
     if max_tokens is not None and max_tokens < 1:
         raise InvalidRequest(f"{limit_name} must be at least 1, got {max_tokens}", param=limit_name)
@@ -57,9 +65,15 @@ def renamed(message: str, names: Names) -> InvalidRequest:
         return InvalidRequest(message, param=names.max_tokens)
     renamed = {"num_samples": "n", "topk_sample_logprobs": names.logprobs, "max_tokens": names.max_tokens}
     if field in renamed:
-        return InvalidRequest(renamed[field] + message[len(field):], param=renamed[field])
-    params = {"prompt": names.prompt, "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-              "seed": "seed", "stop": "stop"}
+        return InvalidRequest(renamed[field] + message[len(field) :], param=renamed[field])
+    params = {
+        "prompt": names.prompt,
+        "temperature": "temperature",
+        "top_p": "top_p",
+        "top_k": "top_k",
+        "seed": "seed",
+        "stop": "stop",
+    }
     return InvalidRequest(message, param=params.get(field))
 
 
@@ -84,8 +98,10 @@ def chat_messages(messages: list[w.ChatMessage]) -> list[dict[str, str]]:
         if isinstance(content, list):
             for j, part in enumerate(content):
                 if part.type != "text" or part.text is None:
-                    raise InvalidRequest(f"messages[{i}].content[{j}]: only text parts are supported, got {part.type!r}",
-                                         param="messages")
+                    raise InvalidRequest(
+                        f"messages[{i}].content[{j}]: only text parts are supported, got {part.type!r}",
+                        param="messages",
+                    )
             content = "\n".join(part.text or "" for part in content)
         out.append({"role": message.role, "content": content or ""})
     return out

@@ -74,14 +74,18 @@ class OaiService:
 
     def list_models(self, owner: str) -> w.ModelList:
         """The served base models, then the caller's sampler checkpoints, oldest first."""
-        cards = [w.ModelCard(id=m, created=self._created, owned_by=BASE_MODEL_OWNER) for m in self._ctx.scheduler.models]
+        cards = [
+            w.ModelCard(id=m, created=self._created, owned_by=BASE_MODEL_OWNER) for m in self._ctx.scheduler.models
+        ]
         with self._ctx.db.session() as s:
             rows = s.scalars(
                 sa.select(CheckpointRow)
                 .where(CheckpointRow.owner == owner, CheckpointRow.checkpoint_type == "sampler", not_expired())
                 .order_by(CheckpointRow.time, CheckpointRow.pk)
             ).all()
-            cards += [w.ModelCard(id=r.tinker_path, created=int(as_utc(r.time).timestamp()), owned_by=owner) for r in rows]
+            cards += [
+                w.ModelCard(id=r.tinker_path, created=int(as_utc(r.time).timestamp()), owned_by=owner) for r in rows
+            ]
         return w.ModelList(data=cards)
 
     def get_model(self, owner: str, model: str) -> w.ModelCard:
@@ -119,7 +123,9 @@ class OaiService:
             run, row = self._readable(s, ref, model, owner)
             base_model, saved = run.base_model, as_utc(row.time).isoformat()
         if base_model not in self._ctx.scheduler.models:
-            raise InvalidRequest(f"{model} was trained on {base_model}, which this server does not serve", param="model")
+            raise InvalidRequest(
+                f"{model} was trained on {base_model}, which this server does not serve", param="model"
+            )
         adapter_id = f"oai:{ref.tinker_path}@{saved}"
         directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
         return _Target(base_model, adapter_id, directory)
@@ -146,7 +152,9 @@ class OaiService:
         if req.echo:
             raise InvalidRequest("echo is not supported by this server: it returns generated text only", param="echo")
         if req.best_of is not None and req.best_of != n:
-            raise InvalidRequest("best_of is not supported by this server; leave it unset or equal to n", param="best_of")
+            raise InvalidRequest(
+                "best_of is not supported by this server; leave it unset or equal to n", param="best_of"
+            )
         if req.suffix:
             raise InvalidRequest("suffix is not supported by this server", param="suffix")
         target = self._target(owner, req.model)
@@ -154,19 +162,34 @@ class OaiService:
         prompts = await asyncio.to_thread(completion_prompts, tokenizer, req.prompt)
         hidden = frozenset() if req.ignore_eos or tokenizer.eos_id is None else frozenset({tokenizer.eos_id})
         max_tokens = COMPLETION_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-        decoding = decoding_of(req, n, max_tokens, "max_tokens", hidden, logprobs=req.logprobs is not None,
-                               top=req.logprobs or 0)
+        decoding = decoding_of(
+            req, n, max_tokens, "max_tokens", hidden, logprobs=req.logprobs is not None, top=req.logprobs or 0
+        )
         names = Names(prompt="prompt", max_tokens="max_tokens", logprobs="logprobs")
         flight = self._start(target, tokenizer, prompts, decoding, names, stream=bool(req.stream))
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
 
         def chunk(deltas: list[Delta]) -> list[w.Completion]:
-            return [w.Completion(id=rid, created=created, model=req.model, choices=[
-                w.CompletionChoice(index=d.choice.index, text=d.text, finish_reason=d.finish_reason,  # type: ignore[arg-type]
-                                   logprobs=_completion_logprobs(tokenizer, d.entries, decoding))])
-                for d in deltas if d.text or d.entries or d.finish_reason]
+            return [
+                w.Completion(
+                    id=rid,
+                    created=created,
+                    model=req.model,
+                    choices=[
+                        w.CompletionChoice(
+                            index=d.choice.index,
+                            text=d.text,
+                            finish_reason=d.finish_reason,  # type: ignore[arg-type]
+                            logprobs=_completion_logprobs(tokenizer, d.entries, decoding),
+                        )
+                    ],
+                )
+                for d in deltas
+                if d.text or d.entries or d.finish_reason
+            ]
 
         if req.stream:
+
             def usage_chunk(gen: Generation) -> w.Completion:
                 return w.Completion(id=rid, created=created, model=req.model, choices=[], usage=_usage(gen))
 
@@ -174,24 +197,33 @@ class OaiService:
             return flight.stream([], chunk, usage_chunk if include_usage else None)
 
         def whole(gen: Generation) -> w.Completion:
-            choices = [w.CompletionChoice(index=c.index, text=c.full_text, finish_reason=c.finish_reason,  # type: ignore[arg-type]
-                                          logprobs=_completion_logprobs(tokenizer, c.entries, decoding))
-                       for c in gen.choices]
+            choices = [
+                w.CompletionChoice(
+                    index=c.index,
+                    text=c.full_text,
+                    finish_reason=c.finish_reason,  # type: ignore[arg-type]
+                    logprobs=_completion_logprobs(tokenizer, c.entries, decoding),
+                )
+                for c in gen.choices
+            ]
             return w.Completion(id=rid, created=created, model=req.model, choices=choices, usage=_usage(gen))
 
         return await flight.result(whole)
 
     # -- chat completions --------------------------------------------------------------------
 
-    async def chat(self, owner: str, req: w.ChatCompletionRequest) -> w.ChatCompletion | AsyncIterator[w.ChatCompletionChunk]:
+    async def chat(
+        self, owner: str, req: w.ChatCompletionRequest
+    ) -> w.ChatCompletion | AsyncIterator[w.ChatCompletionChunk]:
         n = 1 if req.n is None else req.n
         refuse_unsupported(req)
         if req.tools:
             raise InvalidRequest("tools (function calling) are not supported by this server", param="tools")
         kind = (req.response_format or {}).get("type", "text")
         if kind != "text":
-            raise InvalidRequest(f"response_format {kind!r} is not supported by this server; only 'text' is",
-                                 param="response_format")
+            raise InvalidRequest(
+                f"response_format {kind!r} is not supported by this server; only 'text' is", param="response_format"
+            )
         if req.top_logprobs is not None and not req.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
         messages = chat_messages(req.messages)
@@ -201,8 +233,9 @@ class OaiService:
         hidden = frozenset(t for t in (tokenizer.end_of_turn_id, tokenizer.eos_id) if t is not None)
         limit_name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        decoding = decoding_of(req, n, max_tokens, limit_name, hidden, logprobs=bool(req.logprobs),
-                               top=req.top_logprobs or 0)
+        decoding = decoding_of(
+            req, n, max_tokens, limit_name, hidden, logprobs=bool(req.logprobs), top=req.top_logprobs or 0
+        )
         names = Names(prompt="messages", max_tokens=limit_name, logprobs="top_logprobs")
         flight = self._start(target, tokenizer, [prompt], decoding, names, stream=bool(req.stream))
         rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
@@ -211,43 +244,89 @@ class OaiService:
             return w.ChatLogprobs(content=_chat_logprobs(tokenizer, entries)) if decoding.logprobs else None
 
         if req.stream:
+
             def chunk(deltas: list[Delta]) -> list[w.ChatCompletionChunk]:
-                return [w.ChatCompletionChunk(id=rid, created=created, model=req.model, choices=[
-                    w.ChatChunkChoice(index=d.choice.index, delta=w.ChatDelta(content=d.text or None),
-                                      logprobs=logprobs(d.entries), finish_reason=d.finish_reason)])  # type: ignore[arg-type]
-                    for d in deltas if d.text or d.entries or d.finish_reason]
+                return [
+                    w.ChatCompletionChunk(
+                        id=rid,
+                        created=created,
+                        model=req.model,
+                        choices=[
+                            w.ChatChunkChoice(
+                                index=d.choice.index,
+                                delta=w.ChatDelta(content=d.text or None),
+                                logprobs=logprobs(d.entries),
+                                finish_reason=d.finish_reason,
+                            )
+                        ],
+                    )  # type: ignore[arg-type]
+                    for d in deltas
+                    if d.text or d.entries or d.finish_reason
+                ]
 
             def usage_chunk(gen: Generation) -> w.ChatCompletionChunk:
                 return w.ChatCompletionChunk(id=rid, created=created, model=req.model, choices=[], usage=_usage(gen))
 
-            opening = [w.ChatCompletionChunk(id=rid, created=created, model=req.model, choices=[
-                w.ChatChunkChoice(index=i, delta=w.ChatDelta(role="assistant", content=""))]) for i in range(n)]
+            opening = [
+                w.ChatCompletionChunk(
+                    id=rid,
+                    created=created,
+                    model=req.model,
+                    choices=[w.ChatChunkChoice(index=i, delta=w.ChatDelta(role="assistant", content=""))],
+                )
+                for i in range(n)
+            ]
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return flight.stream(opening, chunk, usage_chunk if include_usage else None)
 
         def whole(gen: Generation) -> w.ChatCompletion:
-            choices = [w.ChatChoice(index=c.index, message=w.ChatReply(content=c.full_text),
-                                    logprobs=logprobs(c.entries), finish_reason=c.finish_reason)  # type: ignore[arg-type]
-                       for c in gen.choices]
+            choices = [
+                w.ChatChoice(
+                    index=c.index,
+                    message=w.ChatReply(content=c.full_text),
+                    logprobs=logprobs(c.entries),
+                    finish_reason=c.finish_reason,
+                )  # type: ignore[arg-type]
+                for c in gen.choices
+            ]
             return w.ChatCompletion(id=rid, created=created, model=req.model, choices=choices, usage=_usage(gen))
 
         return await flight.result(whole)
 
     # -- submitting --------------------------------------------------------------------------
 
-    def _start(self, target: _Target, tokenizer: Tokenizer, prompts: list[list[int]], decoding: Decoding,
-               names: Names, *, stream: bool) -> _Flight:
+    def _start(
+        self,
+        target: _Target,
+        tokenizer: Tokenizer,
+        prompts: list[list[int]],
+        decoding: Decoding,
+        names: Names,
+        *,
+        stream: bool,
+    ) -> _Flight:
         """Check every job by the engine's rules, then queue them all on the base model's worker."""
         worker = self._ctx.scheduler.worker(target.base_model)
         info = worker.model_info()  # loaded: the tokenizer came from it
         limit = self._ctx.settings.max_pending_samples
         if len(prompts) > limit:
-            raise InvalidRequest(f"prompt holds {len(prompts)} prompts; at most {limit} per request", param=names.prompt)
+            raise InvalidRequest(
+                f"prompt holds {len(prompts)} prompts; at most {limit} per request", param=names.prompt
+            )
         jobs = [
-            SampleJob(adapter_id=target.adapter_id, prompt=prompt, num_samples=decoding.n,
-                      max_tokens=decoding.max_tokens, temperature=decoding.temperature, top_k=decoding.top_k,
-                      top_p=decoding.top_p, seed=decoding.seed, stop_strings=list(decoding.stops),
-                      stop_token_ids=sorted(decoding.hidden), topk_sample_logprobs=decoding.top)
+            SampleJob(
+                adapter_id=target.adapter_id,
+                prompt=prompt,
+                num_samples=decoding.n,
+                max_tokens=decoding.max_tokens,
+                temperature=decoding.temperature,
+                top_k=decoding.top_k,
+                top_p=decoding.top_p,
+                seed=decoding.seed,
+                stop_strings=list(decoding.stops),
+                stop_token_ids=sorted(decoding.hidden),
+                topk_sample_logprobs=decoding.top,
+            )
             for prompt in prompts
         ]
         for job in jobs:
@@ -305,8 +384,9 @@ class _Flight:
 
         return await asyncio.to_thread(build)
 
-    async def stream(self, opening: list[Any], render: Callable[[list[Delta]], list[Any]],
-                     usage: Callable[[Generation], Any] | None) -> AsyncIterator[Any]:
+    async def stream(
+        self, opening: list[Any], render: Callable[[list[Delta]], list[Any]], usage: Callable[[Generation], Any] | None
+    ) -> AsyncIterator[Any]:
         """Chunks as tokens arrive: each wait takes every item queued meanwhile, so a busy
         server sends fewer, larger chunks."""
         assert self._queue is not None
