@@ -137,11 +137,15 @@ def show_where_to_look(run_id: str, *, base_url: str | None, home: Path) -> None
     console.print("\nLook at the run afterwards:")
     if base_url is None:
         serve = f"{tinker_cli} serve --home {home.expanduser().resolve()}"
-        console.print(f"  [bold]{serve}[/bold]   # in another terminal: a server on this home at 127.0.0.1:8000", soft_wrap=True)
+        console.print(
+            f"  [bold]{serve}[/bold]   # in another terminal: a server on this home at 127.0.0.1:8000", soft_wrap=True
+        )
     console.print(f"  [bold]{tinker_cli} run list{options}[/bold]", soft_wrap=True)
     console.print(f"  [bold]{tinker_cli} checkpoint list --run-id {run_id}{options}[/bold]", soft_wrap=True)
     key_hint = "" if "TINKER_API_KEY" in os.environ else f" (key {DEMO_API_KEY})"
-    console.print(f"  {(base_url or 'http://127.0.0.1:8000').rstrip('/')}/console{key_hint}   # the web console", soft_wrap=True)
+    console.print(
+        f"  {(base_url or 'http://127.0.0.1:8000').rstrip('/')}/console{key_hint}   # the web console", soft_wrap=True
+    )
 
 
 def main() -> None:
