@@ -30,8 +30,9 @@ from tinker_server.engine import DEFAULT_MODEL, AdamConfig, LoraSpec, TrainDatum
 
 def cpu_bf16_features() -> str:
     try:
-        flags = next(line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags")).split()
+        flags = next(
+            line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+        ).split()
     except (OSError, StopIteration):
         return "unknown"
     wanted = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
@@ -40,8 +41,11 @@ def cpu_bf16_features() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=pathlib.Path,
-                        default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker")))
+    parser.add_argument(
+        "--home",
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker")),
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
@@ -71,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     losses = {}
     for dtype, engine in engines.items():
         engine.create_adapter("bench", LoraSpec(rank=args.rank, seed=0, train_unembed=True))
-        losses[dtype] = engine.forward_backward("bench", data, "cross_entropy", None, backward=False).metrics["loss:sum"]
+        losses[dtype] = engine.forward_backward("bench", data, "cross_entropy", None, backward=False).metrics[
+            "loss:sum"
+        ]
         step(dtype)  # warm-up
     times: dict[str, list[float]] = {dtype: [] for dtype in engines}
     for _ in range(args.steps):
@@ -79,14 +85,19 @@ def main(argv: list[str] | None = None) -> int:
             times[dtype].append(step(dtype))
 
     print("\n".join(machine_info("cpu", load_before)))
-    print(f"cpu bf16: {cpu_bf16_features()}; oneDNN bf16 supported: "
-          f"{bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}")
-    print(f"model   : {args.model}, LoRA r{args.rank} on all linear layers, {args.batch} x {args.seq} tokens, "
-          f"forward_backward + optim_step; {args.steps} alternating steps per dtype after a warm-up")
+    print(
+        f"cpu bf16: {cpu_bf16_features()}; oneDNN bf16 supported: {bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}"
+    )
+    print(
+        f"model   : {args.model}, LoRA r{args.rank} on all linear layers, {args.batch} x {args.seq} tokens, "
+        f"forward_backward + optim_step; {args.steps} alternating steps per dtype after a warm-up"
+    )
     med = {dtype: statistics.median(t) for dtype, t in times.items()}
     for dtype, t in times.items():
-        print(f"  {dtype:9s} median {med[dtype]:.3f} s  (steps: {' '.join(f'{x:.2f}' for x in t)}); "
-              f"packed layers {engines[dtype].packed_layers}; initial loss/token {losses[dtype] / len(data) / args.seq:.4f}")
+        print(
+            f"  {dtype:9s} median {med[dtype]:.3f} s  (steps: {' '.join(f'{x:.2f}' for x in t)}); "
+            f"packed layers {engines[dtype].packed_layers}; initial loss/token {losses[dtype] / len(data) / args.seq:.4f}"
+        )
     print(f"  ratio fp32 / bf16 step time: {med['float32'] / med['bfloat16']:.2f} (> 1: bf16 faster)")
     return 0
 

@@ -76,16 +76,37 @@ def build(db: Database, runs: int, checkpoints: int, steps: int) -> tuple[str, s
         session_id = f"{i // 10:08x}-0000-4000-8000-000000000000"
         if i % 10 == 0:
             sessions.append(
-                dict(id=session_id, owner=owner, tags=[], user_metadata=None, sdk_version="0.38.0",
-                     created_at=start + dt.timedelta(minutes=i), last_heartbeat=start + dt.timedelta(minutes=i + 5),
-                     expired=i % 20 == 0, display_name=None, project_id=None, finished_reason=None)
+                dict(
+                    id=session_id,
+                    owner=owner,
+                    tags=[],
+                    user_metadata=None,
+                    sdk_version="0.38.0",
+                    created_at=start + dt.timedelta(minutes=i),
+                    last_heartbeat=start + dt.timedelta(minutes=i + 5),
+                    expired=i % 20 == 0,
+                    display_name=None,
+                    project_id=None,
+                    finished_reason=None,
+                )
             )
         run_rows.append(
-            dict(id=f"{session_id}:train:{i % 10}", owner=owner, session_id=session_id, model_seq_id=i % 10,
-                 base_model=MODEL, lora_rank=32, lora_config={"rank": 32}, user_metadata=None,
-                 created_at=start + dt.timedelta(minutes=i), last_request_time=start + dt.timedelta(minutes=i + 3),
-                 corrupted=False, optimizer_config=None, last_seq_id=2 * steps,
-                 unloaded_reason=None if i % 3 else "the server restarted")
+            dict(
+                id=f"{session_id}:train:{i % 10}",
+                owner=owner,
+                session_id=session_id,
+                model_seq_id=i % 10,
+                base_model=MODEL,
+                lora_rank=32,
+                lora_config={"rank": 32},
+                user_metadata=None,
+                created_at=start + dt.timedelta(minutes=i),
+                last_request_time=start + dt.timedelta(minutes=i + 3),
+                corrupted=False,
+                optimizer_config=None,
+                last_seq_id=2 * steps,
+                unloaded_reason=None if i % 3 else "the server restarted",
+            )
         )
     long_run = run_rows[-1]["id"]
     ckpt_rows = []
@@ -94,19 +115,48 @@ def build(db: Database, runs: int, checkpoints: int, steps: int) -> tuple[str, s
         kind = KINDS[j % 3]
         name = f"ckpt-{j:06d}"
         ckpt_rows.append(
-            dict(run_id=run["id"], owner=owner, checkpoint_id=f"{DIRS[kind]}/{name}", checkpoint_type=kind,
-                 time=start + dt.timedelta(seconds=j), tinker_path=f"tinker://{run['id']}/{DIRS[kind]}/{name}",
-                 size_bytes=1_000_000 + j, public=j % 17 == 0, expires_at=None, user_metadata=None)
+            dict(
+                run_id=run["id"],
+                owner=owner,
+                checkpoint_id=f"{DIRS[kind]}/{name}",
+                checkpoint_type=kind,
+                time=start + dt.timedelta(seconds=j),
+                tinker_path=f"tinker://{run['id']}/{DIRS[kind]}/{name}",
+                size_bytes=1_000_000 + j,
+                public=j % 17 == 0,
+                expires_at=None,
+                user_metadata=None,
+            )
         )
     samplers, activity = [], []
     for i in range(0, runs, 10):
         run = run_rows[i]
         sampler_id = f"{run['session_id']}:sample:{i}"
-        samplers.append(dict(id=sampler_id, owner=owner, session_id=run["session_id"], base_model=MODEL,
-                             model_path=None, has_adapter=True, source_run_id=run["id"],
-                             created_at=start, unloaded_reason=None))
-        activity.append(dict(sampler_id=sampler_id, owner=owner, run_id=run["id"], requests=100, sequences=800,
-                             tokens=51200, first_time=start, last_time=start))
+        samplers.append(
+            dict(
+                id=sampler_id,
+                owner=owner,
+                session_id=run["session_id"],
+                base_model=MODEL,
+                model_path=None,
+                has_adapter=True,
+                source_run_id=run["id"],
+                created_at=start,
+                unloaded_reason=None,
+            )
+        )
+        activity.append(
+            dict(
+                sampler_id=sampler_id,
+                owner=owner,
+                run_id=run["id"],
+                requests=100,
+                sequences=800,
+                tokens=51200,
+                first_time=start,
+                last_time=start,
+            )
+        )
     with db.engine.begin() as conn:
         conn.execute(sa.insert(SessionRow), sessions)
         conn.execute(sa.insert(TrainingRunRow), run_rows)
@@ -117,11 +167,22 @@ def build(db: Database, runs: int, checkpoints: int, steps: int) -> tuple[str, s
     def metric_rows(run_id: str, n_steps: int, names: list[tuple[str, str]]) -> Any:
         for step in range(1, n_steps + 1):
             for kind, name in names:
-                yield dict(run_id=run_id, step=step, seq_id=2 * step, time=start, kind=kind, name=name,
-                           value=1.0 / step + 0.001 * len(name))
+                yield dict(
+                    run_id=run_id,
+                    step=step,
+                    seq_id=2 * step,
+                    time=start,
+                    kind=kind,
+                    name=name,
+                    value=1.0 / step + 0.001 * len(name),
+                )
 
-    typical = [("forward_backward", "loss:sum"), ("optim_step", "step:max"),
-               ("optim_step", "learning_rate:mean"), ("optim_step", "grad_norm:mean")]
+    typical = [
+        ("forward_backward", "loss:sum"),
+        ("optim_step", "step:max"),
+        ("optim_step", "learning_rate:mean"),
+        ("optim_step", "grad_norm:mean"),
+    ]
     batch: list[dict[str, Any]] = []
     with db.engine.begin() as conn:
         for run in run_rows[:-1]:
@@ -178,9 +239,20 @@ def recording(db: Database, rounds: int) -> list[tuple[str, float, float]]:
     run_id = db_run = "bench-record:train:0"
     with db.session() as s:
         now = dt.datetime.now(dt.timezone.utc)
-        s.add(TrainingRunRow(id=db_run, owner="o", session_id="bench-record", model_seq_id=0, base_model=MODEL,
-                             lora_rank=8, lora_config={"rank": 8}, user_metadata=None, created_at=now,
-                             last_request_time=now))
+        s.add(
+            TrainingRunRow(
+                id=db_run,
+                owner="o",
+                session_id="bench-record",
+                model_seq_id=0,
+                base_model=MODEL,
+                lora_rank=8,
+                lora_config={"rank": 8},
+                user_metadata=None,
+                created_at=now,
+                last_request_time=now,
+            )
+        )
     fb = wire.TrainResult("cross_entropy", [{"logprobs": np.zeros(128, np.float32)}], {"loss:sum": 1.5})
     optim = {"metrics": {"step:max": 1.0, "learning_rate:mean": 1e-4, "grad_norm:mean": 0.5}, "type": "optim_step"}
     times: dict[tuple[str, bool], list[float]] = {}
@@ -218,10 +290,14 @@ def main() -> None:
         with db.engine.connect() as conn:
             metric_rows = conn.execute(sa.select(sa.func.count()).select_from(RunMetricRow)).scalar()
         size = os.path.getsize(home / "tinker.db") / 2**20
-        print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, Python {platform.python_version()}, "
-              f"SQLite {sa.__version__ and __import__('sqlite3').sqlite_version}")
-        print(f"database: {args.runs} runs, {args.checkpoints} checkpoints, {metric_rows} metric rows, "
-              f"{size:.0f} MiB, built in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"machine: {cpu_model()}, {os.cpu_count()} logical cores, Python {platform.python_version()}, "
+            f"SQLite {sa.__version__ and __import__('sqlite3').sqlite_version}"
+        )
+        print(
+            f"database: {args.runs} runs, {args.checkpoints} checkpoints, {metric_rows} metric rows, "
+            f"{size:.0f} MiB, built in {time.perf_counter() - t0:.1f} s"
+        )
 
         def no_engine(name: str) -> Any:
             raise RuntimeError("the console benchmark loads no model")

@@ -130,7 +130,11 @@ def main() -> None:
     server, url = start_server(home, env)
     try:
         path, folder_size = padded_checkpoint(url, home, args.size_mb)
-        results: dict[str, list[float]] = {"plain GET": [], "CLI download + extract": [], "tinker checkpoint download": []}
+        results: dict[str, list[float]] = {
+            "plain GET": [],
+            "CLI download + extract": [],
+            "tinker checkpoint download": [],
+        }
         archive_size = 0
         for _ in range(args.rounds):
             dest = work / "plain.tar"
@@ -149,7 +153,19 @@ def main() -> None:
             out = work / "out"
             start = time.perf_counter()
             proc = subprocess.run(
-                [sys.executable, "-m", "tinker.cli", "-f", "json", "checkpoint", "download", path, "-o", str(out), "--force"],
+                [
+                    sys.executable,
+                    "-m",
+                    "tinker.cli",
+                    "-f",
+                    "json",
+                    "checkpoint",
+                    "download",
+                    path,
+                    "-o",
+                    str(out),
+                    "--force",
+                ],
                 env={**env, "TINKER_BASE_URL": url, "TINKER_API_KEY": API_KEY},
                 capture_output=True,
                 text=True,
@@ -166,8 +182,10 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     base = archive_size / statistics.median(results["plain GET"])
-    print(f"checkpoint archive: {archive_size / 2**20:.1f} MiB ({folder_size / 2**20:.1f} MiB of files), "
-          f"loopback, {args.rounds} rounds, median")
+    print(
+        f"checkpoint archive: {archive_size / 2**20:.1f} MiB ({folder_size / 2**20:.1f} MiB of files), "
+        f"loopback, {args.rounds} rounds, median"
+    )
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     print()
     print(f"{'path':<30}{'median s':>9}{'MiB/s':>9}{'x plain':>9}")
@@ -175,7 +193,9 @@ def main() -> None:
         median = statistics.median(values)
         rate = archive_size / median
         print(f"{name:<30}{median:>9.3f}{rate / 2**20:>9.1f}{rate / base:>9.2f}")
-    fixed = statistics.median(results["tinker checkpoint download"]) - statistics.median(results["CLI download + extract"])
+    fixed = statistics.median(results["tinker checkpoint download"]) - statistics.median(
+        results["CLI download + extract"]
+    )
     print()
     print(f"fixed cost of the command (start-up, imports, session, signed URL): {fixed:.3f} s")
 

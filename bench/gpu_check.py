@@ -52,12 +52,21 @@ from tinker_server.engine.engine import Engine
 H200_BF16_DENSE_TFLOPS = 989.0
 DRY_RUN = "dry-run-tiny"
 # A small Llama for --dry-run on CPU: the same code path in seconds.
-RANDOM_CONFIGS.setdefault(DRY_RUN, {
-    "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-    "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-})
+RANDOM_CONFIGS.setdefault(
+    DRY_RUN,
+    {
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    },
+)
 
 
 def train_flops(model: torch.nn.Module, engine: Engine, adapter: str, batch: int, seq: int) -> dict[str, float]:
@@ -67,8 +76,13 @@ def train_flops(model: torch.nn.Module, engine: Engine, adapter: str, batch: int
     n_lora = sum(p.numel() for p in engine._adapters[adapter].parameters())
     attention = 6 * config.num_hidden_layers * batch * seq**2 * config.hidden_size
     n_all = sum(p.numel() for p in model.parameters())
-    return {"model": 4 * n_lin * tokens + 6 * n_lora * tokens + attention, "6nd": 6 * n_all * tokens,
-            "n_linear": n_lin, "n_lora": n_lora, "n_params": n_all}
+    return {
+        "model": 4 * n_lin * tokens + 6 * n_lora * tokens + attention,
+        "6nd": 6 * n_all * tokens,
+        "n_linear": n_lin,
+        "n_lora": n_lora,
+        "n_params": n_all,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
     else:
         if not torch.cuda.is_available():
-            print("gpu_check: no CUDA device is available (torch.cuda.is_available() is False); this check needs "
-                  "a GPU. Use --dry-run to exercise the code path on CPU.", file=sys.stderr)
+            print(
+                "gpu_check: no CUDA device is available (torch.cuda.is_available() is False); this check needs "
+                "a GPU. Use --dry-run to exercise the code path on CPU.",
+                file=sys.stderr,
+            )
             return 2
         device, name = "cuda", "llama-1b"
     load_before = __import__("os").getloadavg()
@@ -101,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     model = base.model
     attn = getattr(model.config, "_attn_implementation", None)
     plain = copy.deepcopy(model)  # unwrapped copy for HF generate (the engine wraps its model in place)
-    engine = Engine(base, max_tokens_per_microbatch=args.batch * args.seq,
-                    activation_checkpointing=args.checkpointing, packed_weights=False)
+    engine = Engine(
+        base,
+        max_tokens_per_microbatch=args.batch * args.seq,
+        activation_checkpointing=args.checkpointing,
+        packed_weights=False,
+    )
     engine.create_adapter("lora", LoraSpec(rank=args.rank, seed=0, train_unembed=True))
     with torch.no_grad():  # a non-zero B, so the adapter computes something in sampling
         for _, b in engine._adapters["lora"].weights.values():
@@ -142,17 +163,29 @@ def main(argv: list[str] | None = None) -> int:
         "dry_run": args.dry_run,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "torch": torch.__version__,
-        "model": f"random {name}", "dtype": "bfloat16", "attn_implementation": attn,
-        "params": flops["n_params"], "build_s": round(build_s, 2),
+        "model": f"random {name}",
+        "dtype": "bfloat16",
+        "attn_implementation": attn,
+        "params": flops["n_params"],
+        "build_s": round(build_s, 2),
         "train": {
-            "batch": args.batch, "seq": args.seq, "rank": args.rank, "checkpointing": args.checkpointing,
-            "step_s": round(t_train, 4), "tokens_per_s": round(tokens / t_train, 1), "loss_per_token": loss / tokens,
-            "model_flops_per_step": flops["model"], "peak_tflops_assumed": args.peak_tflops,
-            "mfu": flops["model"] / t_train / peak, "mfu_6nd": flops["6nd"] / t_train / peak,
+            "batch": args.batch,
+            "seq": args.seq,
+            "rank": args.rank,
+            "checkpointing": args.checkpointing,
+            "step_s": round(t_train, 4),
+            "tokens_per_s": round(tokens / t_train, 1),
+            "loss_per_token": loss / tokens,
+            "model_flops_per_step": flops["model"],
+            "peak_tflops_assumed": args.peak_tflops,
+            "mfu": flops["model"] / t_train / peak,
+            "mfu_6nd": flops["6nd"] / t_train / peak,
             "peak_memory_gib": None if peak_mem is None else round(peak_mem, 2),
         },
         "sampling": {
-            "prompts": args.prompts, "new_tokens": new, "mode": "greedy",
+            "prompts": args.prompts,
+            "new_tokens": new,
+            "mode": "greedy",
             "engine_base_tokens_per_s": round(total_new / t_base, 1),
             "engine_tokens_per_s": round(total_new / t_lora, 1),
             "hf_tokens_per_s": round(total_new / t_hf, 1),

@@ -44,8 +44,9 @@ def served_tokenizer(url: str, directory: pathlib.Path) -> Any:
     import httpx
     from transformers import AutoTokenizer
 
-    answer = httpx.post(f"{url}/api/v1/tokenizer_files", json={"tokenizer_id": DEFAULT_MODEL},
-                        headers={"X-API-Key": KEY}, timeout=300)
+    answer = httpx.post(
+        f"{url}/api/v1/tokenizer_files", json={"tokenizer_id": DEFAULT_MODEL}, headers={"X-API-Key": KEY}, timeout=300
+    )
     answer.raise_for_status()
     directory.mkdir(parents=True, exist_ok=True)
     for name, text in answer.json()["files"].items():
@@ -60,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     from tinker import types
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=pathlib.Path,
-                        default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker")))
+    parser.add_argument(
+        "--home",
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker")),
+    )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
@@ -78,13 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         params = types.SamplingParams(max_tokens=new, temperature=0.0)
 
         def tinker_round() -> list[str]:
-            futures = [sampler.sample(types.ModelInput.from_ints(p), num_samples=1, sampling_params=params)
-                       for p in prompts]
+            futures = [
+                sampler.sample(types.ModelInput.from_ints(p), num_samples=1, sampling_params=params) for p in prompts
+            ]
             return [tokenizer.decode(f.result().sequences[0].tokens) for f in futures]
 
         def complete(prompt: str | list[str]) -> list[str]:
-            out = client.completions.create(model=DEFAULT_MODEL, prompt=prompt, max_tokens=new, temperature=0,
-                                            extra_body={"ignore_eos": True})
+            out = client.completions.create(
+                model=DEFAULT_MODEL, prompt=prompt, max_tokens=new, temperature=0, extra_body={"ignore_eos": True}
+            )
             assert all(c.finish_reason == "length" for c in out.choices)
             assert out.usage is not None and out.usage.completion_tokens == new * len(out.choices)
             return [c.text for c in out.choices]
@@ -118,17 +124,20 @@ def main(argv: list[str] | None = None) -> int:
 
     median = {name: statistics.median(values) for name, values in times.items()}
     print("\n".join(machine_info("cpu", load_before)))
-    print(f"model   : {DEFAULT_MODEL}, float32, cpu; {len(PROMPTS)} prompts x {new} new tokens, greedy, "
-          f"8 concurrent requests; median of {args.rounds} alternating rounds after a warm-up")
+    print(
+        f"model   : {DEFAULT_MODEL}, float32, cpu; {len(PROMPTS)} prompts x {new} new tokens, greedy, "
+        f"8 concurrent requests; median of {args.rounds} alternating rounds after a warm-up"
+    )
     print()
     print(f"    {'':52s} {'seconds':>8s} {'x Tinker':>9s}")
-    rows = [("Tinker sample (our SDK), 8 requests", "tinker"),
-            ("OpenAI completions (openai client), 8 requests", "oai"),
-            ("OpenAI completions, 1 request with 8 prompts", "oai-batch")]
+    rows = [
+        ("Tinker sample (our SDK), 8 requests", "tinker"),
+        ("OpenAI completions (openai client), 8 requests", "oai"),
+        ("OpenAI completions, 1 request with 8 prompts", "oai-batch"),
+    ]
     for what, name in rows:
         print(f"    {what:52s} {median[name]:8.3f} {median[name] / median['tinker']:9.2f}")
-    print(f"\nratio OpenAI / Tinker: {median['oai'] / median['tinker']:.3f} (target <= 1.10); "
-          f"identical texts: {same}")
+    print(f"\nratio OpenAI / Tinker: {median['oai'] / median['tinker']:.3f} (target <= 1.10); identical texts: {same}")
     print("rounds (s): " + "; ".join(f"{k} " + " ".join(f"{v:.2f}" for v in vs) for k, vs in times.items()))
     return 0
 

@@ -49,7 +49,6 @@ WORKER = Path(__file__).resolve().parent / "official_client_worker.py"
 DEFAULT_CLIENTS = ["0.38=.venv-compat38/bin/python", "0.5.1=.venv-compat/bin/python"]
 
 
-
 @dataclass
 class Result:
     """Step times (seconds) and losses of one client's alternating run."""
@@ -91,7 +90,9 @@ def direct_step(engine: eng.Engine, adapter: str, rows: Rows, rank: int) -> Call
     """A fresh adapter (seed 0) in ``engine``; the returned step gives its loss:sum."""
     engine.create_adapter(adapter, eng.LoraSpec(rank=rank, seed=0))
     data = [
-        eng.TrainDatum(tokens=t, loss_fn_inputs={"target_tokens": np.array(y), "weights": np.array(w, dtype=np.float32)})
+        eng.TrainDatum(
+            tokens=t, loss_fn_inputs={"target_tokens": np.array(y), "weights": np.array(w, dtype=np.float32)}
+        )
         for t, y, w in rows
     ]
     engine.forward_backward(adapter, data, "cross_entropy", None, backward=False)  # warm-up
@@ -196,13 +197,19 @@ def report(results: list[Result], args: argparse.Namespace, load_before: float) 
         print(f"official tinker {r.version} ({r.client}):")
         for name, times in (("direct engine", r.direct), ("client+HTTP+server", r.api)):
             print(f"  {name:18s}: total {sum(times):7.2f} s, median step {statistics.median(times) * 1000:6.0f} ms")
-        print(f"  overhead ratio: total {sum(r.api) / sum(r.direct):.3f}, "
-              f"median {statistics.median(r.api) / statistics.median(r.direct):.3f}  (target <= 1.10)")
-        print(f"  CPU seconds per step (median): direct {statistics.median(r.direct_cpu):.2f}; API: server "
-              f"{statistics.median(r.server_cpu):.2f} + client {statistics.median(r.client_cpu):.2f}")
+        print(
+            f"  overhead ratio: total {sum(r.api) / sum(r.direct):.3f}, "
+            f"median {statistics.median(r.api) / statistics.median(r.direct):.3f}  (target <= 1.10)"
+        )
+        print(
+            f"  CPU seconds per step (median): direct {statistics.median(r.direct_cpu):.2f}; API: server "
+            f"{statistics.median(r.server_cpu):.2f} + client {statistics.median(r.client_cpu):.2f}"
+        )
         diff = max(abs(a - d) / abs(d) for a, d in zip(r.api_loss, r.direct_loss, strict=True))
-        print(f"  loss:sum {r.direct_loss[0]:.3f} -> {r.direct_loss[-1]:.3f}; "
-              f"largest relative difference API vs direct {diff:.1e}")
+        print(
+            f"  loss:sum {r.direct_loss[0]:.3f} -> {r.direct_loss[-1]:.3f}; "
+            f"largest relative difference API vs direct {diff:.1e}"
+        )
 
 
 def main() -> None:
@@ -219,8 +226,10 @@ def main() -> None:
     clients = args.client or DEFAULT_CLIENTS
     for spec in clients:
         if "=" not in spec or not (ROOT / spec.split("=", 1)[1]).exists():
-            raise SystemExit(f"--client {spec}: expected NAME=PYTHON of an existing virtualenv "
-                             "(make .venv-compat38/.installed .venv-compat/.installed builds the default ones)")
+            raise SystemExit(
+                f"--client {spec}: expected NAME=PYTHON of an existing virtualenv "
+                "(make .venv-compat38/.installed .venv-compat/.installed builds the default ones)"
+            )
 
     load_before = os.getloadavg()[0]
     torch.set_num_threads(args.threads)

@@ -74,10 +74,18 @@ PROMPTS = [
 
 RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
     # The shape of meta-llama/Llama-3.2-1B (1.24 B parameters with tied embeddings).
-    "llama-1b": {"vocab_size": 128256, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                 "num_attention_heads": 32, "num_key_value_heads": 8, "max_position_embeddings": 8192,
-                 "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
-                 "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}},
+    "llama-1b": {
+        "vocab_size": 128256,
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": True,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0},
+    },
 }
 
 
@@ -96,8 +104,13 @@ def random_base(name: str, home: pathlib.Path, device: str, dtype: str) -> Loade
     model.requires_grad_(False)
     # any tokenizer works: prompts are random ids; it only decodes stop strings
     tok_dir = ensure_tiny_tokenizer(model_cache_dir(home, TINY_MODEL) / "tokenizer")
-    info = ModelInfo(name=f"random/{name}", arch="llama", vocab_size=config.vocab_size,
-                     max_context=config.max_position_embeddings, tokenizer_dir=tok_dir)
+    info = ModelInfo(
+        name=f"random/{name}",
+        arch="llama",
+        vocab_size=config.vocab_size,
+        max_context=config.max_position_embeddings,
+        tokenizer_dir=tok_dir,
+    )
     return LoadedBase(model=model, info=info, source="random", load_seconds=time.perf_counter() - start)
 
 
@@ -131,8 +144,10 @@ def machine_info(device: str, load: tuple[float, float, float]) -> list[str]:
         pass
     lines = [
         f"machine : {cpu}, {os.cpu_count()} logical cores, {platform.platform()}",
-        (f"python  : {platform.python_version()}, torch {torch.__version__}, "
-         f"transformers {__import__('transformers').__version__}, torch threads {torch.get_num_threads()}"),
+        (
+            f"python  : {platform.python_version()}, torch {torch.__version__}, "
+            f"transformers {__import__('transformers').__version__}, torch threads {torch.get_num_threads()}"
+        ),
     ]
     if device.startswith("cuda") and torch.cuda.is_available():
         lines.append(f"gpu     : {torch.cuda.get_device_name(0)}")
@@ -145,10 +160,13 @@ def machine_info(device: str, load: tuple[float, float, float]) -> list[str]:
 # -- the contenders ------------------------------------------------------------------------
 
 
-def engine_generate(engine: Engine, prompts: list[list[int]], new: int, adapter: str | None, greedy: bool,
-                    seed: int) -> list[list[int]]:
-    jobs = [SampleJob(adapter, p, num_samples=1, max_tokens=new, temperature=0.0 if greedy else 1.0, seed=seed + i)
-            for i, p in enumerate(prompts)]
+def engine_generate(
+    engine: Engine, prompts: list[list[int]], new: int, adapter: str | None, greedy: bool, seed: int
+) -> list[list[int]]:
+    jobs = [
+        SampleJob(adapter, p, num_samples=1, max_tokens=new, temperature=0.0 if greedy else 1.0, seed=seed + i)
+        for i, p in enumerate(prompts)
+    ]
     out = engine.sample(jobs)
     for o in out:
         if isinstance(o, Exception):
@@ -163,20 +181,25 @@ def left_pad(prompts: list[list[int]], pad: int, device: str) -> tuple[torch.Ten
     return ids, mask
 
 
-def hf_generate(model: Any, prompts: list[list[int]], new: int, pad: int, greedy: bool, seed: int,
-                device: str) -> list[list[int]]:
+def hf_generate(
+    model: Any, prompts: list[list[int]], new: int, pad: int, greedy: bool, seed: int, device: str
+) -> list[list[int]]:
     from transformers import GenerationConfig
 
     ids, mask = left_pad(prompts, pad, device)
     torch.manual_seed(seed)
     # eos_token_id=[]: like our sampler here, HF neither stops at EOS nor masks it out
     # (min_new_tokens would suppress EOS and change greedy continuations).
-    config = GenerationConfig(max_new_tokens=new, eos_token_id=[], pad_token_id=pad, use_cache=True,
-                              **({"do_sample": False} if greedy else
-                                 {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}))
+    config = GenerationConfig(
+        max_new_tokens=new,
+        eos_token_id=[],
+        pad_token_id=pad,
+        use_cache=True,
+        **({"do_sample": False} if greedy else {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0}),
+    )
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    return [row[ids.shape[1]:].tolist() for row in out]
+    return [row[ids.shape[1] :].tolist() for row in out]
 
 
 def engine_prompt_logprobs(engine: Engine, prompts: list[list[int]], adapter: str | None) -> list[Any]:
@@ -186,8 +209,9 @@ def engine_prompt_logprobs(engine: Engine, prompts: list[list[int]], adapter: st
 
 
 def engine_forward(engine: Engine, rows: list[list[int]], adapter: str) -> Any:
-    data = [TrainDatum(tokens=r[:-1], loss_fn_inputs={"target_tokens": np.asarray(r[1:], dtype=np.int64)})
-            for r in rows]
+    data = [
+        TrainDatum(tokens=r[:-1], loss_fn_inputs={"target_tokens": np.asarray(r[1:], dtype=np.int64)}) for r in rows
+    ]
     return engine.forward_backward(adapter, data, "cross_entropy", None, backward=False)
 
 
@@ -203,8 +227,11 @@ def plain_forward(model: Any, rows: list[list[int]], device: str) -> torch.Tenso
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=pathlib.Path,
-                        default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker")))
+    parser.add_argument(
+        "--home",
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker")),
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--random-config", choices=sorted(RANDOM_CONFIGS), default=None)
     parser.add_argument("--dtype", default="float32")
@@ -217,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--profile", action="store_true", help="cProfile one engine sampling call")
-    parser.add_argument("--plain-weights", action="store_true",
-                        help="engine without oneDNN-packed base weights (the server's packed_weights=false)")
+    parser.add_argument(
+        "--plain-weights",
+        action="store_true",
+        help="engine without oneDNN-packed base weights (the server's packed_weights=false)",
+    )
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     if args.threads:
@@ -253,9 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     t_base, eng_tokens = timed(lambda: engine_generate(engine, prompts, new, None, greedy, 1), args.repeats, device)
     t_lora, _ = timed(lambda: engine_generate(engine, prompts, new, "bench", greedy, 1), args.repeats, device)
     t_hf, hf_tokens = timed(lambda: hf_generate(plain, prompts, new, pad, greedy, 1, device), args.repeats, device)
-    rows += [("engine sampler, base model", t_base, total_new / t_base),
-             (f"engine sampler, LoRA r{args.rank} all layers", t_lora, total_new / t_lora),
-             ("HF generate (plain model, batched, KV cache)", t_hf, total_new / t_hf)]
+    rows += [
+        ("engine sampler, base model", t_base, total_new / t_base),
+        (f"engine sampler, LoRA r{args.rank} all layers", t_lora, total_new / t_lora),
+        ("HF generate (plain model, batched, KV cache)", t_hf, total_new / t_hf),
+    ]
     assert all(len(t) == new for t in eng_tokens) and all(len(t) == new for t in hf_tokens)
     same = sum(a == b for a, b in zip(eng_tokens, hf_tokens))
 
@@ -266,17 +298,25 @@ def main(argv: list[str] | None = None) -> int:
     t_clp_lora, _ = timed(lambda: engine_prompt_logprobs(engine, lp_prompts, "bench"), args.repeats, device)
     t_fwd, _ = timed(lambda: engine_forward(engine, lp_rows, "bench"), args.repeats, device)
     t_plain, ref = timed(lambda: plain_forward(plain, lp_rows, device), args.repeats, device)
-    lp_diff = max(float(np.abs(np.asarray(c[1:], dtype=np.float64) - ref[i, : args.logprob_tokens - 1].double().cpu().numpy()).max())
-                  for i, c in enumerate(clp))
-    lp_rows_out = [("engine compute_logprobs path, base model", t_clp, total_lp / t_clp),
-                   (f"engine compute_logprobs path, LoRA r{args.rank}", t_clp_lora, total_lp / t_clp_lora),
-                   (f"engine forward (training path), LoRA r{args.rank}", t_fwd, total_lp / t_fwd),
-                   ("plain model forward + log_softmax, no_grad", t_plain, total_lp / t_plain)]
+    lp_diff = max(
+        float(
+            np.abs(np.asarray(c[1:], dtype=np.float64) - ref[i, : args.logprob_tokens - 1].double().cpu().numpy()).max()
+        )
+        for i, c in enumerate(clp)
+    )
+    lp_rows_out = [
+        ("engine compute_logprobs path, base model", t_clp, total_lp / t_clp),
+        (f"engine compute_logprobs path, LoRA r{args.rank}", t_clp_lora, total_lp / t_clp_lora),
+        (f"engine forward (training path), LoRA r{args.rank}", t_fwd, total_lp / t_fwd),
+        ("plain model forward + log_softmax, no_grad", t_plain, total_lp / t_plain),
+    ]
 
     name = f"random {args.random_config}" if args.random_config else args.model
     print("\n".join(machine_info(device, load_before)))
-    print(f"model   : {name} ({n_params / 1e6:.0f} M parameters), {args.dtype}, {device}; loaded in {load_s:.1f} s "
-          f"({base.source}); median of {args.repeats} after a warm-up")
+    print(
+        f"model   : {name} ({n_params / 1e6:.0f} M parameters), {args.dtype}, {device}; loaded in {load_s:.1f} s "
+        f"({base.source}); median of {args.repeats} after a warm-up"
+    )
     print(f"engine  : {engine.packed_layers} of {len(engine._layers)} linear layers with packed weights")
     print()
     print(f"(a) generation: {args.prompts} prompts x {new} new tokens, {args.mode}")
@@ -291,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    {'':50s} {'seconds':>8s} {'tokens/s':>9s}")
     for what, secs, tps in lp_rows_out:
         print(f"    {what:50s} {secs:8.3f} {tps:9.1f}")
-    print(f"    ratio compute_logprobs/plain tokens/s: {t_plain / t_clp:.2f}; "
-          f"max |engine - plain| logprob: {lp_diff:.1e}")
+    print(
+        f"    ratio compute_logprobs/plain tokens/s: {t_plain / t_clp:.2f}; max |engine - plain| logprob: {lp_diff:.1e}"
+    )
 
     if args.profile:
         prof = cProfile.Profile()

@@ -31,18 +31,22 @@ from tinker_server.engine.models import load_base_model
 from tinker_server.launch import background_server
 
 
-def api_median(home: pathlib.Path, prompts: list[list[int]], new: int, repeats: int,
-               env: dict[str, str]) -> tuple[float, list[list[int]]]:
+def api_median(
+    home: pathlib.Path, prompts: list[list[int]], new: int, repeats: int, env: dict[str, str]
+) -> tuple[float, list[list[int]]]:
     import tinker
     from tinker import types
 
     with background_server(home, [DEFAULT_MODEL], env=env) as url:
-        sampler = tinker.ServiceClient(api_key="tml-bench", base_url=url).create_sampling_client(base_model=DEFAULT_MODEL)
+        sampler = tinker.ServiceClient(api_key="tml-bench", base_url=url).create_sampling_client(
+            base_model=DEFAULT_MODEL
+        )
         params = types.SamplingParams(max_tokens=new, temperature=0.0)
 
         def once() -> list[list[int]]:
-            futures = [sampler.sample(types.ModelInput.from_ints(p), num_samples=1, sampling_params=params)
-                       for p in prompts]
+            futures = [
+                sampler.sample(types.ModelInput.from_ints(p), num_samples=1, sampling_params=params) for p in prompts
+            ]
             return [list(f.result().sequences[0].tokens) for f in futures]
 
         tokens = once()  # warm-up (loads the model)
@@ -56,8 +60,11 @@ def api_median(home: pathlib.Path, prompts: list[list[int]], new: int, repeats: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=pathlib.Path,
-                        default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker")))
+    parser.add_argument(
+        "--home",
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker")),
+    )
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
@@ -86,14 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     t_engine = min(t_before, t_after)
 
     print("\n".join(machine_info("cpu", load_before)))
-    print(f"model   : {DEFAULT_MODEL}, float32, cpu; {len(prompts)} prompts x {new} new tokens, greedy; "
-          f"median of {args.repeats} after a warm-up")
+    print(
+        f"model   : {DEFAULT_MODEL}, float32, cpu; {len(prompts)} prompts x {new} new tokens, greedy; "
+        f"median of {args.repeats} after a warm-up"
+    )
     print()
     print(f"engine medians before / after the servers: {t_before:.3f} / {t_after:.3f} s")
     print(f"    {'':58s} {'seconds':>8s} {'x engine':>9s} {'same tokens':>12s}")
-    rows = [("engine, one in-process call (faster median)", t_engine, engine_tokens),
-            ("API, 8 concurrent SDK requests (default window)", t_window, window_tokens),
-            ("API, 8 concurrent SDK requests, sample_batch_window_s=0", t_none, none_tokens)]
+    rows = [
+        ("engine, one in-process call (faster median)", t_engine, engine_tokens),
+        ("API, 8 concurrent SDK requests (default window)", t_window, window_tokens),
+        ("API, 8 concurrent SDK requests, sample_batch_window_s=0", t_none, none_tokens),
+    ]
     for what, secs, tokens in rows:
         print(f"    {what:58s} {secs:8.3f} {secs / t_engine:9.2f} {tokens == engine_tokens!s:>12s}")
     return 0

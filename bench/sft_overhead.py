@@ -43,7 +43,9 @@ def batch(vocab: int, n: int, length: int, seed: int = 0) -> Rows:
 def direct_step(engine: eng.Engine, rows: Rows, rank: int) -> Callable[[], None]:
     engine.create_adapter("bench", eng.LoraSpec(rank=rank, seed=0))
     data = [
-        eng.TrainDatum(tokens=t, loss_fn_inputs={"target_tokens": np.array(y), "weights": np.array(w, dtype=np.float32)})
+        eng.TrainDatum(
+            tokens=t, loss_fn_inputs={"target_tokens": np.array(y), "weights": np.array(w, dtype=np.float32)}
+        )
         for t, y, w in rows
     ]
     engine.forward_backward("bench", data, "cross_entropy", None, backward=False)  # warm-up
@@ -103,14 +105,22 @@ def main() -> None:
             latencies = sorted(timed(tc.get_info) * 1000 for _ in range(200))
 
     torch_threads = __import__("torch").get_num_threads()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, torch threads {torch_threads}")
-    print(f"model {args.model}, {args.steps} alternating steps of {args.batch}x{args.length} tokens, LoRA rank {args.rank}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, torch threads {torch_threads}"
+    )
+    print(
+        f"model {args.model}, {args.steps} alternating steps of {args.batch}x{args.length} tokens, LoRA rank {args.rank}"
+    )
     for name, times in (("direct engine", direct_times), ("SDK+HTTP+server", api_times)):
         print(f"{name:16s}: total {sum(times):7.2f} s, median step {statistics.median(times) * 1000:6.0f} ms")
-    print(f"overhead ratio: total {sum(api_times) / sum(direct_times):.3f}, "
-          f"median {statistics.median(api_times) / statistics.median(direct_times):.3f}  (target <= 1.10)")
-    print(f"get_info round trip: p50 {statistics.median(latencies):.2f} ms, "
-          f"p90 {latencies[int(len(latencies) * 0.9)]:.2f} ms  (target p50 <= 5 ms)")
+    print(
+        f"overhead ratio: total {sum(api_times) / sum(direct_times):.3f}, "
+        f"median {statistics.median(api_times) / statistics.median(direct_times):.3f}  (target <= 1.10)"
+    )
+    print(
+        f"get_info round trip: p50 {statistics.median(latencies):.2f} ms, "
+        f"p90 {latencies[int(len(latencies) * 0.9)]:.2f} ms  (target p50 <= 5 ms)"
+    )
 
 
 if __name__ == "__main__":

@@ -116,8 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
 
-    info = ModelInfo(name="bench", arch="llama", vocab_size=VOCAB, max_context=max(4096, args.tokens),
-                     tokenizer_dir=pathlib.Path("."))
+    info = ModelInfo(
+        name="bench",
+        arch="llama",
+        vocab_size=VOCAB,
+        max_context=max(4096, args.tokens),
+        tokenizer_dir=pathlib.Path("."),
+    )
     field = "forward_backward_input"
     proto_body, json_body = build_request(args.datums, args.tokens)
     zstd_body = zstandard.ZstdCompressor().compress(proto_body)
@@ -154,17 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     results = alternate({"protobuf": encode_proto, "json": encode_json}, args.rounds)
 
     print(f"machine : {machine()}")
-    print(f"request : {args.datums} x {args.tokens} tokens; protobuf {len(proto_body) / 1e6:.2f} MB, "
-          f"zstd {len(zstd_body) / 1e6:.2f} MB, JSON {len(json_body) / 1e6:.2f} MB")
+    print(
+        f"request : {args.datums} x {args.tokens} tokens; protobuf {len(proto_body) / 1e6:.2f} MB, "
+        f"zstd {len(zstd_body) / 1e6:.2f} MB, JSON {len(json_body) / 1e6:.2f} MB"
+    )
     print(f"result  : protobuf {len(result_proto) / 1e6:.2f} MB, JSON {len(result_json) / 1e6:.2f} MB")
     print(f"medians of {args.rounds} alternating rounds:")
     print("| path | protobuf | protobuf+zstd | JSON | JSON / protobuf |")
     print("|---|---|---|---|---|")
     req = {name: f"{seconds * 1e3:.1f} ms" for name, seconds in requests.items()}
-    print(f"| request: bytes → engine datums | {req['protobuf']} | {req['protobuf+zstd']} | {req['json']} "
-          f"| **{requests['json'] / requests['protobuf']:.1f}x** |")
-    print(f"| result: engine output → answer bytes | {results['protobuf'] * 1e3:.1f} ms | – "
-          f"| {results['json'] * 1e3:.1f} ms | **{results['json'] / results['protobuf']:.1f}x** |")
+    print(
+        f"| request: bytes → engine datums | {req['protobuf']} | {req['protobuf+zstd']} | {req['json']} "
+        f"| **{requests['json'] / requests['protobuf']:.1f}x** |"
+    )
+    print(
+        f"| result: engine output → answer bytes | {results['protobuf'] * 1e3:.1f} ms | – "
+        f"| {results['json'] * 1e3:.1f} ms | **{results['json'] / results['protobuf']:.1f}x** |"
+    )
     return 0
 
 
