@@ -238,7 +238,9 @@ def phase_sl(url: str, model: str, work: Path, env: dict[str, str]) -> None:
     for run_id in runs:
         run = rest.get_training_run(run_id).result()
         check(
-            run.base_model == model and run.lora_rank == 8 and (run.user_metadata or {}).get("renderer_name") == RENDERER,
+            run.base_model == model
+            and run.lora_rank == 8
+            and (run.user_metadata or {}).get("renderer_name") == RENDERER,
             f"sl: training run {run_id} (base model, rank, renderer_name metadata)",
         )
 
@@ -248,7 +250,9 @@ def phase_sl(url: str, model: str, work: Path, env: dict[str, str]) -> None:
     tok = get_tokenizer(model)
     renderer = renderers.get_renderer(RENDERER, tok)
     sampler = tinker.ServiceClient(base_url=url).create_sampling_client(model_path=final["sampler_path"]).result()
-    prompt = renderer.build_generation_prompt([{"role": "user", "content": "Greet Zed, whose favourite colour is red."}])
+    prompt = renderer.build_generation_prompt(
+        [{"role": "user", "content": "Greet Zed, whose favourite colour is red."}]
+    )
     params = tinker.SamplingParams(max_tokens=24, temperature=0.0, stop=renderer.get_stop_sequences())
     seq = sampler.sample(prompt, num_samples=1, sampling_params=params).result().sequences[0]
     text = renderers.get_text_content(renderer.parse_response(seq.tokens)[0])

@@ -42,14 +42,19 @@ def train(sc: tinker.ServiceClient, model: str, tok) -> None:
     check(losses[-1] < losses[0], f"loss decreases {losses[0]:.3f} -> {losses[-1]:.3f}")
     sampler = tc.save_weights_and_get_sampling_client(name="compat")
     prompt = types.ModelInput.from_ints(tok.encode("English: hello world\nPig Latin:", add_special_tokens=False))
-    res = sampler.sample(prompt, num_samples=2, sampling_params=types.SamplingParams(max_tokens=12, temperature=0.0, stop=["\n"])).result()
+    res = sampler.sample(
+        prompt, num_samples=2, sampling_params=types.SamplingParams(max_tokens=12, temperature=0.0, stop=["\n"])
+    ).result()
     check(len(res.sequences) == 2, "two sequences sampled")
     check(all(len(s.logprobs or []) == len(s.tokens) for s in res.sequences), "one logprob per sampled token")
     print("sample:", repr(tok.decode(res.sequences[0].tokens)))
     saved = tc.save_weights_for_sampler("compat-final").result()
     check(saved.path.startswith("tinker://") and "/sampler_weights/" in saved.path, f"named sampler save {saved.path}")
     named = sc.create_sampling_client(model_path=saved.path)
-    check(len(named.sample(prompt, 1, types.SamplingParams(max_tokens=4)).result().sequences) == 1, "sampling from a saved path")
+    check(
+        len(named.sample(prompt, 1, types.SamplingParams(max_tokens=4)).result().sequences) == 1,
+        "sampling from a saved path",
+    )
 
 
 def rest(sc: tinker.ServiceClient, model: str, tok) -> None:

@@ -86,7 +86,9 @@ def loop(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
     check(len(res.sequences) == 2, "two sequences sampled (protobuf result)")
     check(all(len(s.logprobs or []) == len(s.tokens) for s in res.sequences), "one logprob per sampled token")
     text = tok.decode(res.sequences[0].tokens)
-    check(text.count("\n") <= 1 and (text.endswith("\n") or len(res.sequences[0].tokens) == 12), f"stop string {text!r}")
+    check(
+        text.count("\n") <= 1 and (text.endswith("\n") or len(res.sequences[0].tokens) == 12), f"stop string {text!r}"
+    )
     if VERSION >= (0, 26):
         ids = [s.sequence_id for s in res.sequences]
         check(len(set(ids)) == 2 and all(ids), f"sequence ids {ids}")
@@ -113,7 +115,9 @@ def loop(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
     runs = rc.list_training_runs(limit=50).result()
     check(any(r.training_run_id == tc.model_id for r in runs.training_runs), "run is listed")
     check(rc.get_training_run(tc.model_id).result().lora_rank == 8, "get_training_run")
-    check(state in {c.tinker_path for c in rc.list_user_checkpoints(limit=100).result().checkpoints}, "user checkpoints")
+    check(
+        state in {c.tinker_path for c in rc.list_user_checkpoints(limit=100).result().checkpoints}, "user checkpoints"
+    )
 
     before = logprobs_of(tc.forward(data, "cross_entropy").result())
     restored = resolved(sc.create_training_client_from_state(state))
@@ -145,10 +149,15 @@ def extras(sampler, prompt: types.ModelInput, lps: list[float | None]) -> None: 
     """The sampling outputs newer clients ask for, checked against compute_logprobs."""
     params = types.SamplingParams(max_tokens=4, temperature=1.0, seed=7)
     if VERSION >= (0, 29):
-        res = sampler.sample(prompt, 1, params, include_prompt_logprobs=True, topk_prompt_logprobs=2, topk_sample_logprobs=3).result()
+        res = sampler.sample(
+            prompt, 1, params, include_prompt_logprobs=True, topk_prompt_logprobs=2, topk_sample_logprobs=3
+        ).result()
         seq = res.sequences[0]
         rows = seq.topk_logprobs
-        check(rows is not None and len(rows) == len(seq.tokens) and all(len(r) == 3 for r in rows), "top-k sampled logprobs")
+        check(
+            rows is not None and len(rows) == len(seq.tokens) and all(len(r) == 3 for r in rows),
+            "top-k sampled logprobs",
+        )
         check(all(r[0][1] >= lp - 1e-5 for r, lp in zip(rows, seq.logprobs, strict=True)), "top-k rows are best first")
         top = res.topk_prompt_logprobs
         check(top is not None and top[0] is None and all(len(r) == 2 for r in top[1:]), "top-k prompt logprobs")
@@ -161,7 +170,9 @@ def extras(sampler, prompt: types.ModelInput, lps: list[float | None]) -> None: 
         got = res.target_prompt_logprobs.to_torch()
         check(tuple(got.shape) == (prompt.length - 1, 2), "target prompt logprobs shape")
         diff = max(abs(float(a) - b) for a, b in zip(got[:, 0], lps[1:], strict=True))
-        check(diff < 1e-4 and bool((got[:, 1] == 0).all()), f"target prompt logprobs equal compute_logprobs ({diff:.1e})")
+        check(
+            diff < 1e-4 and bool((got[:, 1] == 0).all()), f"target prompt logprobs equal compute_logprobs ({diff:.1e})"
+        )
     if VERSION >= (0, 31):
         res = sampler.sample(prompt, 1, types.SamplingParams(max_tokens=1, seed=3), prompt_alt_tokens_k=2).result()
         alt = res.prompt_alt_tokens

@@ -99,7 +99,11 @@ def test_client_side_probes(version: str, tmp_path: Path) -> None:
     with live_server(tmp_path, [TINY_MODEL]) as url:
         out = run_script(python, url, TINY_MODEL, tmp_path, "probes", tmp_path)
     assert "MARK constructed" in out
-    requests = [line for line in (tmp_path / "server.log").read_text(errors="replace").splitlines() if '"POST /api' in line or '"GET /api' in line]
+    requests = [
+        line
+        for line in (tmp_path / "server.log").read_text(errors="replace").splitlines()
+        if '"POST /api' in line or '"GET /api' in line
+    ]
     assert not any("/create_session" in line for line in requests), requests  # P1, P2, P3: no session made
     assert not any("/create_model" in line for line in requests)
 

@@ -69,8 +69,16 @@ def browser(artifacts: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -
     downloads = tmp_path_factory.mktemp("downloads")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1360,1000",
-                "--disable-gpu", "--no-first-run", "--disable-extensions", "--lang=en-US"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1360,1000",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--lang=en-US",
+    ):
         options.add_argument(arg)
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}

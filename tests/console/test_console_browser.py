@@ -95,7 +95,9 @@ def _wait(browser: Browser, condition: Callable[[Any], Any], timeout: float = 30
     from selenium.webdriver.support.ui import WebDriverWait
 
     # Elements go stale when the page re-renders a fragment: look again.
-    wait = WebDriverWait(browser.driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,))
+    wait = WebDriverWait(
+        browser.driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
     return wait.until(condition, message=what)
 
 
@@ -124,7 +126,11 @@ def _sign_in(browser: Browser, url: str, key: str) -> None:
 
 
 def _row(browser: Browser, checkpoint_id: str) -> Any:
-    rows = [r for r in _css(browser, "#checkpoints-table tbody tr") if r.get_attribute("data-checkpoint-id") == checkpoint_id]
+    rows = [
+        r
+        for r in _css(browser, "#checkpoints-table tbody tr")
+        if r.get_attribute("data-checkpoint-id") == checkpoint_id
+    ]
     return rows[0] if rows else None
 
 

@@ -27,7 +27,10 @@ def test_server_wheel_holds_only_tinker_server(tmp_path: Path) -> None:
     assert top == {"tinker_server"}, top
     assert "tinker_server/wire/tinker_wire.proto" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "tinker-server = tinker_server.cli:main" in zipfile.ZipFile(next(tmp_path.glob("*.whl"))).read(entry_points).decode()
+    assert (
+        "tinker-server = tinker_server.cli:main"
+        in zipfile.ZipFile(next(tmp_path.glob("*.whl"))).read(entry_points).decode()
+    )
 
 
 def test_sdk_wheel_does_not_ship_the_server(tmp_path: Path) -> None:

@@ -141,7 +141,9 @@ def datum(tokens: list[int], weights: list[float] | None = None) -> tinker.Datum
         model_input=tinker.ModelInput.from_ints(inputs),
         loss_fn_inputs={
             "target_tokens": tinker.TensorData(data=targets, dtype="int64", shape=[len(targets)]),
-            "weights": tinker.TensorData(data=weights if weights is not None else [1.0] * len(targets), dtype="float32"),
+            "weights": tinker.TensorData(
+                data=weights if weights is not None else [1.0] * len(targets), dtype="float32"
+            ),
         },
     )
 
@@ -158,8 +160,12 @@ def adam(lr: float = 0.02) -> tinker.AdamParams:
     return tinker.AdamParams(learning_rate=lr)
 
 
-def expect_error(exc_type: type[BaseException] | tuple[type[BaseException], ...], fn: Callable[[], Any], *needles: str,
-                 within: float = 10.0) -> BaseException:
+def expect_error(
+    exc_type: type[BaseException] | tuple[type[BaseException], ...],
+    fn: Callable[[], Any],
+    *needles: str,
+    within: float = 10.0,
+) -> BaseException:
     """``fn()`` raises ``exc_type`` within ``within`` seconds, with every needle in its message."""
     start = time.monotonic()
     with pytest.raises(exc_type) as info:

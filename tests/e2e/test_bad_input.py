@@ -28,7 +28,11 @@ def _still_trains(tc: tinker.TrainingClient) -> None:
 
 
 def test_unknown_base_model(sc: tinker.ServiceClient) -> None:
-    expect_error(tinker.BadRequestError, lambda: sc.create_lora_training_client(base_model="no-such/model", rank=4), "no-such/model")
+    expect_error(
+        tinker.BadRequestError,
+        lambda: sc.create_lora_training_client(base_model="no-such/model", rank=4),
+        "no-such/model",
+    )
     expect_error(tinker.BadRequestError, lambda: sc.create_sampling_client(base_model="no-such/model"), "no-such/model")
     assert sc.create_lora_training_client(base_model=TINY_MODEL, rank=4).model_id
 
@@ -121,17 +125,33 @@ def test_model_path_without_tinker_scheme(sc: tinker.ServiceClient, tc: tinker.T
     expect_error(ValueError, lambda: sc.create_sampling_client(), "model_path")
     # A well-formed path to a checkpoint that does not exist is a 404, not a hang.
     expect_error(
-        tinker.NotFoundError, lambda: sc.create_sampling_client(model_path=f"tinker://{tc.model_id}/sampler_weights/nope"), "nope"
+        tinker.NotFoundError,
+        lambda: sc.create_sampling_client(model_path=f"tinker://{tc.model_id}/sampler_weights/nope"),
+        "nope",
     )
-    assert len(sc.create_sampling_client(base_model=TINY_MODEL).sample(PROMPT, 1, tinker.SamplingParams(max_tokens=2)).result(timeout=30).sequences) == 1
+    assert (
+        len(
+            sc.create_sampling_client(base_model=TINY_MODEL)
+            .sample(PROMPT, 1, tinker.SamplingParams(max_tokens=2))
+            .result(timeout=30)
+            .sequences
+        )
+        == 1
+    )
 
 
-def test_reused_seq_id_of_another_kind_is_rejected(server: Server, sc: tinker.ServiceClient, tc: tinker.TrainingClient) -> None:
+def test_reused_seq_id_of_another_kind_is_rejected(
+    server: Server, sc: tinker.ServiceClient, tc: tinker.TrainingClient
+) -> None:
     """A layer-B retry re-sends the same request with the same seq_id (de-duplicated, fine); a forward
     that reuses the seq_id of an optim_step is a client bug and must not get the optim_step's result."""
     tc.forward_backward(token_batch(), "cross_entropy").result(timeout=30)  # seq_id 1
     tc.optim_step(adam()).result(timeout=30)  # seq_id 2
-    body = {"model_id": tc.model_id, "seq_id": 2, "forward_input": {"data": [to_wire(d) for d in token_batch()], "loss_fn": "cross_entropy"}}
+    body = {
+        "model_id": tc.model_id,
+        "seq_id": 2,
+        "forward_input": {"data": [to_wire(d) for d in token_batch()], "loss_fn": "cross_entropy"},
+    }
     response = httpx.post(f"{server.url}/api/v1/forward", json=body, headers=_auth(sc), timeout=10)
     assert response.status_code == 400, response.text
     assert "seq_id" in response.text

@@ -63,7 +63,9 @@ def test_session_without_heartbeat_expires(
     with serve(tmp_path / "home", session_timeout_s=6.0, sweep_interval_s=0.1) as srv:
         # A client that heartbeats often enough survives (and loads the engine).
         busy = Timings(heartbeat_interval=0.2, telemetry_flush_interval=3600.0)
-        warm = connect(url=srv.url, key="e2e-expiry-warmup", _timings=busy).create_lora_training_client(base_model=TINY_MODEL, rank=2)
+        warm = connect(url=srv.url, key="e2e-expiry-warmup", _timings=busy).create_lora_training_client(
+            base_model=TINY_MODEL, rank=2
+        )
         warm.forward_backward(DATA, "cross_entropy").result(timeout=60)
 
         silent = connect(url=srv.url, key="e2e-expiry", _timings=quiet_heartbeat)
@@ -95,7 +97,10 @@ def test_session_without_heartbeat_expires(
         # Runs and checkpoints stay listed; the run resumes from its checkpoint in a live session.
         rest = connect(url=srv.url, key="e2e-expiry").create_rest_client()
         run_id = str(tc.model_id)
-        assert {c.tinker_path for c in rest.list_checkpoints(run_id).result(timeout=30).checkpoints} == {state, sampler_path}
+        assert {c.tinker_path for c in rest.list_checkpoints(run_id).result(timeout=30).checkpoints} == {
+            state,
+            sampler_path,
+        }
         last = rest.get_training_run(run_id).result(timeout=30).last_checkpoint
         assert last is not None and last.tinker_path == state
         assert silent.holder.session_id in rest.list_sessions().result(timeout=30).sessions
@@ -108,7 +113,9 @@ def test_session_without_heartbeat_expires(
         assert warm.forward(DATA, "cross_entropy").result(timeout=30).metrics["loss:sum"] > 0
 
 
-def test_restart_keeps_runs_checkpoints_and_sessions(tmp_path: Path, connect: Callable[..., tinker.ServiceClient]) -> None:
+def test_restart_keeps_runs_checkpoints_and_sessions(
+    tmp_path: Path, connect: Callable[..., tinker.ServiceClient]
+) -> None:
     home = tmp_path / "home"
     key = "e2e-restart"
     with serve(home) as srv:
@@ -119,7 +126,9 @@ def test_restart_keeps_runs_checkpoints_and_sessions(tmp_path: Path, connect: Ca
         state = tc.save_state("s").result(timeout=30).path
         weights = tc.save_weights_for_sampler("w").result(timeout=30).path
         sampler = tc.save_weights_and_get_sampling_client()
-        expected = [o["logprobs"].to_numpy() for o in tc.forward(DATA, "cross_entropy").result(timeout=30).loss_fn_outputs]
+        expected = [
+            o["logprobs"].to_numpy() for o in tc.forward(DATA, "cross_entropy").result(timeout=30).loss_fn_outputs
+        ]
         before_rest = sc.create_rest_client()
         runs_before = before_rest.list_training_runs().result(timeout=30)
         ckpts_before = before_rest.list_user_checkpoints().result(timeout=30)
@@ -146,12 +155,21 @@ def test_restart_keeps_runs_checkpoints_and_sessions(tmp_path: Path, connect: Ca
         assert url.startswith(srv.url)
 
         # The old run's adapter is gone from memory; its checkpoints still resume exactly.
-        body = {"model_id": tc.model_id, "seq_id": 1000, "forward_input": {"data": [to_wire(d) for d in DATA], "loss_fn": "cross_entropy"}}
+        body = {
+            "model_id": tc.model_id,
+            "seq_id": 1000,
+            "forward_input": {"data": [to_wire(d) for d in DATA], "loss_fn": "cross_entropy"},
+        }
         response = httpx.post(f"{srv.url}/api/v1/forward", json=body, headers={"X-API-Key": key}, timeout=10)
         assert response.status_code == 410, response.text
         assert "restarted" in response.text and "create_training_client_from_state" in response.text
         resumed = sc2.create_training_client_from_state(state)
-        got = [o["logprobs"].to_numpy() for o in resumed.forward(DATA, "cross_entropy").result(timeout=30).loss_fn_outputs]
+        got = [
+            o["logprobs"].to_numpy() for o in resumed.forward(DATA, "cross_entropy").result(timeout=30).loss_fn_outputs
+        ]
         for x, y in zip(got, expected, strict=True):
             np.testing.assert_allclose(x, y, atol=1e-6)
-        assert len(sc2.create_sampling_client(model_path=weights).sample(PROMPT, 2, GREEDY).result(timeout=30).sequences) == 2
+        assert (
+            len(sc2.create_sampling_client(model_path=weights).sample(PROMPT, 2, GREEDY).result(timeout=30).sequences)
+            == 2
+        )

@@ -68,16 +68,26 @@ def test_training_runs(seeded: Seeded) -> None:
     assert sorted(ids) == sorted([seeded.run, *(str(o.model_id) for o in others)])
 
     first = both(lambda: rest.list_training_runs(limit=2), lambda: rest.list_training_runs_async(limit=2))
-    rest_page = both(lambda: rest.list_training_runs(limit=2, offset=2), lambda: rest.list_training_runs_async(limit=2, offset=2))
+    rest_page = both(
+        lambda: rest.list_training_runs(limit=2, offset=2), lambda: rest.list_training_runs_async(limit=2, offset=2)
+    )
     assert len(first.training_runs) == 2 and len(rest_page.training_runs) == 1
     assert [r.training_run_id for r in first.training_runs + rest_page.training_runs] == ids
     for offset in (3, 1000):
-        empty = both(lambda: rest.list_training_runs(offset=offset), lambda: rest.list_training_runs_async(offset=offset))
+        empty = both(
+            lambda: rest.list_training_runs(offset=offset), lambda: rest.list_training_runs_async(offset=offset)
+        )
         assert empty.training_runs == [] and empty.cursor.total_count == 3
     for limit in (0, -1):
-        expect_error(tinker.BadRequestError, lambda: rest.list_training_runs(limit=limit).result(timeout=30), "limit", within=5)
-        expect_error(tinker.BadRequestError, lambda: asyncio.run(rest.list_training_runs_async(limit=limit)), "limit", within=5)
-    expect_error(tinker.BadRequestError, lambda: rest.list_training_runs(offset=-1).result(timeout=30), "offset", within=5)
+        expect_error(
+            tinker.BadRequestError, lambda: rest.list_training_runs(limit=limit).result(timeout=30), "limit", within=5
+        )
+        expect_error(
+            tinker.BadRequestError, lambda: asyncio.run(rest.list_training_runs_async(limit=limit)), "limit", within=5
+        )
+    expect_error(
+        tinker.BadRequestError, lambda: rest.list_training_runs(offset=-1).result(timeout=30), "offset", within=5
+    )
 
     run = both(lambda: rest.get_training_run(seeded.run), lambda: rest.get_training_run_async(seeded.run))
     assert run.training_run_id == seeded.run
@@ -100,7 +110,11 @@ def test_checkpoint_listings(seeded: Seeded) -> None:
     assert listed.cursor is None
     by_id = {c.checkpoint_id: c for c in listed.checkpoints}
     assert set(by_id) == {"weights/s1", "sampler_weights/w1", "weights/s2"}
-    for name, kind, ctype in (("s1", "weights", "training"), ("w1", "sampler_weights", "sampler"), ("s2", "weights", "training")):
+    for name, kind, ctype in (
+        ("s1", "weights", "training"),
+        ("w1", "sampler_weights", "sampler"),
+        ("s2", "weights", "training"),
+    ):
         c = by_id[f"{kind}/{name}"]
         assert c.tinker_path == paths[name] == f"tinker://{seeded.run}/{kind}/{name}"
         assert c.checkpoint_type == ctype and c.public is False
@@ -113,13 +127,21 @@ def test_checkpoint_listings(seeded: Seeded) -> None:
     assert [c.tinker_path for c in mine.checkpoints] == [paths["s2"], paths["w1"], paths["s1"]]  # newest first
     times = [c.time for c in mine.checkpoints]
     assert times == sorted(times, reverse=True)
-    middle = both(lambda: rest.list_user_checkpoints(limit=1, offset=1), lambda: rest.list_user_checkpoints_async(limit=1, offset=1))
+    middle = both(
+        lambda: rest.list_user_checkpoints(limit=1, offset=1),
+        lambda: rest.list_user_checkpoints_async(limit=1, offset=1),
+    )
     assert [c.tinker_path for c in middle.checkpoints] == [paths["w1"]]
     assert middle.cursor is not None and middle.cursor.total_count == 3
     past = both(lambda: rest.list_user_checkpoints(offset=3), lambda: rest.list_user_checkpoints_async(offset=3))
     assert past.checkpoints == []
     for limit in (0, -5):
-        expect_error(tinker.BadRequestError, lambda: rest.list_user_checkpoints(limit=limit).result(timeout=30), "limit", within=5)
+        expect_error(
+            tinker.BadRequestError,
+            lambda: rest.list_user_checkpoints(limit=limit).result(timeout=30),
+            "limit",
+            within=5,
+        )
 
 
 def _tar_names(url: str) -> tuple[set[str], dict]:
@@ -150,7 +172,11 @@ def test_archive_urls_download(seeded: Seeded) -> None:
             assert config["r"] == 4
     tampered = urls[0].url[:-3] + ("AAA" if not urls[0].url.endswith("AAA") else "BBB")
     assert httpx.get(tampered, timeout=30).status_code == 403
-    expect_error(tinker.NotFoundError, lambda: rest.get_checkpoint_archive_url(seeded.run, "weights/nope").result(timeout=30), "nope")
+    expect_error(
+        tinker.NotFoundError,
+        lambda: rest.get_checkpoint_archive_url(seeded.run, "weights/nope").result(timeout=30),
+        "nope",
+    )
 
 
 def test_delete_checkpoints(seeded: Seeded) -> None:
@@ -168,7 +194,9 @@ def test_delete_checkpoints(seeded: Seeded) -> None:
         expect_error(tinker.NotFoundError, again, "not found", within=5)
     # Nothing else went: s2 is listed, downloadable and loadable; deleted ones are not.
     assert [c.tinker_path for c in rest.list_user_checkpoints().result(timeout=30).checkpoints] == [paths["s2"]]
-    expect_error(tinker.NotFoundError, lambda: rest.get_checkpoint_archive_url_from_tinker_path(paths["s1"]).result(timeout=30))
+    expect_error(
+        tinker.NotFoundError, lambda: rest.get_checkpoint_archive_url_from_tinker_path(paths["s1"]).result(timeout=30)
+    )
     expect_error(tinker.NotFoundError, lambda: seeded.sc.create_sampling_client(model_path=paths["w1"]))
     tc.load_state(paths["s2"]).result(timeout=30)
     run = rest.get_training_run(seeded.run).result(timeout=30)
@@ -186,14 +214,33 @@ def test_publish_and_unpublish(seeded: Seeded) -> None:
     asyncio.run(rest.publish_checkpoint_from_tinker_path_async(paths["s1"]))
     assert public() == {"weights/s1": True, "sampler_weights/w1": True, "weights/s2": False}
     # Publishing again is a fast, clear 4xx (not a retried 409).
-    expect_error(tinker.BadRequestError, lambda: rest.publish_checkpoint_from_tinker_path(paths["w1"]).result(timeout=30), "already public", within=5)
-    expect_error(tinker.BadRequestError, lambda: asyncio.run(rest.publish_checkpoint_from_tinker_path_async(paths["s1"])), "already public", within=5)
+    expect_error(
+        tinker.BadRequestError,
+        lambda: rest.publish_checkpoint_from_tinker_path(paths["w1"]).result(timeout=30),
+        "already public",
+        within=5,
+    )
+    expect_error(
+        tinker.BadRequestError,
+        lambda: asyncio.run(rest.publish_checkpoint_from_tinker_path_async(paths["s1"])),
+        "already public",
+        within=5,
+    )
 
     asyncio.run(rest.unpublish_checkpoint_from_tinker_path_async(paths["w1"]))
     rest.unpublish_checkpoint_from_tinker_path(paths["s1"]).result(timeout=30)
     assert not any(public().values())
-    expect_error(tinker.BadRequestError, lambda: rest.unpublish_checkpoint_from_tinker_path(paths["s1"]).result(timeout=30), "already private", within=5)
-    expect_error(tinker.NotFoundError, lambda: rest.publish_checkpoint_from_tinker_path(f"tinker://{seeded.run}/weights/nope").result(timeout=30), within=5)
+    expect_error(
+        tinker.BadRequestError,
+        lambda: rest.unpublish_checkpoint_from_tinker_path(paths["s1"]).result(timeout=30),
+        "already private",
+        within=5,
+    )
+    expect_error(
+        tinker.NotFoundError,
+        lambda: rest.publish_checkpoint_from_tinker_path(f"tinker://{seeded.run}/weights/nope").result(timeout=30),
+        within=5,
+    )
 
 
 def test_weights_info_and_sampler(seeded: Seeded) -> None:
@@ -212,7 +259,11 @@ def test_weights_info_and_sampler(seeded: Seeded) -> None:
     assert asyncio.run(rest.get_sampler_async(eph)) == got
     named = seeded.sc.create_sampling_client(model_path=paths["w1"])
     by_path = asyncio.run(rest.get_sampler_async(named.sampling_session_id))
-    assert (by_path.sampler_id, by_path.base_model, by_path.model_path) == (named.sampling_session_id, TINY_MODEL, paths["w1"])
+    assert (by_path.sampler_id, by_path.base_model, by_path.model_path) == (
+        named.sampling_session_id,
+        TINY_MODEL,
+        paths["w1"],
+    )
     base = seeded.sc.create_sampling_client(base_model=TINY_MODEL)
     plain = rest.get_sampler(base.sampling_session_id).result(timeout=30)
     assert plain.base_model == TINY_MODEL and plain.model_path is None
@@ -230,16 +281,25 @@ def test_sessions(connect: Callable[..., tinker.ServiceClient]) -> None:
 
     listed = both(lambda: rest.list_sessions(), lambda: rest.list_sessions_async())
     assert listed.sessions == [second.holder.session_id, first.holder.session_id]  # newest first
-    assert both(lambda: rest.list_sessions(limit=1, offset=1), lambda: rest.list_sessions_async(limit=1, offset=1)).sessions == [first.holder.session_id]
+    assert both(
+        lambda: rest.list_sessions(limit=1, offset=1), lambda: rest.list_sessions_async(limit=1, offset=1)
+    ).sessions == [first.holder.session_id]
     assert both(lambda: rest.list_sessions(offset=2), lambda: rest.list_sessions_async(offset=2)).sessions == []
     expect_error(tinker.BadRequestError, lambda: rest.list_sessions(limit=0).result(timeout=30), "limit", within=5)
 
-    got = both(lambda: rest.get_session(first.holder.session_id), lambda: rest.get_session_async(first.holder.session_id))
+    got = both(
+        lambda: rest.get_session(first.holder.session_id), lambda: rest.get_session_async(first.holder.session_id)
+    )
     assert got.training_run_ids == [tc.model_id, tc2.model_id]
     assert set(got.sampler_ids) == {eph.sampling_session_id, base.sampling_session_id}
     empty = rest.get_session(second.holder.session_id).result(timeout=30)
     assert empty.training_run_ids == [] and empty.sampler_ids == []
-    expect_error(tinker.NotFoundError, lambda: rest.get_session("no-such-session").result(timeout=30), "no-such-session", within=5)
+    expect_error(
+        tinker.NotFoundError,
+        lambda: rest.get_session("no-such-session").result(timeout=30),
+        "no-such-session",
+        within=5,
+    )
 
 
 def test_unknown_ids(sc: tinker.ServiceClient) -> None:
@@ -251,8 +311,16 @@ def test_unknown_ids(sc: tinker.ServiceClient) -> None:
         (lambda: rest.list_checkpoints(missing).result(timeout=30), missing),
         (lambda: rest.get_training_run_by_tinker_path(f"tinker://{missing}/weights/x").result(timeout=30), missing),
         (lambda: rest.get_weights_info_by_tinker_path(f"tinker://{missing}/weights/x").result(timeout=30), "not found"),
-        (lambda: rest.get_checkpoint_archive_url_from_tinker_path(f"tinker://{missing}/weights/x").result(timeout=30), "not found"),
-        (lambda: rest.delete_checkpoint_from_tinker_path(f"tinker://{missing}/weights/x").result(timeout=30), "not found"),
+        (
+            lambda: rest.get_checkpoint_archive_url_from_tinker_path(f"tinker://{missing}/weights/x").result(
+                timeout=30
+            ),
+            "not found",
+        ),
+        (
+            lambda: rest.delete_checkpoint_from_tinker_path(f"tinker://{missing}/weights/x").result(timeout=30),
+            "not found",
+        ),
         (lambda: rest.get_sampler("no-such-sampler").result(timeout=30), "no-such-sampler"),
         (lambda: asyncio.run(rest.get_sampler_async("no-such-sampler")), "no-such-sampler"),
         (lambda: sc.create_sampling_client(model_path=f"tinker://{missing}/sampler_weights/x"), "not found"),
@@ -287,7 +355,11 @@ def test_other_tenants_run_is_not_found(seeded: Seeded, connect: Callable[..., t
         expect_error(tinker.NotFoundError, call, within=5)
     # The intruder's own training client cannot load the owner's private state either.
     mine = intruder.create_lora_training_client(base_model=TINY_MODEL, rank=4)
-    expect_error((tinker.NotFoundError, tinker.RequestFailedError), lambda: mine.load_state(paths["s1"]).result(timeout=30), within=5)
+    expect_error(
+        (tinker.NotFoundError, tinker.RequestFailedError),
+        lambda: mine.load_state(paths["s1"]).result(timeout=30),
+        within=5,
+    )
     # Nothing of the owner's was deleted or published.
     listed = owner_rest.list_checkpoints(seeded.run).result(timeout=30).checkpoints
     assert {c.tinker_path for c in listed} == set(paths.values()) and not any(c.public for c in listed)
@@ -296,10 +368,15 @@ def test_other_tenants_run_is_not_found(seeded: Seeded, connect: Callable[..., t
     owner_rest.publish_checkpoint_from_tinker_path(paths["s1"]).result(timeout=30)
     info = rest.get_weights_info_by_tinker_path(paths["s1"]).result(timeout=30)
     assert (info.base_model, info.lora_rank) == (TINY_MODEL, 4)
-    expect_error(tinker.NotFoundError, lambda: rest.unpublish_checkpoint_from_tinker_path(paths["s1"]).result(timeout=30), within=5)
+    expect_error(
+        tinker.NotFoundError,
+        lambda: rest.unpublish_checkpoint_from_tinker_path(paths["s1"]).result(timeout=30),
+        within=5,
+    )
     owner_rest.unpublish_checkpoint_from_tinker_path(paths["s1"]).result(timeout=30)
-    expect_error(tinker.NotFoundError, lambda: rest.get_weights_info_by_tinker_path(paths["s1"]).result(timeout=30), within=5)
-
+    expect_error(
+        tinker.NotFoundError, lambda: rest.get_weights_info_by_tinker_path(paths["s1"]).result(timeout=30), within=5
+    )
 
 
 BAD_PATHS = {

@@ -129,7 +129,11 @@ def test_sampler_checkpoint_loads_with_peft(sc: tinker.ServiceClient, tmp_path: 
     assert (target / "adapter_config.json").exists() and (target / "adapter_model.safetensors").exists()
 
     prompt = [5, 17, 42, 99, 7, 3, 250, 11, 400]
-    ours = sc.create_sampling_client(model_path=path).compute_logprobs(tinker.ModelInput.from_ints(prompt)).result(timeout=60)
+    ours = (
+        sc.create_sampling_client(model_path=path)
+        .compute_logprobs(tinker.ModelInput.from_ints(prompt))
+        .result(timeout=60)
+    )
     assert ours[0] is None and len(ours) == len(prompt)
 
     base = build_tiny_model()

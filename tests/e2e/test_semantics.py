@@ -91,7 +91,9 @@ def lp_arrays(out: tinker.ForwardBackwardOutput) -> list[np.ndarray]:
     return [np.asarray(o["logprobs"].data, dtype=np.float64) for o in out.loss_fn_outputs]
 
 
-def checkpoint_tensors(server: Server, tc: tinker.TrainingClient, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def checkpoint_tensors(
+    server: Server, tc: tinker.TrainingClient, name: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Save the run's weights and read the PEFT checkpoint the server wrote."""
     path = tc.save_state(name).result(timeout=60).path
     run_id, kind, ckpt = path.removeprefix("tinker://").split("/")
@@ -114,7 +116,8 @@ class MergedModel:
         base = dict(self.model.named_parameters())
         return {
             f"{p}.weight": base[f"{p}.weight"]
-            + self.scaling * (self.leaves[f"base_model.model.{p}.lora_B.weight"] @ self.leaves[f"base_model.model.{p}.lora_A.weight"])
+            + self.scaling
+            * (self.leaves[f"base_model.model.{p}.lora_B.weight"] @ self.leaves[f"base_model.model.{p}.lora_A.weight"])
             for p in self.paths
         }
 
@@ -132,7 +135,9 @@ def assert_close_rel(actual: float, expected: float, scale: float, rel: float = 
 # -- losses ---------------------------------------------------------------------------------
 
 
-def reference_loss(loss: str, lp: np.ndarray, inputs: dict[str, np.ndarray], cfg: dict[str, float]) -> tuple[float, float]:
+def reference_loss(
+    loss: str, lp: np.ndarray, inputs: dict[str, np.ndarray], cfg: dict[str, float]
+) -> tuple[float, float]:
     """Spec §4 loss (float64) and the sum of the absolute values of its terms (a scale)."""
     if loss == "cross_entropy":
         terms = -inputs["weights"] * lp
@@ -167,7 +172,9 @@ LOSS_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("loss", "config"), LOSS_CASES, ids=[f"{l}-{'cfg' if c else 'default'}" for l, c in LOSS_CASES])
+@pytest.mark.parametrize(
+    ("loss", "config"), LOSS_CASES, ids=[f"{l}-{'cfg' if c else 'default'}" for l, c in LOSS_CASES]
+)
 def test_loss_value_and_logprobs_match_the_spec_formulas(
     loss_tc: tinker.TrainingClient, loss: str, config: dict[str, float] | None
 ) -> None:
@@ -188,8 +195,12 @@ def test_loss_value_and_logprobs_match_the_spec_formulas(
         else:
             # sampler logprobs off by up to ±0.6 nats: ratios from 0.55 to 1.8, clipped on both sides
             old = lp + rng.uniform(-0.6, 0.6, n)
-            inputs.append({"logprobs": old.astype(np.float32).astype(np.float64),
-                           "advantages": adv.astype(np.float32).astype(np.float64)})
+            inputs.append(
+                {
+                    "logprobs": old.astype(np.float32).astype(np.float64),
+                    "advantages": adv.astype(np.float32).astype(np.float64),
+                }
+            )
             data.append(rl_datum(seq, old, adv))
     if loss in ("ppo", "cispo"):
         low, high = (config or {}).get("clip_low_threshold", 0.8), (config or {}).get("clip_high_threshold", 1.2)
@@ -216,22 +227,33 @@ def test_loss_value_and_logprobs_match_the_spec_formulas(
 
 @pytest.mark.parametrize(
     ("loss", "drop", "needle"),
-    [("ppo", "advantages", "advantages"), ("importance_sampling", "logprobs", "logprobs"),
-     ("dro", "target_tokens", "target_tokens")],
+    [
+        ("ppo", "advantages", "advantages"),
+        ("importance_sampling", "logprobs", "logprobs"),
+        ("dro", "target_tokens", "target_tokens"),
+    ],
 )
-def test_missing_loss_input_is_a_bad_request_naming_it(loss_tc: tinker.TrainingClient, loss: str, drop: str, needle: str) -> None:
+def test_missing_loss_input_is_a_bad_request_naming_it(
+    loss_tc: tinker.TrainingClient, loss: str, drop: str, needle: str
+) -> None:
     d = rl_datum([1, 2, 3, 4, 5], np.full(4, -6.0), np.ones(4))
-    bad = tinker.Datum(model_input=d.model_input, loss_fn_inputs={k: v for k, v in d.loss_fn_inputs.items() if k != drop})
+    bad = tinker.Datum(
+        model_input=d.model_input, loss_fn_inputs={k: v for k, v in d.loss_fn_inputs.items() if k != drop}
+    )
     expect_error(tinker.BadRequestError, lambda: loss_tc.forward_backward([bad], loss).result(timeout=30), needle)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("key", ["weights", "target_tokens"])
 def test_misshaped_loss_input_is_a_bad_request_naming_it(loss_tc: tinker.TrainingClient, key: str) -> None:
     d = datum([1, 2, 3, 4, 5, 6])
-    short = {"weights": tinker.TensorData(data=[1.0, 1.0, 1.0], dtype="float32", shape=[3]),
-             "target_tokens": tinker.TensorData(data=[2, 3], dtype="int64", shape=[2])}[key]
+    short = {
+        "weights": tinker.TensorData(data=[1.0, 1.0, 1.0], dtype="float32", shape=[3]),
+        "target_tokens": tinker.TensorData(data=[2, 3], dtype="int64", shape=[2]),
+    }[key]
     bad = tinker.Datum(model_input=d.model_input, loss_fn_inputs={**d.loss_fn_inputs, key: short})
-    expect_error(tinker.BadRequestError, lambda: loss_tc.forward_backward([bad], "cross_entropy").result(timeout=30), key)
+    expect_error(
+        tinker.BadRequestError, lambda: loss_tc.forward_backward([bad], "cross_entropy").result(timeout=30), key
+    )
     wrong_shape = tinker.TensorData(data=[1.0] * 5, dtype="float32", shape=[2, 3])  # 6 declared, 5 sent
     bad2 = tinker.Datum(model_input=d.model_input, loss_fn_inputs={**d.loss_fn_inputs, "weights": wrong_shape})
     expect_error(tinker.BadRequestError, lambda: loss_tc.forward([bad2], "cross_entropy").result(timeout=30), "weights")
@@ -245,10 +267,15 @@ def _config_datum(loss: str) -> tinker.Datum:
 
 
 @pytest.mark.parametrize(("loss", "key"), CONFIG_CASES)
-def test_unknown_loss_fn_config_key_is_a_user_error_naming_it(loss_tc: tinker.TrainingClient, loss: str, key: str) -> None:
+def test_unknown_loss_fn_config_key_is_a_user_error_naming_it(
+    loss_tc: tinker.TrainingClient, loss: str, key: str
+) -> None:
     d = _config_datum(loss)
-    err = expect_error((tinker.BadRequestError, tinker.RequestFailedError),
-                       lambda: loss_tc.forward_backward([d], loss, {key: 0.2}).result(timeout=30), key)  # type: ignore[arg-type]
+    err = expect_error(
+        (tinker.BadRequestError, tinker.RequestFailedError),
+        lambda: loss_tc.forward_backward([d], loss, {key: 0.2}).result(timeout=30),
+        key,
+    )  # type: ignore[arg-type]
     if isinstance(err, tinker.RequestFailedError):
         assert err.category == "user"
     assert loss_tc.forward([d], loss).result(timeout=30).metrics["loss:sum"] != 0  # type: ignore[arg-type]
@@ -257,13 +284,19 @@ def test_unknown_loss_fn_config_key_is_a_user_error_naming_it(loss_tc: tinker.Tr
 @pytest.mark.parametrize(("loss", "key"), CONFIG_CASES)
 def test_unknown_loss_fn_config_key_is_a_4xx_naming_it(loss_tc: tinker.TrainingClient, loss: str, key: str) -> None:
     d = _config_datum(loss)
-    expect_error(tinker.BadRequestError, lambda: loss_tc.forward_backward([d], loss, {key: 0.2}).result(timeout=30), key)  # type: ignore[arg-type]
+    expect_error(
+        tinker.BadRequestError, lambda: loss_tc.forward_backward([d], loss, {key: 0.2}).result(timeout=30), key
+    )  # type: ignore[arg-type]
 
 
 def test_datum_longer_than_the_context_is_a_4xx(loss_tc: tinker.TrainingClient) -> None:
     tokens = [(i * 13) % VOCAB for i in range(TINY_MAX_CONTEXT + 2)]  # model input: context + 1 tokens
-    expect_error(tinker.BadRequestError, lambda: loss_tc.forward_backward([datum(tokens)], "cross_entropy").result(timeout=30),
-                 str(TINY_MAX_CONTEXT + 1), "context")
+    expect_error(
+        tinker.BadRequestError,
+        lambda: loss_tc.forward_backward([datum(tokens)], "cross_entropy").result(timeout=30),
+        str(TINY_MAX_CONTEXT + 1),
+        "context",
+    )
     assert loss_tc.forward([datum(tokens[: TINY_MAX_CONTEXT + 1])], "cross_entropy").result(timeout=60).loss_fn_outputs
 
 
@@ -287,7 +320,9 @@ def dpo_pairs(prompt_len: int = 5) -> tuple[list[tinker.Datum], list[int]]:
     return data, list(range(0, len(data), 2))
 
 
-def dpo_loss_fn(ref_sums: list[float]) -> Callable[[list[tinker.Datum], list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]:
+def dpo_loss_fn(
+    ref_sums: list[float],
+) -> Callable[[list[tinker.Datum], list[torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]:
     """DPO: -log σ(β[(π_c - ref_c) - (π_r - ref_r)]) summed over pairs (datums 2i, 2i+1)."""
 
     def loss_fn(data: list[tinker.Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -301,12 +336,23 @@ def dpo_loss_fn(ref_sums: list[float]) -> Callable[[list[tinker.Datum], list[tor
     return loss_fn
 
 
-def reference_dpo_run(model: torch.nn.Module, init: dict[str, torch.Tensor], config: dict[str, Any],
-                      data: list[tinker.Datum], ref_sums: list[float], steps: int) -> tuple[MergedModel, list[float]]:
+def reference_dpo_run(
+    model: torch.nn.Module,
+    init: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    data: list[tinker.Datum],
+    ref_sums: list[float],
+    steps: int,
+) -> tuple[MergedModel, list[float]]:
     """The same DPO steps with plain autograd on the plain model, and torch's AdamW."""
     ref = MergedModel(model, init, config)
-    opt = torch.optim.AdamW(list(ref.leaves.values()), lr=ADAM["learning_rate"], betas=(ADAM["beta1"], ADAM["beta2"]),
-                            eps=ADAM["eps"], weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        list(ref.leaves.values()),
+        lr=ADAM["learning_rate"],
+        betas=(ADAM["beta1"], ADAM["beta2"]),
+        eps=ADAM["eps"],
+        weight_decay=0.0,
+    )
     losses = []
     for _ in range(steps):
         opt.zero_grad()
@@ -317,10 +363,18 @@ def reference_dpo_run(model: torch.nn.Module, init: dict[str, torch.Tensor], con
     return ref, losses
 
 
-def check_dpo_against_reference(server: Server, tc: tinker.TrainingClient, plain_model: torch.nn.Module,
-                                init: dict[str, torch.Tensor], config: dict[str, Any], data: list[tinker.Datum],
-                                ref_sums: list[float], losses: list[float], after: tuple[dict[str, torch.Tensor], Any],
-                                final_lp: list[np.ndarray]) -> None:
+def check_dpo_against_reference(
+    server: Server,
+    tc: tinker.TrainingClient,
+    plain_model: torch.nn.Module,
+    init: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    data: list[tinker.Datum],
+    ref_sums: list[float],
+    losses: list[float],
+    after: tuple[dict[str, torch.Tensor], Any],
+    final_lp: list[np.ndarray],
+) -> None:
     ref, ref_losses = reference_dpo_run(plain_model, init, config, data, ref_sums, steps=len(losses))
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     weights, _ = after
@@ -343,8 +397,10 @@ def test_forward_backward_custom_dpo_equals_plain_autograd(
     init, config = checkpoint_tensors(server, tc, "init")
     data, _ = dpo_pairs()
     start = lp_arrays(tc.forward(data, "cross_entropy").result(timeout=60))
-    ref_sums = [float((lp * np.asarray(d.loss_fn_inputs["weights"].data)).sum()) - 0.3 * (i % 2)
-                for i, (d, lp) in enumerate(zip(data, start))]
+    ref_sums = [
+        float((lp * np.asarray(d.loss_fn_inputs["weights"].data)).sum()) - 0.3 * (i % 2)
+        for i, (d, lp) in enumerate(zip(data, start))
+    ]
     losses = []
     for _ in range(2):
         out = tc.forward_backward_custom(data, dpo_loss_fn(ref_sums)).result(timeout=60)
@@ -353,8 +409,9 @@ def test_forward_backward_custom_dpo_equals_plain_autograd(
         metrics = tc.optim_step(tinker.AdamParams(**ADAM)).result(timeout=60).metrics or {}
         assert metrics["learning_rate:mean"] == pytest.approx(ADAM["learning_rate"])
     final = lp_arrays(tc.forward(data, "cross_entropy").result(timeout=60))
-    check_dpo_against_reference(server, tc, plain_model, init, config, data, ref_sums, losses,
-                                checkpoint_tensors(server, tc, "after"), final)
+    check_dpo_against_reference(
+        server, tc, plain_model, init, config, data, ref_sums, losses, checkpoint_tensors(server, tc, "after"), final
+    )
 
 
 def test_forward_backward_custom_async_dpo_equals_plain_autograd(
@@ -366,8 +423,10 @@ def test_forward_backward_custom_async_dpo_equals_plain_autograd(
 
     async def run() -> tuple[list[float], list[float], list[np.ndarray]]:
         start = lp_arrays(await (await tc.forward_async(data, "cross_entropy")))
-        ref_sums = [float((lp * np.asarray(d.loss_fn_inputs["weights"].data)).sum()) + 0.2 * (i % 2)
-                    for i, (d, lp) in enumerate(zip(data, start))]
+        ref_sums = [
+            float((lp * np.asarray(d.loss_fn_inputs["weights"].data)).sum()) + 0.2 * (i % 2)
+            for i, (d, lp) in enumerate(zip(data, start))
+        ]
         losses = []
         for _ in range(2):
             out = await (await tc.forward_backward_custom_async(data, dpo_loss_fn(ref_sums)))
@@ -377,15 +436,17 @@ def test_forward_backward_custom_async_dpo_equals_plain_autograd(
         return ref_sums, losses, final
 
     ref_sums, losses, final = asyncio.run(run())
-    check_dpo_against_reference(server, tc, plain_model, init, config, data, ref_sums, losses,
-                                checkpoint_tensors(server, tc, "after"), final)
+    check_dpo_against_reference(
+        server, tc, plain_model, init, config, data, ref_sums, losses, checkpoint_tensors(server, tc, "after"), final
+    )
 
 
 # -- Adam extensions and LoRA config -----------------------------------------------------------
 
 
-def _one_step(sc: tinker.ServiceClient, server: Server, params: tinker.AdamParams, name: str, *, seed: int = 5,
-              **lora: Any) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, torch.Tensor], list[np.ndarray]]:
+def _one_step(
+    sc: tinker.ServiceClient, server: Server, params: tinker.AdamParams, name: str, *, seed: int = 5, **lora: Any
+) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, torch.Tensor], list[np.ndarray]]:
     tc = sc.create_lora_training_client(base_model=TINY_MODEL, rank=4, seed=seed, **lora)
     init, _ = checkpoint_tensors(server, tc, f"{name}-init")
     data = [datum([(7 * i + 3) % VOCAB for i in range(12)]), datum([(11 * i + 40) % VOCAB for i in range(9)])]
@@ -410,7 +471,8 @@ def test_adam_weight_decay_and_grad_clip_change_the_update(sc: tinker.ServiceCli
     assert norm > 0
 
     clip_m, init2, clip_w, clip_lp = _one_step(
-        sc, server, tinker.AdamParams(learning_rate=0.5, eps=100.0, grad_clip_norm=norm / 10), "clip")
+        sc, server, tinker.AdamParams(learning_rate=0.5, eps=100.0, grad_clip_norm=norm / 10), "clip"
+    )
     assert all(torch.equal(init[k], init2[k]) for k in init), "same seed, same initial adapter"
     assert clip_m["grad_norm:mean"] == pytest.approx(norm, rel=1e-5), "the metric is the norm before clipping"
     # First step: m̂ = g and √v̂ = |g|, so the update is d = -lr·g/(|g|+eps). Recover g from the
@@ -425,7 +487,8 @@ def test_adam_weight_decay_and_grad_clip_change_the_update(sc: tinker.ServiceCli
     assert not np.allclose(np.concatenate(clip_lp), np.concatenate(plain_lp), rtol=0, atol=1e-7)
 
     _, init3, wd_w, wd_lp = _one_step(
-        sc, server, tinker.AdamParams(learning_rate=0.5, eps=100.0, weight_decay=0.2), "wd")
+        sc, server, tinker.AdamParams(learning_rate=0.5, eps=100.0, weight_decay=0.2), "wd"
+    )
     for key in init3:
         if ".lora_A." in key:  # A has no gradient on the first step (B = 0): only the decay moves it
             torch.testing.assert_close(wd_w[key], init3[key] * (1 - 0.5 * 0.2), rtol=1e-6, atol=1e-7)
@@ -445,12 +508,17 @@ def test_lora_seed_fixes_the_initial_adapter(sc: tinker.ServiceClient, server: S
     assert not np.allclose(np.concatenate(lp_a), np.concatenate(lp_c), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("flag", "modules"), [
-    ("train_mlp", ("gate_proj", "up_proj", "down_proj")),
-    ("train_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
-    ("train_unembed", ("lm_head",)),
-])
-def test_lora_targets_are_honoured(sc: tinker.ServiceClient, server: Server, flag: str, modules: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("flag", "modules"),
+    [
+        ("train_mlp", ("gate_proj", "up_proj", "down_proj")),
+        ("train_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+        ("train_unembed", ("lm_head",)),
+    ],
+)
+def test_lora_targets_are_honoured(
+    sc: tinker.ServiceClient, server: Server, flag: str, modules: tuple[str, ...]
+) -> None:
     lora: dict[str, Any] = {flag: False}
     tc = sc.create_lora_training_client(base_model=TINY_MODEL, rank=4, seed=1, **lora)
     data = [datum([(7 * i + 3) % VOCAB for i in range(12)])]
@@ -476,7 +544,9 @@ def test_lora_targets_are_honoured(sc: tinker.ServiceClient, server: Server, fla
 # -- sampling ---------------------------------------------------------------------------------
 
 
-def _sample(sampler: tinker.SamplingClient, prompt: list[int] = PROMPT, n: int = 1, **params: Any) -> tinker.SampleResponse:
+def _sample(
+    sampler: tinker.SamplingClient, prompt: list[int] = PROMPT, n: int = 1, **params: Any
+) -> tinker.SampleResponse:
     return sampler.sample(tinker.ModelInput.from_ints(prompt), n, tinker.SamplingParams(**params)).result(timeout=60)
 
 
@@ -534,8 +604,9 @@ def _reference_logits(model: torch.nn.Module, tokens: list[int]) -> torch.Tensor
 
 
 @pytest.mark.parametrize("temperature", [0.6, 1.0, 1.7])
-def test_sampled_logprobs_are_temperature_scaled(base_sampler: tinker.SamplingClient, plain_model: torch.nn.Module,
-                                                 temperature: float) -> None:
+def test_sampled_logprobs_are_temperature_scaled(
+    base_sampler: tinker.SamplingClient, plain_model: torch.nn.Module, temperature: float
+) -> None:
     res = _sample(base_sampler, n=2, max_tokens=10, temperature=temperature, seed=8)
     for seq in res.sequences:
         logits = _reference_logits(plain_model, PROMPT + seq.tokens)[len(PROMPT) - 1 : -1]
@@ -544,8 +615,9 @@ def test_sampled_logprobs_are_temperature_scaled(base_sampler: tinker.SamplingCl
 
 
 @pytest.mark.parametrize(("top_k", "top_p"), [(3, 1.0), (-1, 0.4), (5, 0.6)])
-def test_top_k_top_p_never_leave_the_allowed_set(base_sampler: tinker.SamplingClient, plain_model: torch.nn.Module,
-                                                 top_k: int, top_p: float) -> None:
+def test_top_k_top_p_never_leave_the_allowed_set(
+    base_sampler: tinker.SamplingClient, plain_model: torch.nn.Module, top_k: int, top_p: float
+) -> None:
     res = _sample(base_sampler, n=4, max_tokens=8, temperature=1.3, top_k=top_k, top_p=top_p, seed=2)
     for seq in res.sequences:
         logits = _reference_logits(plain_model, PROMPT + seq.tokens)[len(PROMPT) - 1 : -1]
@@ -559,7 +631,9 @@ def test_top_k_top_p_never_leave_the_allowed_set(base_sampler: tinker.SamplingCl
             assert tok in allowed.tolist(), (pos, tok, allowed.tolist())
 
 
-def test_prompt_logprobs_and_compute_logprobs_equal_forward(sc: tinker.ServiceClient, plain_model: torch.nn.Module) -> None:
+def test_prompt_logprobs_and_compute_logprobs_equal_forward(
+    sc: tinker.ServiceClient, plain_model: torch.nn.Module
+) -> None:
     tc = sc.create_lora_training_client(base_model=TINY_MODEL, rank=4, seed=31)
     tokens = PROMPT + [300, 12, 77, 5, 140]
     for _ in range(2):  # a trained adapter, so the adapter path is exercised
@@ -568,8 +642,9 @@ def test_prompt_logprobs_and_compute_logprobs_equal_forward(sc: tinker.ServiceCl
     fwd = lp_arrays(tc.forward([datum(tokens)], "cross_entropy").result(timeout=60))[0]
     sampler = tc.save_weights_and_get_sampling_client()
     prompt = tinker.ModelInput.from_ints(tokens)
-    res = sampler.sample(prompt, 1, tinker.SamplingParams(max_tokens=1), include_prompt_logprobs=True,
-                         topk_prompt_logprobs=3).result(timeout=60)
+    res = sampler.sample(
+        prompt, 1, tinker.SamplingParams(max_tokens=1), include_prompt_logprobs=True, topk_prompt_logprobs=3
+    ).result(timeout=60)
     assert res.prompt_logprobs is not None and res.topk_prompt_logprobs is not None
     assert len(res.prompt_logprobs) == len(tokens) and res.prompt_logprobs[0] is None
     np.testing.assert_allclose(np.asarray(res.prompt_logprobs[1:], dtype=np.float64), fwd, rtol=0, atol=1e-4)
@@ -587,8 +662,9 @@ def test_prompt_logprobs_and_compute_logprobs_equal_forward(sc: tinker.ServiceCl
 
     # top-k prompt logprobs of the base model against the plain model's full distribution
     base = sc.create_sampling_client(base_model=TINY_MODEL)
-    res = base.sample(prompt, 1, tinker.SamplingParams(max_tokens=1), include_prompt_logprobs=True,
-                      topk_prompt_logprobs=3).result(timeout=60)
+    res = base.sample(
+        prompt, 1, tinker.SamplingParams(max_tokens=1), include_prompt_logprobs=True, topk_prompt_logprobs=3
+    ).result(timeout=60)
     ref = torch.log_softmax(_reference_logits(plain_model, tokens), -1)[:-1]
     vals, idx = torch.topk(ref, 3, -1)
     for pos, pairs in enumerate(res.topk_prompt_logprobs[1:]):  # type: ignore[index]
@@ -631,8 +707,11 @@ def test_concurrent_samples_with_several_adapters_equal_each_alone(sc: tinker.Se
     together = [f.result(timeout=60) for f in [submit(r) for r in requests]]
     for a, b in zip(alone, together):
         assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
-        np.testing.assert_allclose(np.asarray([s.logprobs for s in a.sequences], dtype=np.float64),
-                                   np.asarray([s.logprobs for s in b.sequences], dtype=np.float64), atol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray([s.logprobs for s in a.sequences], dtype=np.float64),
+            np.asarray([s.logprobs for s in b.sequences], dtype=np.float64),
+            atol=1e-4,
+        )
     # the adapters really differ
     assert len({tuple(a.sequences[0].tokens) for a in alone[0::3]}) == 3
 

@@ -70,12 +70,16 @@ def test_info_tokenizer_training_and_sampling(
     assert [o["logprobs"].shape or [len(o["logprobs"].data)] for o in fwd.loss_fn_outputs] == [
         [d.model_input.length] for d in data
     ]
-    assert fwd.metrics["loss:sum"] == pytest.approx(-sum(float(np.sum(o["logprobs"].to_numpy())) for o in fwd.loss_fn_outputs), rel=1e-4)
+    assert fwd.metrics["loss:sum"] == pytest.approx(
+        -sum(float(np.sum(o["logprobs"].to_numpy())) for o in fwd.loss_fn_outputs), rel=1e-4
+    )
     assert fwd.metrics["loss:sum"] < 0.7 * losses[0]
 
     sampler = tc.save_weights_and_get_sampling_client(name="ignored")
     prompt = tinker.ModelInput.from_ints(tokenizer.encode("The quick"))
-    many = sampler.sample(prompt, num_samples=3, sampling_params=tinker.SamplingParams(max_tokens=6, temperature=1.0, seed=3)).result(timeout=60)
+    many = sampler.sample(
+        prompt, num_samples=3, sampling_params=tinker.SamplingParams(max_tokens=6, temperature=1.0, seed=3)
+    ).result(timeout=60)
     assert len(many.sequences) == 3
     for seq in many.sequences:
         assert 1 <= len(seq.tokens) <= 6
@@ -91,17 +95,25 @@ def test_info_tokenizer_training_and_sampling(
     # A stop string taken from the greedy output: the output ends at (and includes) it.
     stop = tokenizer.decode(plain[0].tokens[2:3])
     assert stop
-    stopped = sampler.sample(
-        prompt, num_samples=1, sampling_params=tinker.SamplingParams(max_tokens=12, temperature=0.0, stop=[stop])
-    ).result(timeout=60).sequences[0]
+    stopped = (
+        sampler.sample(
+            prompt, num_samples=1, sampling_params=tinker.SamplingParams(max_tokens=12, temperature=0.0, stop=[stop])
+        )
+        .result(timeout=60)
+        .sequences[0]
+    )
     assert stopped.stop_reason == "stop"
     assert tokenizer.decode(stopped.tokens).endswith(stop)
     assert 1 <= len(stopped.tokens) <= 3
     assert stopped.tokens == plain[0].tokens[: len(stopped.tokens)]
 
-    newline = sampler.sample(
-        prompt, num_samples=1, sampling_params=tinker.SamplingParams(max_tokens=12, temperature=0.0, stop=["\n"])
-    ).result(timeout=60).sequences[0]
+    newline = (
+        sampler.sample(
+            prompt, num_samples=1, sampling_params=tinker.SamplingParams(max_tokens=12, temperature=0.0, stop=["\n"])
+        )
+        .result(timeout=60)
+        .sequences[0]
+    )
     decoded = tokenizer.decode(newline.tokens)
     if newline.stop_reason == "stop":
         assert decoded.endswith("\n") and "\n" not in decoded[:-1]
@@ -131,11 +143,16 @@ def test_gradients_accumulate_until_optim_step(sc: tinker.ServiceClient) -> None
     split = sc.create_lora_training_client(base_model=TINY_MODEL, rank=4, seed=5)
     whole = sc.create_lora_training_client(base_model=TINY_MODEL, rank=4, seed=5)
     for _ in range(2):
-        first, second = split.forward_backward(data[:1], "cross_entropy"), split.forward_backward(data[1:], "cross_entropy")
+        first, second = (
+            split.forward_backward(data[:1], "cross_entropy"),
+            split.forward_backward(data[1:], "cross_entropy"),
+        )
         step = split.optim_step(adam())
         total = first.result(timeout=60).metrics["loss:sum"] + second.result(timeout=60).metrics["loss:sum"]
         step.result(timeout=60)
-        assert whole.forward_backward(data, "cross_entropy").result(timeout=60).metrics["loss:sum"] == pytest.approx(total, rel=1e-5)
+        assert whole.forward_backward(data, "cross_entropy").result(timeout=60).metrics["loss:sum"] == pytest.approx(
+            total, rel=1e-5
+        )
         whole.optim_step(adam()).result(timeout=60)
 
 

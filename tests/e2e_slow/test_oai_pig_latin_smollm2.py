@@ -83,10 +83,10 @@ def ask(client: Any, path: str, example: Any) -> None:
     assert all(looks_like_pig_latin(got) for _, got in answers), answers
 
     english, pig_latin = example.TRAIN[0]
-    with client.chat.completions.create(model=path, messages=question(english), temperature=0, max_tokens=24,
-                                        stream=True) as streamed:
+    with client.chat.completions.create(
+        model=path, messages=question(english), temperature=0, max_tokens=24, stream=True
+    ) as streamed:
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices).strip() == answers[0][1]
     # The base model, asked the same, is not the one answering in pig latin.
-    base = client.chat.completions.create(model=DEFAULT_MODEL, messages=question(english), temperature=0,
-                                          max_tokens=24)
+    base = client.chat.completions.create(model=DEFAULT_MODEL, messages=question(english), temperature=0, max_tokens=24)
     assert (base.choices[0].message.content or "").strip() != pig_latin

@@ -53,19 +53,27 @@ def test_sampler_logprobs_equal_forward_logprobs_on_smollm2(model_home: Path, tm
             tc.forward_backward([_datum(prompt)], "cross_entropy").result(timeout=120)
             tc.optim_step(types.AdamParams(learning_rate=1e-3)).result(timeout=120)
 
-            samplers = {"adapter": tc.save_weights_and_get_sampling_client(),
-                        "base": sc.create_sampling_client(base_model=DEFAULT_MODEL)}
+            samplers = {
+                "adapter": tc.save_weights_and_get_sampling_client(),
+                "base": sc.create_sampling_client(base_model=DEFAULT_MODEL),
+            }
             params = types.SamplingParams(max_tokens=16, temperature=1.0, seed=1234)
             for name, sampler in samplers.items():
                 res = sampler.sample(types.ModelInput.from_ints(prompt), 2, params).result(timeout=120)
                 assert len(res.sequences) == 2
                 if name == "adapter":
-                    fwd = _logprobs(tc.forward([_datum(prompt + s.tokens) for s in res.sequences],
-                                               "cross_entropy").result(timeout=120))
+                    fwd = _logprobs(
+                        tc.forward([_datum(prompt + s.tokens) for s in res.sequences], "cross_entropy").result(
+                            timeout=120
+                        )
+                    )
                 else:  # the base model = a fresh adapter (B = 0) of another run
                     base_tc = sc.create_lora_training_client(base_model=DEFAULT_MODEL, rank=8, seed=1)
-                    fwd = _logprobs(base_tc.forward([_datum(prompt + s.tokens) for s in res.sequences],
-                                                    "cross_entropy").result(timeout=120))
+                    fwd = _logprobs(
+                        base_tc.forward([_datum(prompt + s.tokens) for s in res.sequences], "cross_entropy").result(
+                            timeout=120
+                        )
+                    )
                 for seq, lp in zip(res.sequences, fwd):
                     assert len(seq.tokens) == 16 and seq.logprobs is not None
                     ours = np.asarray(seq.logprobs, dtype=np.float64)

@@ -106,8 +106,9 @@ class MergedReference:
 
     def logits(self, tokens: list[int]) -> torch.Tensor:
         """(N,) token ids -> (N, V) logits, teacher-forced."""
-        return torch.func.functional_call(self.model, self.params(), (torch.tensor([tokens]),),
-                                          tie_weights=False).logits[0]
+        return torch.func.functional_call(
+            self.model, self.params(), (torch.tensor([tokens]),), tie_weights=False
+        ).logits[0]
 
     def logprobs(self, datum: TrainDatum) -> torch.Tensor:
         logits = self.logits(datum.tokens)

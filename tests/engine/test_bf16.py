@@ -97,8 +97,9 @@ def test_bf16_logprobs_close_to_float32_on_the_same_weights(home: pathlib.Path) 
         np.testing.assert_allclose(g, r, atol=BF16_LOGPROB_ATOL, rtol=0)
     # and the adapter matters at that tolerance: the base model alone is further away
     e16.create_adapter("zero", LoraSpec(rank=4, seed=3, train_unembed=True))  # B = 0: the base model
-    base = [o["logprobs"] for o in e16.forward_backward("zero", data, "cross_entropy", None,
-                                                        backward=False).loss_fn_outputs]
+    base = [
+        o["logprobs"] for o in e16.forward_backward("zero", data, "cross_entropy", None, backward=False).loss_fn_outputs
+    ]
     assert max(float(np.abs(b - r).max()) for b, r in zip(base, ref)) > 2 * BF16_LOGPROB_ATOL
 
 
@@ -131,16 +132,21 @@ def test_checkpoints_cross_dtypes(home: pathlib.Path, tmp_path: pathlib.Path, sr
 def test_bf16_greedy_sampling(home: pathlib.Path) -> None:
     engine = _engine(home, "bfloat16")
     prompt = [5, 17, 42, 99, 7]
-    out = engine.sample([SampleJob("a", prompt, max_tokens=12, temperature=0.0, prompt_logprobs=True),
-                         SampleJob(None, prompt, max_tokens=12, temperature=0.0)])
+    out = engine.sample(
+        [
+            SampleJob("a", prompt, max_tokens=12, temperature=0.0, prompt_logprobs=True),
+            SampleJob(None, prompt, max_tokens=12, temperature=0.0),
+        ]
+    )
     seq = out[0].sequences[0]
     assert len(seq.tokens) == 12 and len(out[1].sequences[0].tokens) == 12
     assert all(np.isfinite(seq.logprobs)) and all(isinstance(x, float) for x in seq.logprobs)
     # the same tokens teacher-forced through the training path: the same distribution
     tokens = prompt + seq.tokens
-    forward = _logprobs(engine, [TrainDatum(tokens=tokens[:-1],
-                                            loss_fn_inputs={"target_tokens": np.array(tokens[1:])})])[0]
-    np.testing.assert_allclose(seq.logprobs, forward[len(prompt) - 1:], atol=BF16_LOGPROB_ATOL, rtol=0)
+    forward = _logprobs(
+        engine, [TrainDatum(tokens=tokens[:-1], loss_fn_inputs={"target_tokens": np.array(tokens[1:])})]
+    )[0]
+    np.testing.assert_allclose(seq.logprobs, forward[len(prompt) - 1 :], atol=BF16_LOGPROB_ATOL, rtol=0)
     # repeated: the cached bf16 copies of the adapter give the same tokens, and follow an update
     again = engine.sample([SampleJob("a", prompt, max_tokens=12, temperature=0.0)])[0].sequences[0]
     assert again.tokens == seq.tokens
@@ -163,16 +169,18 @@ def test_gpu_check_dry_run() -> None:
     """bench/gpu_check.py end to end on a tiny config on CPU, and its refusal without CUDA."""
     script = REPO / "bench" / "gpu_check.py"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    run = subprocess.run([sys.executable, str(script), "--dry-run"], capture_output=True, text=True, timeout=300,
-                         cwd=REPO, env=env)
+    run = subprocess.run(
+        [sys.executable, str(script), "--dry-run"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
     assert summary["dry_run"] is True
     assert summary["train"]["tokens_per_s"] > 0 and 0 <= summary["train"]["mfu"] < 1
     assert summary["sampling"]["engine_tokens_per_s"] > 0 and summary["sampling"]["hf_tokens_per_s"] > 0
     if not torch.cuda.is_available():
-        refused = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                                 cwd=REPO, env=env)
+        refused = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO, env=env
+        )
         assert refused.returncode != 0 and "CUDA" in refused.stderr
 
 
@@ -212,8 +220,12 @@ def test_smollm2_bf16_learns_pig_latin(model_home: pathlib.Path) -> None:
     data = []
     for english, pig_latin in example.TRAIN:
         datum = example.make_datum(engine.tokenizer, english, pig_latin)
-        data.append(TrainDatum(tokens=datum.model_input.to_ints(),
-                               loss_fn_inputs={k: v.to_numpy() for k, v in datum.loss_fn_inputs.items()}))
+        data.append(
+            TrainDatum(
+                tokens=datum.model_input.to_ints(),
+                loss_fn_inputs={k: v.to_numpy() for k, v in datum.loss_fn_inputs.items()},
+            )
+        )
     losses = []
     for _ in range(20):
         losses.append(engine.forward_backward("pig", data, "cross_entropy", None, backward=True).metrics["loss:sum"])

@@ -45,7 +45,8 @@ def test_files_and_peft_layout(engine: Engine, tmp_path: pathlib.Path) -> None:
     assert config["base_model_name_or_path"] == TINY_MODEL and config["bias"] == "none"
     assert config["inference_mode"] is True and config["fan_in_fan_out"] is False
     assert sorted(config["target_modules"]) == sorted(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     tensors = load_file(str(tmp_path / "ckpt" / "adapter_model.safetensors"))
     assert tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"].shape == (4, 64)
     assert tensors["base_model.model.model.layers.1.mlp.up_proj.lora_B.weight"].shape == (128, 4)
@@ -187,8 +188,14 @@ def _logprobs_base(engine: Engine, data: list[TrainDatum]) -> list[np.ndarray]:
 def test_we_load_an_adapter_written_by_stock_peft(engine: Engine, tmp_path: pathlib.Path) -> None:
     peft = pytest.importorskip("peft")
     torch.manual_seed(0)
-    config = peft.LoraConfig(r=2, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
-                             lora_dropout=0.0, task_type="CAUSAL_LM", init_lora_weights=False)
+    config = peft.LoraConfig(
+        r=2,
+        lora_alpha=16,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        lora_dropout=0.0,
+        task_type="CAUSAL_LM",
+        init_lora_weights=False,
+    )
     model = peft.get_peft_model(build_tiny_model(), config)
     model.save_pretrained(str(tmp_path / "peft"))
     spec = engine.load_adapter("p", tmp_path / "peft", optimizer=False)

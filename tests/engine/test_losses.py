@@ -72,10 +72,14 @@ def test_loss_matches_autograd_reference(engine: Engine, loss_fn, reference, key
     data = random_datums(4, seed=5, keys=("weights",) if loss_fn == "cross_entropy" else ("advantages",))
     if loss_fn != "cross_entropy":
         _old_logprobs_near_current(engine, data, seed=9)
-        ratios = np.concatenate([
-            np.exp(o["logprobs"] - d.loss_fn_inputs["logprobs"])
-            for d, o in zip(data, engine.forward_backward("a", data, "cross_entropy", None, backward=False).loss_fn_outputs)
-        ])
+        ratios = np.concatenate(
+            [
+                np.exp(o["logprobs"] - d.loss_fn_inputs["logprobs"])
+                for d, o in zip(
+                    data, engine.forward_backward("a", data, "cross_entropy", None, backward=False).loss_fn_outputs
+                )
+            ]
+        )
         advantages = np.concatenate([d.loss_fn_inputs["advantages"] for d in data])
         assert (ratios < 0.8).any() and (ratios > 1.2).any() and (advantages < 0).any() and (advantages > 0).any()
 
@@ -152,8 +156,9 @@ def ref_gspo(lp, d, cfg):
 
 
 def _sequence_ratio(engine: Engine, datum: TrainDatum) -> float:
-    lp = torch.from_numpy(engine.forward_backward("a", [datum], "cross_entropy", None, backward=False)
-                          .loss_fn_outputs[0]["logprobs"])
+    lp = torch.from_numpy(
+        engine.forward_backward("a", [datum], "cross_entropy", None, backward=False).loss_fn_outputs[0]["logprobs"]
+    )
     a = _t(datum, "advantages")
     mask = (_t(datum, "sequence_ratio_mask") != 0) if "sequence_ratio_mask" in datum.loss_fn_inputs else (a != 0)
     return float(torch.exp((lp - _t(datum, "logprobs"))[mask].mean())) if bool(mask.any()) else 1.0
@@ -184,13 +189,16 @@ def _gspo_data(engine: Engine, mask: str) -> list[TrainDatum]:
     return data
 
 
-@pytest.mark.parametrize(("mask", "config", "microbatch"), [
-    ("all", None, 2048),
-    ("all", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}, 2048),
-    ("none", None, 2048),
-    ("mixed", None, 2048),
-    ("mixed", None, 24),  # datums spread over several micro-batches
-])
+@pytest.mark.parametrize(
+    ("mask", "config", "microbatch"),
+    [
+        ("all", None, 2048),
+        ("all", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}, 2048),
+        ("none", None, 2048),
+        ("mixed", None, 2048),
+        ("mixed", None, 24),  # datums spread over several micro-batches
+    ],
+)
 def test_gspo_matches_autograd_reference(home, mask: str, config, microbatch: int) -> None:
     engine = load_engine(TINY_MODEL, home=home, max_tokens_per_microbatch=microbatch)
     engine.create_adapter("a", LoraSpec(rank=4, seed=3))

@@ -50,8 +50,9 @@ def test_tiny_engine_info_and_tokenizer(engine, home: pathlib.Path) -> None:
     tok = AutoTokenizer.from_pretrained(info.tokenizer_dir)
     assert isinstance(tok, PreTrainedTokenizerFast) and isinstance(engine.tokenizer, PreTrainedTokenizerFast)
     assert len(tok) == 512 and tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
-    text = tok.apply_chat_template([{"role": "user", "content": "Hello there"}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Hello there"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
     ids = tok.encode("The quick brown fox.")
     assert tok.decode(ids) == "The quick brown fox." and len(ids) <= 12
@@ -62,7 +63,7 @@ def test_tiny_tokenizer_is_cached_and_reproducible(tmp_path: pathlib.Path, home:
     engine = load_engine(TINY_MODEL, home=tmp_path)
     assert time.perf_counter() - start < 10
     ours = (engine.info.tokenizer_dir / "tokenizer.json").read_bytes()
-    theirs = (home / "models" / "tinker-test__tiny-llama" / "tokenizer" / "tokenizer.json")
+    theirs = home / "models" / "tinker-test__tiny-llama" / "tokenizer" / "tokenizer.json"
     load_engine(TINY_MODEL, home=home)
     assert ours == theirs.read_bytes()
     start = time.perf_counter()
@@ -107,13 +108,19 @@ def test_smollm2_from_the_gguf_package(tmp_path: pathlib.Path) -> None:
     info = engine.info
     assert info.arch == "llama" and info.vocab_size == 49152 and info.max_context == 8192
     tok = engine.tokenizer
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                     tokenize=True, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=True, add_generation_prompt=True
+    )
     prompt = list(prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt)
     engine.create_adapter("a", LoraSpec(rank=8, seed=0))
 
-    answer = engine.sample([SampleJob("a", prompt, max_tokens=12, temperature=0.0,
-                                      stop_token_ids=[tok.convert_tokens_to_ids("<|im_end|>")])])[0]
+    answer = engine.sample(
+        [
+            SampleJob(
+                "a", prompt, max_tokens=12, temperature=0.0, stop_token_ids=[tok.convert_tokens_to_ids("<|im_end|>")]
+            )
+        ]
+    )[0]
     text = tok.decode(answer.sequences[0].tokens)
     assert "Paris" in text, text
 
@@ -125,8 +132,11 @@ def test_smollm2_from_the_gguf_package(tmp_path: pathlib.Path) -> None:
     sampled = engine.sample([SampleJob("a", prompt, max_tokens=6, seed=1)])[0].sequences[0]
     seq = prompt + sampled.tokens
     forward = engine.forward_backward(
-        "a", [TrainDatum(tokens=seq[:-1], loss_fn_inputs={"target_tokens": np.array(seq[1:])})],
-        "cross_entropy", None, backward=False,
+        "a",
+        [TrainDatum(tokens=seq[:-1], loss_fn_inputs={"target_tokens": np.array(seq[1:])})],
+        "cross_entropy",
+        None,
+        backward=False,
     ).loss_fn_outputs[0]["logprobs"][len(prompt) - 1 :]
     np.testing.assert_allclose(sampled.logprobs, forward, atol=1e-4)
 
@@ -136,5 +146,7 @@ def test_smollm2_from_the_gguf_package(tmp_path: pathlib.Path) -> None:
         assert again.source == "converted"
         assert time.perf_counter() - start < max(5.0, first / 3)
         again.create_adapter("a", LoraSpec(rank=8, seed=0))
-        assert again.sample([SampleJob("a", prompt, max_tokens=12, temperature=0.0)])[0].sequences[0].tokens[:3] == \
-            answer.sequences[0].tokens[:3]
+        assert (
+            again.sample([SampleJob("a", prompt, max_tokens=12, temperature=0.0)])[0].sequences[0].tokens[:3]
+            == answer.sequences[0].tokens[:3]
+        )

@@ -67,9 +67,11 @@ def test_engine_packs_every_wrapped_layer(pair: tuple[Engine, Engine]) -> None:
 @needs_packing
 def test_sampling_with_packed_weights_equals_plain(pair: tuple[Engine, Engine]) -> None:
     packed, plain = pair
-    jobs = [SampleJob("a", PROMPTS[0], num_samples=2, max_tokens=10, seed=3, prompt_logprobs=True),
-            SampleJob(None, PROMPTS[1], max_tokens=8, temperature=0.0, topk_prompt_logprobs=2),
-            SampleJob("a", PROMPTS[2], max_tokens=6, temperature=0.7, top_k=20, seed=9)]
+    jobs = [
+        SampleJob("a", PROMPTS[0], num_samples=2, max_tokens=10, seed=3, prompt_logprobs=True),
+        SampleJob(None, PROMPTS[1], max_tokens=8, temperature=0.0, topk_prompt_logprobs=2),
+        SampleJob("a", PROMPTS[2], max_tokens=6, temperature=0.7, top_k=20, seed=9),
+    ]
     for x, y in zip(packed.sample(jobs), plain.sample(jobs)):
         assert isinstance(x, SampleOutput) and isinstance(y, SampleOutput)
         for sx, sy in zip(x.sequences, y.sequences):
@@ -87,9 +89,16 @@ def test_gradient_path_never_uses_packed_weights(pair: tuple[Engine, Engine]) ->
     """forward_backward is bit-identical with and without packing; forward-only agrees to rounding."""
     packed, plain = pair
     rng = np.random.default_rng(0)
-    data = [TrainDatum(tokens=p[:-1], loss_fn_inputs={"target_tokens": np.array(p[1:]),
-                                                      "weights": rng.normal(size=len(p) - 1).astype(np.float32)})
-            for p in PROMPTS]
+    data = [
+        TrainDatum(
+            tokens=p[:-1],
+            loss_fn_inputs={
+                "target_tokens": np.array(p[1:]),
+                "weights": rng.normal(size=len(p) - 1).astype(np.float32),
+            },
+        )
+        for p in PROMPTS
+    ]
     fb = [e.forward_backward("a", data, "cross_entropy", None, backward=True) for e in pair]
     assert fb[0].metrics == fb[1].metrics
     for x, y in zip(fb[0].loss_fn_outputs, fb[1].loss_fn_outputs):
@@ -137,7 +146,9 @@ def test_available_memory_is_read_on_linux() -> None:
 
 @pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.bfloat16), reason="no native bf16 on this CPU")
 def test_bfloat16_packed_engine_agrees_with_plain(home) -> None:
-    engines = [_tuned(load_engine(TINY_MODEL, home=home, dtype="bfloat16", packed_weights=flag)) for flag in (True, False)]
+    engines = [
+        _tuned(load_engine(TINY_MODEL, home=home, dtype="bfloat16", packed_weights=flag)) for flag in (True, False)
+    ]
     assert engines[0].packed_layers == len(engines[0]._layers) and engines[1].packed_layers == 0
     job = SampleJob("a", PROMPTS[0], max_tokens=1, prompt_logprobs=True)
     packed, plain = (e.sample([job])[0] for e in engines)

@@ -51,7 +51,10 @@ def _script(home: pathlib.Path) -> list:
     job = SampleJob("run", [1, 2, 3], num_samples=2, max_tokens=5, temperature=1.0, seed=7, topk_sample_logprobs=2)
     return [
         [CreateAdapter("run", LoraSpec(rank=4, seed=3))],
-        [ForwardBackward("run", data, "cross_entropy", None, True), ForwardBackward("run", data, "cross_entropy", None, False)],
+        [
+            ForwardBackward("run", data, "cross_entropy", None, True),
+            ForwardBackward("run", data, "cross_entropy", None, False),
+        ],
         [OptimStep("run", AdamConfig(learning_rate=1e-2))],
         [Sample(job), Sample(SampleJob(None, [5, 6], max_tokens=3, temperature=0.0))],
         [SaveAdapter("run", home / "ckpt-process-test", True)],
@@ -73,8 +76,9 @@ def test_worker_process_matches_the_engine_in_process(worker: ProcessEngine, hom
                     np.testing.assert_allclose(x["logprobs"], y["logprobs"], rtol=1e-6)
             elif hasattr(a, "sequences"):
                 assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
-                np.testing.assert_allclose([s.logprobs for s in a.sequences], [s.logprobs for s in b.sequences],
-                                           rtol=1e-5)
+                np.testing.assert_allclose(
+                    [s.logprobs for s in a.sequences], [s.logprobs for s in b.sequences], rtol=1e-5
+                )
             elif isinstance(a, dict):
                 assert a == pytest.approx(b, rel=1e-6)
             elif isinstance(a, int):  # bytes written

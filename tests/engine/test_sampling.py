@@ -40,7 +40,7 @@ def _teacher_forced(engine: Engine, adapter_id: str, prompt: list[int], gen: lis
     seq = prompt + gen
     datum = TrainDatum(tokens=seq[:-1], loss_fn_inputs={"target_tokens": np.array(seq[1:])})
     lp = engine.forward_backward(adapter_id, [datum], "cross_entropy", None, backward=False).loss_fn_outputs[0]
-    return lp["logprobs"][len(prompt) - 1:]
+    return lp["logprobs"][len(prompt) - 1 :]
 
 
 def test_sampled_logprobs_match_a_teacher_forced_forward(tuned: Engine) -> None:
@@ -218,10 +218,13 @@ def test_bfloat16_engine_samples_and_trains(home) -> None:
 def test_a_small_kv_budget_splits_batches_without_changing_results(tuned: Engine) -> None:
     from tinker_server.engine import sampling
 
-    jobs = [SampleJob("a", PROMPT, num_samples=5, max_tokens=6, seed=1, prompt_logprobs=True),
-            SampleJob(None, PROMPT[:4], num_samples=2, max_tokens=3, seed=2)]
-    prepared = [sampling.prepare_job(j, tuned._adapters.get(j.adapter_id or ""), vocab_size=512, max_context=2048)
-                for j in jobs]
+    jobs = [
+        SampleJob("a", PROMPT, num_samples=5, max_tokens=6, seed=1, prompt_logprobs=True),
+        SampleJob(None, PROMPT[:4], num_samples=2, max_tokens=3, seed=2),
+    ]
+    prepared = [
+        sampling.prepare_job(j, tuned._adapters.get(j.adapter_id or ""), vocab_size=512, max_context=2048) for j in jobs
+    ]
     whole = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared)
     per_token = sampling.kv_bytes_per_token(tuned._parts)
     split = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared, max_kv_bytes=per_token * 30)
@@ -238,9 +241,11 @@ def test_in_place_kv_cache_equals_hf_dynamic_cache(tuned: Engine, monkeypatch) -
 
     from tinker_server.engine import sampling
 
-    jobs = [SampleJob("a", PROMPT, num_samples=3, max_tokens=9, seed=1, stop_token_ids=[85, 201]),
-            SampleJob(None, PROMPT[:3], max_tokens=4, seed=2, temperature=0.0),
-            SampleJob("a", [5, 6], max_tokens=12, seed=3, top_k=5)]
+    jobs = [
+        SampleJob("a", PROMPT, num_samples=3, max_tokens=9, seed=1, stop_token_ids=[85, 201]),
+        SampleJob(None, PROMPT[:3], max_tokens=4, seed=2, temperature=0.0),
+        SampleJob("a", [5, 6], max_tokens=12, seed=3, top_k=5),
+    ]
     ours = tuned.sample(jobs)
     assert all(isinstance(layer, sampling._layer_class()) for layer in sampling._new_cache(tuned._parts, 4).layers)
     monkeypatch.setattr(sampling, "_new_cache", lambda parts, room: DynamicCache(config=parts.model.config))
@@ -283,8 +288,19 @@ def _reference_prompt_logp(engine: Engine, adapter_id: str, prompt: list[int]) -
 
 @pytest.mark.parametrize(("temperature", "top_k"), [(0.7, 5), (0.0, -1), (1.0, -1)])
 def test_topk_sample_logprobs_match_a_plain_forward(tuned: Engine, temperature: float, top_k: int) -> None:
-    out = _one(tuned, SampleJob("a", PROMPT, num_samples=2, max_tokens=7, seed=3, temperature=temperature,
-                                top_k=top_k, topk_sample_logprobs=4))
+    out = _one(
+        tuned,
+        SampleJob(
+            "a",
+            PROMPT,
+            num_samples=2,
+            max_tokens=7,
+            seed=3,
+            temperature=temperature,
+            top_k=top_k,
+            topk_sample_logprobs=4,
+        ),
+    )
     ref = MergedReference(tuned, "a")
     for seq in out.sequences:
         assert seq.topk_logprobs is not None and len(seq.topk_logprobs) == len(seq.tokens) == 7
@@ -306,17 +322,31 @@ def test_topk_sample_logprobs_match_a_plain_forward(tuned: Engine, temperature: 
 def test_new_options_off_leave_sampling_unchanged(tuned: Engine) -> None:
     """The extra outputs only read what sampling computes: tokens and logprobs are bit-identical
     with every option on or off, and nothing extra is returned when they are off."""
-    jobs = [SampleJob("a", PROMPT, num_samples=3, max_tokens=9, seed=1, top_p=0.8, temperature=0.9),
-            SampleJob(None, PROMPT[:5], max_tokens=6, seed=2, temperature=0.0, stop_token_ids=[85]),
-            SampleJob("a", [5, 6], max_tokens=8, seed=4, top_k=7)]
+    jobs = [
+        SampleJob("a", PROMPT, num_samples=3, max_tokens=9, seed=1, top_p=0.8, temperature=0.9),
+        SampleJob(None, PROMPT[:5], max_tokens=6, seed=2, temperature=0.0, stop_token_ids=[85]),
+        SampleJob("a", [5, 6], max_tokens=8, seed=4, top_k=7),
+    ]
     plain = tuned.sample(jobs)
-    extras = dict(topk_sample_logprobs=3, prompt_alt_tokens_k=2, prompt_logprobs=True, prompt_logprobs_last_n=2,
-                  topk_prompt_logprobs=2)
-    rich = tuned.sample([
-        SampleJob(**{**vars(job), **extras,
-                     "target_prompt_logprobs": np.full((len(job.prompt) - 1, 2), 7, dtype=np.int64)})
-        for job in jobs
-    ])
+    extras = dict(
+        topk_sample_logprobs=3,
+        prompt_alt_tokens_k=2,
+        prompt_logprobs=True,
+        prompt_logprobs_last_n=2,
+        topk_prompt_logprobs=2,
+    )
+    rich = tuned.sample(
+        [
+            SampleJob(
+                **{
+                    **vars(job),
+                    **extras,
+                    "target_prompt_logprobs": np.full((len(job.prompt) - 1, 2), 7, dtype=np.int64),
+                }
+            )
+            for job in jobs
+        ]
+    )
     for x, y in zip(plain, rich):
         assert isinstance(x, SampleOutput) and isinstance(y, SampleOutput)
         assert x.prompt_logprobs is None and x.topk_prompt_logprobs is None
@@ -336,8 +366,14 @@ def test_choose_tokens_with_a_precomputed_distribution_is_identical() -> None:
     top_k = torch.tensor([0, 5, 0, 10])
     top_p = torch.tensor([1.0, 1.0, 0.6, 0.9])
     a = sampling.choose_tokens(logits, temperature, top_k, top_p, [torch.Generator().manual_seed(i) for i in range(4)])
-    b = sampling.choose_tokens(logits, temperature, top_k, top_p, [torch.Generator().manual_seed(i) for i in range(4)],
-                               logp=sampling.scaled_logprobs(logits, temperature))
+    b = sampling.choose_tokens(
+        logits,
+        temperature,
+        top_k,
+        top_p,
+        [torch.Generator().manual_seed(i) for i in range(4)],
+        logp=sampling.scaled_logprobs(logits, temperature),
+    )
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -345,8 +381,10 @@ def test_prompt_logprobs_last_n(tuned: Engine) -> None:
     logp = _reference_prompt_logp(tuned, "a", PROMPT)
     expected = logp.gather(1, torch.tensor(PROMPT[1:])[:, None])[:, 0].numpy()
     n = 3
-    out = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, prompt_logprobs=True, prompt_logprobs_last_n=n,
-                                topk_prompt_logprobs=2))
+    out = _one(
+        tuned,
+        SampleJob("a", PROMPT, max_tokens=1, prompt_logprobs=True, prompt_logprobs_last_n=n, topk_prompt_logprobs=2),
+    )
     assert len(out.prompt_logprobs) == len(out.topk_prompt_logprobs) == len(PROMPT)
     assert out.prompt_logprobs[: len(PROMPT) - n] == [None] * (len(PROMPT) - n)
     assert out.topk_prompt_logprobs[: len(PROMPT) - n] == [None] * (len(PROMPT) - n)
@@ -405,7 +443,9 @@ def test_prompt_alt_tokens_are_draws_at_the_request_temperature(tuned: Engine) -
         assert ids.shape == lps.shape == (len(PROMPT) - 1, 5)
         scaled = torch.log_softmax(logp / temperature, dim=-1)
         np.testing.assert_allclose(lps, scaled.gather(1, torch.from_numpy(ids).long()).numpy(), rtol=1e-5, atol=1e-5)
-        again = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, seed=4, temperature=temperature, prompt_alt_tokens_k=5))
+        again = _one(
+            tuned, SampleJob("a", PROMPT, max_tokens=1, seed=4, temperature=temperature, prompt_alt_tokens_k=5)
+        )
         np.testing.assert_array_equal(again.prompt_alt_tokens[0], ids)  # seeded: the same draws
         assert out.prompt_logprobs is None and out.target_prompt_logprobs is None
     other = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, seed=5, prompt_alt_tokens_k=5)).prompt_alt_tokens[0]
@@ -417,9 +457,19 @@ def test_prompt_alt_tokens_are_draws_at_the_request_temperature(tuned: Engine) -
 
 
 def test_prompt_outputs_of_a_one_token_prompt_are_empty(tuned: Engine) -> None:
-    out = _one(tuned, SampleJob("a", [7], max_tokens=2, seed=1, prompt_alt_tokens_k=3,
-                                target_prompt_logprobs=np.zeros((0, 2), np.int64), prompt_logprobs=True,
-                                prompt_logprobs_last_n=1))
+    out = _one(
+        tuned,
+        SampleJob(
+            "a",
+            [7],
+            max_tokens=2,
+            seed=1,
+            prompt_alt_tokens_k=3,
+            target_prompt_logprobs=np.zeros((0, 2), np.int64),
+            prompt_logprobs=True,
+            prompt_logprobs_last_n=1,
+        ),
+    )
     assert out.prompt_logprobs == [None]
     assert out.target_prompt_logprobs.shape == (0, 2)
     assert out.prompt_alt_tokens[0].shape == out.prompt_alt_tokens[1].shape == (0, 3)
@@ -431,8 +481,18 @@ def test_extra_outputs_survive_split_batches(tuned: Engine) -> None:
     from tinker_server.engine import sampling
 
     targets = np.tile(np.array([[3, -1]], np.int64), (len(PROMPT) - 1, 1))
-    job = SampleJob("a", PROMPT, num_samples=5, max_tokens=6, seed=1, prompt_logprobs=True, prompt_logprobs_last_n=2,
-                    topk_sample_logprobs=2, prompt_alt_tokens_k=2, target_prompt_logprobs=targets)
+    job = SampleJob(
+        "a",
+        PROMPT,
+        num_samples=5,
+        max_tokens=6,
+        seed=1,
+        prompt_logprobs=True,
+        prompt_logprobs_last_n=2,
+        topk_sample_logprobs=2,
+        prompt_alt_tokens_k=2,
+        target_prompt_logprobs=targets,
+    )
     prepared = [sampling.prepare_job(job, tuned._adapters["a"], vocab_size=512, max_context=2048)]
     whole = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared)[0]
     per_token = sampling.kv_bytes_per_token(tuned._parts)
@@ -441,8 +501,12 @@ def test_extra_outputs_survive_split_batches(tuned: Engine) -> None:
     for x, y in zip(whole.sequences, split.sequences):  # other batch shapes round differently (~1e-5 per step)
         assert len(x.topk_logprobs) == len(y.topk_logprobs) == 6
         assert [[t for t, _ in row] for row in x.topk_logprobs] == [[t for t, _ in row] for row in y.topk_logprobs]
-        np.testing.assert_allclose([[v for _, v in row] for row in x.topk_logprobs],
-                                   [[v for _, v in row] for row in y.topk_logprobs], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(
+            [[v for _, v in row] for row in x.topk_logprobs],
+            [[v for _, v in row] for row in y.topk_logprobs],
+            rtol=0,
+            atol=1e-4,
+        )
     assert whole.prompt_logprobs == split.prompt_logprobs
     np.testing.assert_array_equal(whole.target_prompt_logprobs, split.target_prompt_logprobs)
     np.testing.assert_array_equal(whole.prompt_alt_tokens[0], split.prompt_alt_tokens[0])

@@ -94,8 +94,10 @@ def test_micro_batching_does_not_change_results(home, engine: Engine) -> None:
 def test_microbatches_respect_the_token_budget() -> None:
     from tinker_server.engine.train import Row, _microbatches
 
-    rows = [(0, i, Row(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), {}))
-            for i, n in enumerate([5, 40, 7, 12, 3, 30])]
+    rows = [
+        (0, i, Row(torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), {}))
+        for i, n in enumerate([5, 40, 7, 12, 3, 30])
+    ]
     batches = _microbatches(rows, budget=32)
     assert sorted(d for b in batches for _, d, _ in b) == list(range(6))
     for batch in batches:
@@ -122,13 +124,18 @@ def test_optim_step_changes_only_its_adapter(engine: Engine) -> None:
 
 def test_many_adapters_in_one_batch_equal_each_alone(home, engine: Engine) -> None:
     alone = load_engine(TINY_MODEL, home=home)
-    specs = {"a": ("cross_entropy", ("weights",)), "b": ("importance_sampling", ("logprobs", "advantages")),
-             "c": ("ppo", ("logprobs", "advantages"))}
+    specs = {
+        "a": ("cross_entropy", ("weights",)),
+        "b": ("importance_sampling", ("logprobs", "advantages")),
+        "c": ("ppo", ("logprobs", "advantages")),
+    }
     for e in (engine, alone):
         for i, name in enumerate(specs):
             _fresh(e, name, seed=20 + i)
-    items = [(name, random_datums(3, seed=30 + i, keys=keys), loss, None, True)
-             for i, (name, (loss, keys)) in enumerate(specs.items())]
+    items = [
+        (name, random_datums(3, seed=30 + i, keys=keys), loss, None, True)
+        for i, (name, (loss, keys)) in enumerate(specs.items())
+    ]
     items.append(("a", random_datums(2, seed=99), "cross_entropy", None, False))  # forward-only rider
     together = engine.forward_backward_many(items)
     for (name, data, loss, cfg, backward), out in zip(items, together):
@@ -147,11 +154,13 @@ def test_many_adapters_in_one_batch_equal_each_alone(home, engine: Engine) -> No
 def test_a_bad_item_does_not_fail_the_others(engine: Engine) -> None:
     _fresh(engine, "a")
     good = random_datums(2, seed=1)
-    results = engine.forward_backward_many([
-        ("a", good, "cross_entropy", None, True),
-        ("missing", good, "cross_entropy", None, True),
-        ("a", good, "nope", None, True),
-    ])
+    results = engine.forward_backward_many(
+        [
+            ("a", good, "cross_entropy", None, True),
+            ("missing", good, "cross_entropy", None, True),
+            ("a", good, "nope", None, True),
+        ]
+    )
     assert isinstance(results[0], TrainOutput)
     assert isinstance(results[1], EngineError) and "missing" in str(results[1])
     assert isinstance(results[2], EngineError) and "unknown loss_fn 'nope'" in str(results[2])
@@ -174,10 +183,12 @@ def test_a_failing_computation_leaves_gradients_untouched(engine: Engine, home) 
             _fresh(e, "b", seed=2)
             e.forward_backward("a", random_datums(1, seed=8), "cross_entropy", None, backward=True)
         data = random_datums(3, seed=5)
-        results = engine.forward_backward_many([
-            ("a", data, "cross_entropy", None, True),
-            ("b", data, "explode_for_test", None, True),
-        ])
+        results = engine.forward_backward_many(
+            [
+                ("a", data, "cross_entropy", None, True),
+                ("b", data, "explode_for_test", None, True),
+            ]
+        )
         assert isinstance(results[0], TrainOutput)
         assert isinstance(results[1], EngineError) and "boom" in str(results[1])
         assert all(p.grad is None for p in engine._adapters["b"].parameters())
@@ -199,8 +210,14 @@ def test_adamw_matches_torch(engine: Engine) -> None:
     start = adapter_tensors(engine, "a")
     params = {k: torch.nn.Parameter(v.clone()) for k, v in start.items()}
     cfg = AdamConfig(learning_rate=2e-3, beta1=0.8, beta2=0.9, eps=1e-8, weight_decay=0.1)
-    opt = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                            weight_decay=cfg.weight_decay, foreach=False)
+    opt = torch.optim.AdamW(
+        params.values(),
+        lr=cfg.learning_rate,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        foreach=False,
+    )
     for step in range(3):
         engine.forward_backward("a", random_datums(2, seed=step), "cross_entropy", None, backward=True)
         for k, p in engine._adapters["a"].named_parameters():
@@ -254,7 +271,9 @@ def test_training_reduces_the_loss(engine: Engine) -> None:
     datum.loss_fn_inputs = {"target_tokens": np.array(text[1:]), "weights": np.ones(len(text) - 1, np.float32)}
     losses_seen = []
     for _ in range(15):
-        losses_seen.append(engine.forward_backward("a", [datum], "cross_entropy", None, backward=True).metrics["loss:sum"])
+        losses_seen.append(
+            engine.forward_backward("a", [datum], "cross_entropy", None, backward=True).metrics["loss:sum"]
+        )
         engine.optim_step("a", AdamConfig(learning_rate=1e-2))
     assert losses_seen[-1] < 0.2 * losses_seen[0]
 
@@ -289,8 +308,10 @@ def test_activation_checkpointing_gives_the_same_gradients(home, engine: Engine)
     for e in (engine, ckpt):
         _fresh(e, "a", seed=1)
         _fresh(e, "b", seed=2)
-    items = [("a", random_datums(3, seed=1), "cross_entropy", None, True),
-             ("b", random_datums(2, seed=2, keys=("advantages", "logprobs")), "importance_sampling", None, True)]
+    items = [
+        ("a", random_datums(3, seed=1), "cross_entropy", None, True),
+        ("b", random_datums(2, seed=2, keys=("advantages", "logprobs")), "importance_sampling", None, True),
+    ]
     plain_out = engine.forward_backward_many(items)
     ckpt_out = ckpt.forward_backward_many(items)
     for x, y in zip(plain_out, ckpt_out):
@@ -316,10 +337,12 @@ def test_a_non_finite_loss_is_refused_without_touching_gradients(engine: Engine)
     _fresh(engine, "b", seed=2)
     bad = random_datums(2, seed=1, keys=("logprobs", "advantages"))
     bad[1].loss_fn_inputs["logprobs"][0] = -1e30  # finite, but exp(lp - logprobs) overflows
-    results = engine.forward_backward_many([
-        ("a", bad, "importance_sampling", None, True),
-        ("b", random_datums(2, seed=2), "cross_entropy", None, True),
-    ])
+    results = engine.forward_backward_many(
+        [
+            ("a", bad, "importance_sampling", None, True),
+            ("b", random_datums(2, seed=2), "cross_entropy", None, True),
+        ]
+    )
     assert isinstance(results[0], EngineError) and "importance_sampling loss is not finite" in str(results[0])
     assert isinstance(results[1], TrainOutput)
     assert all(p.grad is None for p in engine._adapters["a"].parameters())

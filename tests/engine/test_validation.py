@@ -33,42 +33,112 @@ def rl_datum(n: int = 5) -> TrainDatum:
 
 
 TRAIN_CASES = [
-    ("cross_entropy", [datum(), TrainDatum(tokens=[1, 99999], loss_fn_inputs={"target_tokens": np.array([1, 2])})],
-     None, "datum 1: token id 99999 is outside the vocabulary (size 512)"),
-    ("cross_entropy", [datum(target_tokens=np.array([1, 2, 3, 4, 600]))], None,
-     "datum 0: target token id 600 is outside the vocabulary (size 512)"),
-    ("cross_entropy", [datum(7, weights=np.ones(5, np.float32))], None,
-     "datum 0: loss_fn_inputs['weights'] has 5 values but model_input has 7 tokens"),
-    ("cross_entropy", [datum(target_tokens=np.arange(4))], None,
-     "datum 0: loss_fn_inputs['target_tokens'] has 4 values but model_input has 5 tokens"),
-    ("foo", [datum()], None, "unknown loss_fn 'foo'; expected one of: cross_entropy, importance_sampling, ppo, cispo, dro"),
-    ("stable_reinforce", [rl_datum()], None,
-     "loss_fn 'stable_reinforce' is not supported by this server: its objective is not publicly specified"),
-    ("ppo", [rl_datum(), datum(weights=None, logprobs=np.zeros(5, np.float32))], None,
-     "datum 1: loss_fn_inputs is missing 'advantages' (required by loss_fn 'ppo')"),
-    ("cross_entropy", [datum(weights=None, target_tokens=None)], None,
-     "datum 0: loss_fn_inputs is missing 'target_tokens' (required by loss_fn 'cross_entropy')"),
-    ("cross_entropy", [datum(advantages=np.ones(5, np.float32))], None,
-     "datum 0: loss_fn_inputs key 'advantages' is not used by cross_entropy"),
+    (
+        "cross_entropy",
+        [datum(), TrainDatum(tokens=[1, 99999], loss_fn_inputs={"target_tokens": np.array([1, 2])})],
+        None,
+        "datum 1: token id 99999 is outside the vocabulary (size 512)",
+    ),
+    (
+        "cross_entropy",
+        [datum(target_tokens=np.array([1, 2, 3, 4, 600]))],
+        None,
+        "datum 0: target token id 600 is outside the vocabulary (size 512)",
+    ),
+    (
+        "cross_entropy",
+        [datum(7, weights=np.ones(5, np.float32))],
+        None,
+        "datum 0: loss_fn_inputs['weights'] has 5 values but model_input has 7 tokens",
+    ),
+    (
+        "cross_entropy",
+        [datum(target_tokens=np.arange(4))],
+        None,
+        "datum 0: loss_fn_inputs['target_tokens'] has 4 values but model_input has 5 tokens",
+    ),
+    (
+        "foo",
+        [datum()],
+        None,
+        "unknown loss_fn 'foo'; expected one of: cross_entropy, importance_sampling, ppo, cispo, dro",
+    ),
+    (
+        "stable_reinforce",
+        [rl_datum()],
+        None,
+        "loss_fn 'stable_reinforce' is not supported by this server: its objective is not publicly specified",
+    ),
+    (
+        "ppo",
+        [rl_datum(), datum(weights=None, logprobs=np.zeros(5, np.float32))],
+        None,
+        "datum 1: loss_fn_inputs is missing 'advantages' (required by loss_fn 'ppo')",
+    ),
+    (
+        "cross_entropy",
+        [datum(weights=None, target_tokens=None)],
+        None,
+        "datum 0: loss_fn_inputs is missing 'target_tokens' (required by loss_fn 'cross_entropy')",
+    ),
+    (
+        "cross_entropy",
+        [datum(advantages=np.ones(5, np.float32))],
+        None,
+        "datum 0: loss_fn_inputs key 'advantages' is not used by cross_entropy",
+    ),
     ("ppo", [rl_datum()], {"clip_ratio": 0.2}, "unknown loss_fn_config key 'clip_ratio' for ppo"),
     ("cross_entropy", [datum()], {"beta": 1.0}, "unknown loss_fn_config key 'beta' for cross_entropy"),
     ("ppo", [rl_datum()], {"clip_low_threshold": 1.5}, "clip_low_threshold (1.5) is greater than"),
     ("dro", [rl_datum()], {"beta": float("nan")}, "loss_fn_config['beta'] must be a finite number"),
     ("dro", [rl_datum()], {"beta": "0.1"}, "loss_fn_config['beta'] must be a finite number, got '0.1'"),
-    ("gspo", [rl_datum()], {"clip_low_threshold": "low"}, "loss_fn_config['clip_low_threshold'] must be a finite number"),
+    (
+        "gspo",
+        [rl_datum()],
+        {"clip_low_threshold": "low"},
+        "loss_fn_config['clip_low_threshold'] must be a finite number",
+    ),
     ("gspo", [rl_datum()], {"clip_low_threshold": 1.3}, "clip_low_threshold (1.3) is greater than"),
-    ("gspo", [datum(weights=None, logprobs=np.zeros(5, np.float32), advantages=np.ones(5, np.float32),
-                    sequence_ratio_mask=np.ones(3, np.float32))], None,
-     "datum 0: loss_fn_inputs['sequence_ratio_mask'] has 3 values but model_input has 5 tokens"),
-    ("ppo", [datum(weights=None, logprobs=np.zeros(5, np.float32), advantages=np.ones(5, np.float32),
-                   sequence_ratio_mask=np.ones(5, np.float32))], None,
-     "datum 0: loss_fn_inputs key 'sequence_ratio_mask' is not used by ppo"),
-    ("cross_entropy", [TrainDatum(tokens=[], loss_fn_inputs={"target_tokens": np.array([], np.int64)})], None,
-     "datum 0: the input has no tokens"),
+    (
+        "gspo",
+        [
+            datum(
+                weights=None,
+                logprobs=np.zeros(5, np.float32),
+                advantages=np.ones(5, np.float32),
+                sequence_ratio_mask=np.ones(3, np.float32),
+            )
+        ],
+        None,
+        "datum 0: loss_fn_inputs['sequence_ratio_mask'] has 3 values but model_input has 5 tokens",
+    ),
+    (
+        "ppo",
+        [
+            datum(
+                weights=None,
+                logprobs=np.zeros(5, np.float32),
+                advantages=np.ones(5, np.float32),
+                sequence_ratio_mask=np.ones(5, np.float32),
+            )
+        ],
+        None,
+        "datum 0: loss_fn_inputs key 'sequence_ratio_mask' is not used by ppo",
+    ),
+    (
+        "cross_entropy",
+        [TrainDatum(tokens=[], loss_fn_inputs={"target_tokens": np.array([], np.int64)})],
+        None,
+        "datum 0: the input has no tokens",
+    ),
     ("cross_entropy", [datum(weights=np.array([1, 1, np.nan, 1, 1], np.float32))], None, "contains NaN"),
     ("cross_entropy", [datum(target_tokens=np.array([0.5, 1, 2, 3, 4]))], None, "must be integers"),
-    ("cross_entropy", [TrainDatum(tokens=[1.5, 2], loss_fn_inputs={"target_tokens": np.array([1, 2])})], None,
-     "datum 0: tokens must be integers"),
+    (
+        "cross_entropy",
+        [TrainDatum(tokens=[1.5, 2], loss_fn_inputs={"target_tokens": np.array([1, 2])})],
+        None,
+        "datum 0: tokens must be integers",
+    ),
     ("cross_entropy", [datum(weights=np.array(["a"] * 5))], None, "must be numbers"),
 ]
 
@@ -93,26 +163,35 @@ def test_forward_ignores_inputs_its_loss_does_not_use(eng: Engine) -> None:
 
 
 def test_multi_dimensional_inputs_are_flattened(eng: Engine) -> None:
-    out = eng.forward_backward("a", [datum(6, weights=np.ones((2, 3), np.float32))], "cross_entropy", None, backward=False)
+    out = eng.forward_backward(
+        "a", [datum(6, weights=np.ones((2, 3), np.float32))], "cross_entropy", None, backward=False
+    )
     assert out.loss_fn_outputs[0]["logprobs"].shape == (6,)
 
 
 def test_unknown_adapters(eng: Engine) -> None:
     with pytest.raises(AdapterNotFound, match="'zzz'"):
         eng.forward_backward("zzz", [datum()], "cross_entropy", None, backward=True)
-    for call in (lambda: eng.optim_step("zzz", AdamConfig()), lambda: eng.drop_adapter("zzz"),
-                 lambda: eng.adapter_spec("zzz"), lambda: eng.copy_adapter("zzz", "y"),
-                 lambda: eng.save_adapter("zzz", "/tmp/never", optimizer=False)):
+    for call in (
+        lambda: eng.optim_step("zzz", AdamConfig()),
+        lambda: eng.drop_adapter("zzz"),
+        lambda: eng.adapter_spec("zzz"),
+        lambda: eng.copy_adapter("zzz", "y"),
+        lambda: eng.save_adapter("zzz", "/tmp/never", optimizer=False),
+    ):
         with pytest.raises(AdapterNotFound):
             call()
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    (LoraSpec(rank=0), "rank must be between 1 and"),
-    (LoraSpec(rank=2.5), "rank must be an integer"),  # type: ignore[arg-type]
-    (LoraSpec(rank=2, seed="x"), "seed must be an integer"),  # type: ignore[arg-type]
-    (LoraSpec(rank=2, train_mlp=False, train_attn=False, train_unembed=False), "trains nothing"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (LoraSpec(rank=0), "rank must be between 1 and"),
+        (LoraSpec(rank=2.5), "rank must be an integer"),  # type: ignore[arg-type]
+        (LoraSpec(rank=2, seed="x"), "seed must be an integer"),  # type: ignore[arg-type]
+        (LoraSpec(rank=2, train_mlp=False, train_attn=False, train_unembed=False), "trains nothing"),
+    ],
+)
 def test_bad_lora_specs(eng: Engine, spec: LoraSpec, message: str) -> None:
     with pytest.raises(UserInputError, match=message):
         eng.create_adapter("b", spec)
@@ -123,13 +202,16 @@ def test_duplicate_adapter_id(eng: Engine) -> None:
         eng.create_adapter("a", LoraSpec(rank=2))
 
 
-@pytest.mark.parametrize(("cfg", "message"), [
-    (AdamConfig(learning_rate=-1.0), "learning_rate must be between 0 and 10"),
-    (AdamConfig(beta1=1.0), "beta1 must be in"),
-    (AdamConfig(beta2=float("nan")), "beta2 must be a finite number"),
-    (AdamConfig(eps=-1e-8), "eps must be > 0"),
-    (AdamConfig(grad_clip_norm=-1), "grad_clip_norm must be >= 0"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (AdamConfig(learning_rate=-1.0), "learning_rate must be between 0 and 10"),
+        (AdamConfig(beta1=1.0), "beta1 must be in"),
+        (AdamConfig(beta2=float("nan")), "beta2 must be a finite number"),
+        (AdamConfig(eps=-1e-8), "eps must be > 0"),
+        (AdamConfig(grad_clip_norm=-1), "grad_clip_norm must be >= 0"),
+    ],
+)
 def test_bad_adam_configs(eng: Engine, cfg: AdamConfig, message: str) -> None:
     with pytest.raises(UserInputError, match=message):
         eng.optim_step("a", cfg)
@@ -159,11 +241,15 @@ SAMPLE_CASES = [
     (dict(prompt_alt_tokens_k=-1), "prompt_alt_tokens_k must be an integer from 0 to 20, got -1"),
     (dict(prompt_logprobs_last_n=2), "prompt_logprobs_last_n requires prompt_logprobs"),
     (dict(prompt_logprobs=True, prompt_logprobs_last_n=0), "prompt_logprobs_last_n must be a positive integer"),
-    (dict(target_prompt_logprobs=np.zeros((3, 2), np.int64)),
-     "target_prompt_logprobs must have shape [len(prompt) - 1, K] = [2, K], got [3, 2]"),
+    (
+        dict(target_prompt_logprobs=np.zeros((3, 2), np.int64)),
+        "target_prompt_logprobs must have shape [len(prompt) - 1, K] = [2, K], got [3, 2]",
+    ),
     (dict(target_prompt_logprobs=np.zeros(2, np.int64)), "target_prompt_logprobs must have shape"),
-    (dict(target_prompt_logprobs=np.array([[1, 512], [0, -1]])),
-     "target_prompt_logprobs token id 512 is outside the vocabulary (size 512; -1 means no request)"),
+    (
+        dict(target_prompt_logprobs=np.array([[1, 512], [0, -1]])),
+        "target_prompt_logprobs token id 512 is outside the vocabulary (size 512; -1 means no request)",
+    ),
     (dict(target_prompt_logprobs=np.array([[1, -2], [0, -1]])), "target_prompt_logprobs token id -2 is outside"),
     (dict(target_prompt_logprobs=np.array([[1.5], [0.0]])), "target_prompt_logprobs must hold integer token ids"),
 ]
@@ -191,7 +277,15 @@ def test_nested_tokens_are_refused(eng: Engine) -> None:
 
 
 def test_numpy_scalars_are_accepted_in_sample_jobs(eng: Engine) -> None:
-    job = SampleJob("a", [np.int64(1), np.int64(2)], num_samples=np.int64(2), max_tokens=np.int64(3),  # type: ignore[list-item,arg-type]
-                    temperature=np.float32(0.5), top_k=np.int64(5), seed=np.int64(4), stop_token_ids=[np.int64(7)])
+    job = SampleJob(
+        "a",
+        [np.int64(1), np.int64(2)],
+        num_samples=np.int64(2),
+        max_tokens=np.int64(3),  # type: ignore[list-item,arg-type]
+        temperature=np.float32(0.5),
+        top_k=np.int64(5),
+        seed=np.int64(4),
+        stop_token_ids=[np.int64(7)],
+    )
     out = eng.sample([job])[0]
     assert not isinstance(out, Exception) and len(out.sequences) == 2

@@ -108,7 +108,9 @@ def datum(tokens: list[int], targets: list[int] | None = None, weights: list[flo
     }
 
 
-def fb_body(model_id: str, seq_id: int, data: list[dict[str, Any]] | None = None, loss_fn: str = "cross_entropy") -> dict[str, Any]:
+def fb_body(
+    model_id: str, seq_id: int, data: list[dict[str, Any]] | None = None, loss_fn: str = "cross_entropy"
+) -> dict[str, Any]:
     return {
         "forward_backward_input": {"data": data or [datum([1, 2, 3])], "loss_fn": loss_fn, "loss_fn_config": None},
         "model_id": model_id,
@@ -122,9 +124,7 @@ def fake_engines(tmp_path: pathlib.Path) -> dict[str, FakeEngine]:
 
 
 @pytest.fixture
-def make_fake_server(
-    tmp_path: pathlib.Path, fake_engines: dict[str, FakeEngine]
-) -> Iterator[Callable[..., Api]]:
+def make_fake_server(tmp_path: pathlib.Path, fake_engines: dict[str, FakeEngine]) -> Iterator[Callable[..., Api]]:
     servers: list[Api] = []
 
     def loader(name: str) -> FakeEngine:

@@ -41,7 +41,9 @@ class FakeEngine:
         (tok_dir / "tokenizer.json").write_text(json.dumps({"model": {"type": "fake"}}))
         (tok_dir / "tokenizer_config.json").write_text("{}")
         (tok_dir / ".built-marker").write_text("")
-        self.info = ModelInfo(name=name, arch="llama", vocab_size=vocab_size, max_context=max_context, tokenizer_dir=tok_dir)
+        self.info = ModelInfo(
+            name=name, arch="llama", vocab_size=vocab_size, max_context=max_context, tokenizer_dir=tok_dir
+        )
         self.tokenizer = None
         self.adapters: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, Any]] = []
@@ -169,7 +171,9 @@ class FakeEngine:
                 continue
             n = job.max_tokens or 4
             seqs = [
-                SampledSequence(tokens=[(i + k) % self.info.vocab_size for k in range(n)], logprobs=[-0.5] * n, stop_reason="length")
+                SampledSequence(
+                    tokens=[(i + k) % self.info.vocab_size for k in range(n)], logprobs=[-0.5] * n, stop_reason="length"
+                )
                 for i in range(job.num_samples)
             ]
             plp = [None] + [-1.0] * (len(job.prompt) - 1) if job.prompt_logprobs else None

@@ -50,7 +50,13 @@ def test_unknown_base_model(api: Api) -> None:
     sid = api.session()
     response = api.post(
         "create_model",
-        {"session_id": sid, "model_seq_id": 0, "base_model": "no/such-model", "user_metadata": None, "lora_config": None},
+        {
+            "session_id": sid,
+            "model_seq_id": 0,
+            "base_model": "no/such-model",
+            "user_metadata": None,
+            "lora_config": None,
+        },
     )
     assert response.status_code == 400
     detail = _detail(response)
@@ -68,9 +74,15 @@ def test_bad_lora_config(api: Api) -> None:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d["model_input"]["chunks"][0].update(tokens=[1, 2, 9999]), "token id 9999 is outside the vocabulary"),
+        (
+            lambda d: d["model_input"]["chunks"][0].update(tokens=[1, 2, 9999]),
+            "token id 9999 is outside the vocabulary",
+        ),
         (lambda d: d["loss_fn_inputs"]["target_tokens"].update(data=[1, 2, -1]), "token id -1"),
-        (lambda d: d["loss_fn_inputs"]["weights"].update(data=[1, 1], shape=[2]), "'weights'] has 2 values but model_input has 3"),
+        (
+            lambda d: d["loss_fn_inputs"]["weights"].update(data=[1, 1], shape=[2]),
+            "'weights'] has 2 values but model_input has 3",
+        ),
         (lambda d: d["loss_fn_inputs"]["weights"].update(shape=[4]), "shape [4] needs 4 values"),
         (lambda d: d["loss_fn_inputs"].pop("target_tokens"), "missing 'target_tokens'"),
         (lambda d: d["loss_fn_inputs"].update(foo={"data": [1, 1, 1], "dtype": "float32"}), "unknown key 'foo'"),
@@ -152,7 +164,10 @@ def test_bad_sampling_params(api: Api) -> None:
         (_sample_body(sampler, top_p=0), "top_p"),
         (_sample_body(sampler, top_k=-2), "top_k"),
         (_sample_body(sampler, stop=[9999]), "stop token id 9999 is outside the vocabulary"),
-        (_sample_body(sampler, prompt={"chunks": [{"tokens": [1, 500]}]}), "prompt token id 500 is outside the vocabulary"),
+        (
+            _sample_body(sampler, prompt={"chunks": [{"tokens": [1, 500]}]}),
+            "prompt token id 500 is outside the vocabulary",
+        ),
         (_sample_body(sampler, max_tokens=1000), "exceeds the model's context"),
         (_sample_body("nope:sample:0"), "not found"),
     ]

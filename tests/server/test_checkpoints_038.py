@@ -331,7 +331,9 @@ def test_external_export_listing_and_signed_files(api: Api, run: str) -> None:
         assert response.content == on_disk[name]
     # Downloading another tenant's export's URLs is refused like a missing one.
     other = api.as_key(OTHER_KEY)
-    assert other.get(f"training_runs/{run}/checkpoints/external_weights/download/external_weights_urls").status_code == 404
+    assert (
+        other.get(f"training_runs/{run}/checkpoints/external_weights/download/external_weights_urls").status_code == 404
+    )
     # Only external exports have per-file URLs.
     api.result("save_weights", save_body(run, 3, "w"))
     response = api.get(f"training_runs/{run}/checkpoints/weights/w/external_weights_urls")

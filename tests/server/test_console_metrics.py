@@ -35,7 +35,9 @@ def _rows(api: Api, run_id: str) -> list[tuple[Any, ...]]:
         return [
             tuple(row)
             for row in s.execute(
-                sa.select(RunMetricRow.step, RunMetricRow.seq_id, RunMetricRow.kind, RunMetricRow.name, RunMetricRow.value)
+                sa.select(
+                    RunMetricRow.step, RunMetricRow.seq_id, RunMetricRow.kind, RunMetricRow.name, RunMetricRow.value
+                )
                 .where(RunMetricRow.run_id == run_id)
                 .order_by(RunMetricRow.pk)
             )
@@ -62,7 +64,11 @@ def test_every_metric_of_each_step_is_kept_with_the_values_the_client_got(api: A
     # Raw rows: (step, seq_id, kind, name, value), one per metric per request.
     rows = _rows(api, run)
     assert rows[0] == (1, 1, "forward_backward", "loss:sum", losses[0])
-    assert {r[:3] for r in rows if r[2] == "optim_step"} == {(1, 2, "optim_step"), (2, 4, "optim_step"), (3, 6, "optim_step")}
+    assert {r[:3] for r in rows if r[2] == "optim_step"} == {
+        (1, 2, "optim_step"),
+        (2, 4, "optim_step"),
+        (3, 6, "optim_step"),
+    }
 
 
 def test_requests_of_one_step_fold_into_one_point_by_their_reduction(api: Api) -> None:
@@ -141,8 +147,16 @@ def _db(tmp_path: pathlib.Path) -> Database:
         now = utcnow()
         s.add(
             TrainingRunRow(
-                id="s:train:0", owner="o", session_id="s", model_seq_id=0, base_model="m", lora_rank=4,
-                lora_config={"rank": 4}, user_metadata=None, created_at=now, last_request_time=now,
+                id="s:train:0",
+                owner="o",
+                session_id="s",
+                model_seq_id=0,
+                base_model="m",
+                lora_rank=4,
+                lora_config={"rank": 4},
+                user_metadata=None,
+                created_at=now,
+                last_request_time=now,
             )
         )
     return db
@@ -238,8 +252,14 @@ def test_one_series_at_full_resolution_page_by_page(api: Api) -> None:
         api.result("optim_step", _optim(run, 2 * step + 2))
     params = {"kind": "forward_backward", "name": "loss:sum", "limit": 2}
     first = api.get(f"console/runs/{run}/metrics", params=params).json()
-    assert first == {"x": "step", "kind": "forward_backward", "name": "loss:sum", "steps": [1, 2],
-                     "values": losses[:2], "next_after": 2}
+    assert first == {
+        "x": "step",
+        "kind": "forward_backward",
+        "name": "loss:sum",
+        "steps": [1, 2],
+        "values": losses[:2],
+        "next_after": 2,
+    }
     rest = api.get(f"console/runs/{run}/metrics", params={**params, "after": 2, "limit": 10}).json()
     assert rest["steps"] == [3, 4, 5] and rest["values"] == losses[2:] and rest["next_after"] is None
     assert api.as_key("someone-else").get(f"console/runs/{run}/metrics", params=params).status_code == 404

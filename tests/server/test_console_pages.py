@@ -54,8 +54,15 @@ def test_the_page_needs_no_key_and_keeps_it_out_of_urls(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/console/fragments/runs", "/console/fragments/sessions", "/console/fragments/queue",
-             "/console/fragments/playground", "/api/v1/console/runs", "/api/v1/console/queue"]
+    "path",
+    [
+        "/console/fragments/runs",
+        "/console/fragments/sessions",
+        "/console/fragments/queue",
+        "/console/fragments/playground",
+        "/api/v1/console/runs",
+        "/api/v1/console/queue",
+    ],
 )
 def test_everything_but_the_page_needs_a_key(api: Api, path: str) -> None:
     response = api.client.get(path)
@@ -150,7 +157,9 @@ def test_another_tenant_sees_none_of_it(api: Api) -> None:
     assert run not in _html(other, "runs") and run not in _html(other, "sessions")
     assert "sampler_weights/s" not in _html(other, "playground")
     assert other.delete(f"training_runs/{run}/checkpoints/sampler_weights/s").status_code == 404
-    sample = other.post("console/playground/sample", {"model_path": f"tinker://{run}/sampler_weights/s", "prompt": "hi"})
+    sample = other.post(
+        "console/playground/sample", {"model_path": f"tinker://{run}/sampler_weights/s", "prompt": "hi"}
+    )
     assert sample.status_code == 404
 
 

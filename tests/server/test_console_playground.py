@@ -73,7 +73,11 @@ def test_a_sampler_checkpoint_is_sampled_and_counted_on_its_run(tiny: Api) -> No
         "lora_config": {"rank": 4, "seed": 1},
     }
     run = tiny.result("create_model", body)["model_id"]
-    fb = {"forward_backward_input": {"data": [datum([5, 17, 42, 99])], "loss_fn": "cross_entropy"}, "model_id": run, "seq_id": 1}
+    fb = {
+        "forward_backward_input": {"data": [datum([5, 17, 42, 99])], "loss_fn": "cross_entropy"},
+        "model_id": run,
+        "seq_id": 1,
+    }
     tiny.result("forward_backward", fb)
     tiny.result("optim_step", {"adam_params": {"learning_rate": 0.01}, "model_id": run, "seq_id": 2})
     path = tiny.result("save_weights_for_sampler", {"model_id": run, "path": "final", "seq_id": 3})["path"]

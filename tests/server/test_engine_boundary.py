@@ -48,8 +48,13 @@ def test_a_cold_model_checks_requests_like_a_warm_one(make_fake_server: Callable
         return real_factory(name)
 
     worker._factory = slow_factory
-    body = {"session_id": sid, "model_seq_id": 1, "base_model": "fake/model-b", "user_metadata": None,
-            "lora_config": {"rank": 4}}
+    body = {
+        "session_id": sid,
+        "model_seq_id": 1,
+        "base_model": "fake/model-b",
+        "user_metadata": None,
+        "lora_config": {"rank": 4},
+    }
     created = api.ok("create_model", body)  # queued while the model loads
     cold_id = created["model_id"]
     threading.Timer(0.5, gate.set).start()
@@ -64,18 +69,34 @@ def test_a_cold_model_checks_requests_like_a_warm_one(make_fake_server: Callable
 
 def test_limits_have_one_owner(api: Api) -> None:
     sid = api.session()
-    body = {"session_id": sid, "model_seq_id": 0, "base_model": FAKE_MODEL, "user_metadata": None,
-            "lora_config": {"rank": MAX_LORA_RANK + 1}}
+    body = {
+        "session_id": sid,
+        "model_seq_id": 0,
+        "base_model": FAKE_MODEL,
+        "user_metadata": None,
+        "lora_config": {"rank": MAX_LORA_RANK + 1},
+    }
     assert f"between 1 and {MAX_LORA_RANK}" in _detail(api.post("create_model", body))
     model_id = api.create_model(sid, seq=1, rank=MAX_LORA_RANK)  # the largest rank is accepted and runs
-    sampler = api.ok("create_sampling_session", {"session_id": sid, "sampling_session_seq_id": 0,
-                                                 "base_model": FAKE_MODEL, "model_path": None})["sampling_session_id"]
-    sample = {"prompt": {"chunks": [{"tokens": [1, 2]}]}, "sampling_params": {"max_tokens": 1},
-              "sampling_session_id": sampler, "seq_id": 0}
-    assert f"from 1 to {MAX_NUM_SAMPLES}" in _detail(api.post("asample", {**sample, "num_samples": MAX_NUM_SAMPLES + 1}))
+    sampler = api.ok(
+        "create_sampling_session",
+        {"session_id": sid, "sampling_session_seq_id": 0, "base_model": FAKE_MODEL, "model_path": None},
+    )["sampling_session_id"]
+    sample = {
+        "prompt": {"chunks": [{"tokens": [1, 2]}]},
+        "sampling_params": {"max_tokens": 1},
+        "sampling_session_id": sampler,
+        "seq_id": 0,
+    }
+    assert f"from 1 to {MAX_NUM_SAMPLES}" in _detail(
+        api.post("asample", {**sample, "num_samples": MAX_NUM_SAMPLES + 1})
+    )
     assert len(api.result("asample", {**sample, "num_samples": MAX_NUM_SAMPLES})["sequences"]) == MAX_NUM_SAMPLES
     adam = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8}
-    for bad, expected in [({"eps": 0.0}, "eps must be > 0"), ({"learning_rate": 1e308}, "learning_rate must be between")]:
+    for bad, expected in [
+        ({"eps": 0.0}, "eps must be > 0"),
+        ({"learning_rate": 1e308}, "learning_rate must be between"),
+    ]:
         response = api.post("optim_step", {"model_id": model_id, "seq_id": 1, "adam_params": {**adam, **bad}})
         assert expected in _detail(response)
     assert api.result("optim_step", {"model_id": model_id, "seq_id": 1, "adam_params": adam})["metrics"]

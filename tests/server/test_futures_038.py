@@ -14,7 +14,12 @@ CLONE = 10**9
 
 def _sampler(api: Api) -> str:
     sid = api.session()
-    body = {"session_id": sid, "sampling_session_seq_id": 0, "base_model": FAKE_MODEL, "type": "create_sampling_session"}
+    body = {
+        "session_id": sid,
+        "sampling_session_seq_id": 0,
+        "base_model": FAKE_MODEL,
+        "type": "create_sampling_session",
+    }
     return api.ok("create_sampling_session", body)["sampling_session_id"]
 
 
@@ -32,8 +37,11 @@ def _sample(api: Api, sampler: str, seq: int) -> str:
 
 
 def _poll_all(api: Api, sampler: str, clone: int, cursor: int, timeout: float | None = None) -> dict:
-    body: dict = {"target": {"type": "sampling_session", "sampling_session_id": sampler, "cloned_sampler_id": clone},
-                  "prev_cursor": cursor, "retrieved_request_ids": []}
+    body: dict = {
+        "target": {"type": "sampling_session", "sampling_session_id": sampler, "cloned_sampler_id": clone},
+        "prev_cursor": cursor,
+        "retrieved_request_ids": [],
+    }
     if timeout is not None:
         body["timeout"] = timeout
     return api.ok("retrieve_futures", body)
@@ -54,7 +62,10 @@ def test_retrieve_futures_reports_each_clones_finished_requests_once(api: Api) -
     assert [c["request_id"] for c in other["completions"]] == [cloned]
     # The payload itself still comes from retrieve_future.
     assert len(api.poll(first[0])["sequences"]) == 1
-    assert api.as_key("tml-other").post("retrieve_futures", {"target": {"sampling_session_id": sampler}}).status_code == 404
+    assert (
+        api.as_key("tml-other").post("retrieve_futures", {"target": {"sampling_session_id": sampler}}).status_code
+        == 404
+    )
 
 
 def test_retrieve_futures_long_polls_until_a_request_finishes(api: Api, fake_engines: dict[str, FakeEngine]) -> None:

@@ -18,8 +18,13 @@ def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def _sample(api: Api, sampler: str) -> object:
-    body = {"num_samples": 1, "prompt": {"chunks": [{"tokens": [1, 2]}]}, "sampling_params": {"max_tokens": 2},
-            "sampling_session_id": sampler, "seq_id": 0}
+    body = {
+        "num_samples": 1,
+        "prompt": {"chunks": [{"tokens": [1, 2]}]},
+        "sampling_params": {"max_tokens": 2},
+        "sampling_session_id": sampler,
+        "seq_id": 0,
+    }
     return api.post("asample", body)
 
 

@@ -174,9 +174,7 @@ def access_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "tinker_server.access"]
 
 
-def test_request_id_in_error_bodies_headers_and_the_access_line(
-    api: Api, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_request_id_in_error_bodies_headers_and_the_access_line(api: Api, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="tinker_server.access")
     response = api.get("training_runs/no-such-run")
     assert response.status_code == 404
@@ -205,7 +203,14 @@ def test_request_id_in_error_bodies_headers_and_the_access_line(
 
 @pytest.mark.parametrize(
     ("sent", "kept"),
-    [("abc-123_x.y:z", True), ("a" * 128, True), ("a" * 129, False), ("has space", False), ('"quoted"', False), ("-x", False)],
+    [
+        ("abc-123_x.y:z", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("has space", False),
+        ('"quoted"', False),
+        ("-x", False),
+    ],
 )
 def test_incoming_request_id_is_kept_when_sane(api: Api, sent: str, kept: bool) -> None:
     response = api.get("training_runs/no-such-run", headers={"X-Request-Id": sent})
@@ -217,7 +222,9 @@ def test_incoming_request_id_is_kept_when_sane(api: Api, sent: str, kept: bool) 
         assert re.fullmatch(r"[0-9a-f]{32}", rid)
 
 
-def test_the_api_key_never_reaches_the_logs(make_fake_server: Callable[..., Api], caplog: pytest.LogCaptureFixture) -> None:
+def test_the_api_key_never_reaches_the_logs(
+    make_fake_server: Callable[..., Api], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     key = "tml-very-secret-key-0123456789"
     api = make_fake_server().as_key(key)

@@ -108,8 +108,11 @@ def serve(home: Path) -> Iterator[Server]:
         engines[name] = RecordingEngine(engine)
         return engines[name]
 
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine_loader=loader), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, engine_loader=loader), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        )
+    )
     thread = threading.Thread(target=server.run, name="oai-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -173,9 +176,15 @@ def _tokenizer(server: Server) -> Any:
 
 
 def _tinker_greedy(sc: tinker.ServiceClient, tokens: list[int], max_tokens: int, model_path: str | None = None) -> Any:
-    sampler = sc.create_sampling_client(model_path=model_path) if model_path else sc.create_sampling_client(base_model=TINY_MODEL)
+    sampler = (
+        sc.create_sampling_client(model_path=model_path)
+        if model_path
+        else sc.create_sampling_client(base_model=TINY_MODEL)
+    )
     params = tinker.SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    return sampler.sample(tinker.ModelInput.from_ints(tokens), num_samples=1, sampling_params=params).result().sequences[0]
+    return (
+        sampler.sample(tinker.ModelInput.from_ints(tokens), num_samples=1, sampling_params=params).result().sequences[0]
+    )
 
 
 def _cut(tokens: list[int], stop_ids: set[int]) -> list[int]:
@@ -218,18 +227,33 @@ def test_max_tokens_length_and_the_default_of_16(client: Any) -> None:
 
 
 def test_stop_strings_end_the_text_before_them(client: Any) -> None:
-    base = client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=24, temperature=0,
-                                     extra_body={"ignore_eos": True}).choices[0].text
+    base = (
+        client.completions.create(
+            model=TINY_MODEL, prompt=PROMPT, max_tokens=24, temperature=0, extra_body={"ignore_eos": True}
+        )
+        .choices[0]
+        .text
+    )
     # A stop string from the middle of the greedy text, as a string and in a list, streamed and not.
     middle = base[len(base) // 2 :][:3]
     assert middle and "\ufffd" not in middle, base
     expected = base[: base.index(middle)]
     for stop in (middle, [middle, "never appears"]):
-        out = client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=24, temperature=0, stop=stop,
-                                        extra_body={"ignore_eos": True})
+        out = client.completions.create(
+            model=TINY_MODEL, prompt=PROMPT, max_tokens=24, temperature=0, stop=stop, extra_body={"ignore_eos": True}
+        )
         assert out.choices[0].text == expected and out.choices[0].finish_reason == "stop"
-        chunks = list(client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=24, temperature=0,
-                                                stop=stop, stream=True, extra_body={"ignore_eos": True}))
+        chunks = list(
+            client.completions.create(
+                model=TINY_MODEL,
+                prompt=PROMPT,
+                max_tokens=24,
+                temperature=0,
+                stop=stop,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+        )
         assert "".join(c.choices[0].text for c in chunks) == expected
         assert chunks[-1].choices[0].finish_reason == "stop"
 
@@ -243,8 +267,15 @@ def test_several_prompts_and_n(client: Any) -> None:
 
 def test_seed_reproduces_samples(client: Any) -> None:
     def texts(seed: int) -> list[str]:
-        out = client.completions.create(model=TINY_MODEL, prompt=PROMPT, n=3, max_tokens=8, seed=seed, temperature=1.0,
-                                        extra_body={"ignore_eos": True})
+        out = client.completions.create(
+            model=TINY_MODEL,
+            prompt=PROMPT,
+            n=3,
+            max_tokens=8,
+            seed=seed,
+            temperature=1.0,
+            extra_body={"ignore_eos": True},
+        )
         return [c.text for c in out.choices]
 
     first = texts(11)
@@ -268,15 +299,19 @@ def test_streamed_completion_equals_the_whole_one(client: Any) -> None:
 # -- chat ------------------------------------------------------------------------------------
 
 
-def test_chat_applies_the_template_and_stops_at_the_end_of_turn(server: Server, client: Any,
-                                                                service: Callable[..., Any]) -> None:
+def test_chat_applies_the_template_and_stops_at_the_end_of_turn(
+    server: Server, client: Any, service: Callable[..., Any]
+) -> None:
     tok = _tokenizer(server)
-    prompt = tok.encode(tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True), add_special_tokens=False)
+    prompt = tok.encode(
+        tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True), add_special_tokens=False
+    )
     end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
     expected = _tinker_greedy(service(), prompt, 40)
     kept = _cut(list(expected.tokens), {end_of_turn, tok.eos_token_id})
-    out = client.chat.completions.create(model=TINY_MODEL, messages=CHAT, max_tokens=40, temperature=0,
-                                         logprobs=True, top_logprobs=3)
+    out = client.chat.completions.create(
+        model=TINY_MODEL, messages=CHAT, max_tokens=40, temperature=0, logprobs=True, top_logprobs=3
+    )
     choice = out.choices[0]
     assert choice.message.role == "assistant"
     assert choice.message.content == tok.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -316,8 +351,9 @@ LONG = 600
 
 def _long_stream(client: Any) -> Any:
     """A streamed completion that keeps the engine decoding for a while (EOS does not end it)."""
-    return client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=LONG, stream=True, seed=1,
-                                     extra_body={"ignore_eos": True})
+    return client.completions.create(
+        model=TINY_MODEL, prompt=PROMPT, max_tokens=LONG, stream=True, seed=1, extra_body={"ignore_eos": True}
+    )
 
 
 def _decoding_long(engine: RecordingEngine) -> bool:
@@ -360,8 +396,11 @@ def test_oai_requests_batch_with_tinker_sampling(server: Server, service: Callab
     with _long_stream(client) as stream, concurrent.futures.ThreadPoolExecutor(1) as pool:
         _first_text(stream)
         oai = pool.submit(client.completions.create, model=TINY_MODEL, prompt=[17, 18, 19], max_tokens=3)
-        tinker_future = sampler.sample(tinker.ModelInput.from_ints([21, 22, 23]), num_samples=1,
-                                       sampling_params=tinker.SamplingParams(max_tokens=3))
+        tinker_future = sampler.sample(
+            tinker.ModelInput.from_ints([21, 22, 23]),
+            num_samples=1,
+            sampling_params=tinker.SamplingParams(max_tokens=3),
+        )
         time.sleep(0.2)
         assert _decoding_long(engine), "the long stream ended before the two requests were queued"
     oai.result(timeout=60)
@@ -380,9 +419,12 @@ def checkpoints(server: Server) -> Iterator[dict[str, str]]:
     try:
         trainer = sc.create_lora_training_client(base_model=TINY_MODEL, rank=4, seed=0)
         tokens = [(7 * i + 3) % 512 for i in range(12)]
-        datum = tinker.Datum(model_input=tinker.ModelInput.from_ints(tokens[:-1]),
-                             loss_fn_inputs={"target_tokens": tinker.TensorData(data=tokens[1:], dtype="int64",
-                                                                                shape=[len(tokens) - 1])})
+        datum = tinker.Datum(
+            model_input=tinker.ModelInput.from_ints(tokens[:-1]),
+            loss_fn_inputs={
+                "target_tokens": tinker.TensorData(data=tokens[1:], dtype="int64", shape=[len(tokens) - 1])
+            },
+        )
         for _ in range(3):
             trainer.forward_backward([datum], "cross_entropy").result()
             trainer.optim_step(tinker.AdamParams(learning_rate=0.05)).result()
@@ -396,18 +438,23 @@ def checkpoints(server: Server) -> Iterator[dict[str, str]]:
         gc.collect()
 
 
-def test_a_checkpoint_path_is_a_model(server: Server, client: Any, service: Callable[..., Any],
-                                      checkpoints: dict[str, str]) -> None:
+def test_a_checkpoint_path_is_a_model(
+    server: Server, client: Any, service: Callable[..., Any], checkpoints: dict[str, str]
+) -> None:
     tokens = [(7 * i + 3) % 512 for i in range(6)]
-    base = client.completions.create(model=TINY_MODEL, prompt=tokens, max_tokens=8, temperature=0, logprobs=0,
-                                     extra_body={"ignore_eos": True})
+    base = client.completions.create(
+        model=TINY_MODEL, prompt=tokens, max_tokens=8, temperature=0, logprobs=0, extra_body={"ignore_eos": True}
+    )
     for path in (checkpoints["sampler"], checkpoints["state"]):
         expected = _tinker_greedy(service(), tokens, 8, model_path=path)
-        out = client.completions.create(model=path, prompt=tokens, max_tokens=8, temperature=0, logprobs=0,
-                                        extra_body={"ignore_eos": True})
+        out = client.completions.create(
+            model=path, prompt=tokens, max_tokens=8, temperature=0, logprobs=0, extra_body={"ignore_eos": True}
+        )
         assert out.model == path
         assert out.choices[0].logprobs.token_logprobs == pytest.approx(list(expected.logprobs), abs=1e-5)
-        assert out.choices[0].logprobs.token_logprobs != pytest.approx(base.choices[0].logprobs.token_logprobs, abs=1e-3)
+        assert out.choices[0].logprobs.token_logprobs != pytest.approx(
+            base.choices[0].logprobs.token_logprobs, abs=1e-3
+        )
     chat = client.chat.completions.create(model=checkpoints["sampler"], messages=CHAT, max_tokens=5)
     assert chat.model == checkpoints["sampler"] and chat.choices[0].message.content is not None
     listed = [m.id for m in client.models.list()]
@@ -416,8 +463,9 @@ def test_a_checkpoint_path_is_a_model(server: Server, client: Any, service: Call
     assert client.models.retrieve(checkpoints["sampler"]).owned_by.startswith("user-")
 
 
-def test_another_tenants_checkpoint_reads_as_missing_until_published(server: Server,
-                                                                     checkpoints: dict[str, str]) -> None:
+def test_another_tenants_checkpoint_reads_as_missing_until_published(
+    server: Server, checkpoints: dict[str, str]
+) -> None:
     other = server.client(OTHER_KEY)
     path = checkpoints["sampler"]
     with pytest.raises(openai.NotFoundError) as info:
@@ -430,15 +478,18 @@ def test_another_tenants_checkpoint_reads_as_missing_until_published(server: Ser
     assert str(absent.value.body["message"]).replace(missing, path) == info.value.body["message"]
 
     run_id, checkpoint_id = path.removeprefix("tinker://").split("/", 1)
-    published = httpx.post(f"{server.url}/api/v1/training_runs/{run_id}/checkpoints/{checkpoint_id}/publish",
-                           headers={"X-API-Key": KEY})
+    published = httpx.post(
+        f"{server.url}/api/v1/training_runs/{run_id}/checkpoints/{checkpoint_id}/publish", headers={"X-API-Key": KEY}
+    )
     assert published.status_code == 200, published.text
     try:
         out = other.chat.completions.create(model=path, messages=CHAT, max_tokens=3)
         assert out.choices[0].message.content is not None
     finally:
-        httpx.delete(f"{server.url}/api/v1/training_runs/{run_id}/checkpoints/{checkpoint_id}/publish",
-                     headers={"X-API-Key": KEY})
+        httpx.delete(
+            f"{server.url}/api/v1/training_runs/{run_id}/checkpoints/{checkpoint_id}/publish",
+            headers={"X-API-Key": KEY},
+        )
 
 
 # -- authentication and bad input ------------------------------------------------------------
@@ -482,8 +533,9 @@ def _error(call: Callable[[], Any], status: type[Exception] = openai.BadRequestE
         ({"prompt": []}, "prompt", "must not be empty"),
     ],
 )
-def test_bad_completion_parameters_are_400_naming_them(client: Any, kwargs: dict[str, Any], param: str,
-                                                       words: str) -> None:
+def test_bad_completion_parameters_are_400_naming_them(
+    client: Any, kwargs: dict[str, Any], param: str, words: str
+) -> None:
     args = {"model": TINY_MODEL, "prompt": PROMPT, "max_tokens": 4, **kwargs}
     body = _error(lambda: client.completions.create(**args))
     assert body["param"] == param and words in body["message"], body
@@ -495,8 +547,11 @@ def test_bad_chat_parameters_are_400_naming_them(client: Any) -> None:
         ({"logprobs": True, "top_logprobs": 30}, "top_logprobs", "top_logprobs must be"),
         ({"max_completion_tokens": 0}, "max_completion_tokens", "at least 1"),
         ({"messages": []}, "messages", "at least one message"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-         "messages", "only text parts"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages",
+            "only text parts",
+        ),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
         ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
     ]
@@ -521,12 +576,16 @@ def test_unknown_models_and_schema_errors(server: Server, client: Any) -> None:
     assert missing["param"] == "prompt" and "missing required parameter" in missing["message"]
     wrong = server.post("chat/completions", {"model": TINY_MODEL, "messages": CHAT, "temperature": "hot"}).json()
     assert wrong["error"]["param"] == "temperature" and "temperature" in wrong["error"]["message"]
-    raw = httpx.post(f"{server.url}/oai/api/v1/completions", content=b"{not json", headers={"X-API-Key": KEY,
-                                                                                         "Content-Type": "application/json"})
+    raw = httpx.post(
+        f"{server.url}/oai/api/v1/completions",
+        content=b"{not json",
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    )
     assert raw.status_code == 400 and "not valid JSON" in raw.json()["error"]["message"]
 
 
 def test_unknown_parameters_are_ignored(client: Any) -> None:
-    out = client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=2,
-                                    extra_body={"some_new_option": {"a": 1}, "user": "me"})
+    out = client.completions.create(
+        model=TINY_MODEL, prompt=PROMPT, max_tokens=2, extra_body={"some_new_option": {"a": 1}, "user": "me"}
+    )
     assert out.choices[0].finish_reason in ("stop", "length")

@@ -233,8 +233,9 @@ def test_loss_config_v2_is_preferred_over_the_legacy_map(api: Api, model_id: str
     detail = _detail(post_proto(api, both))
     assert "v2_key" in detail and "legacy_key" not in detail
     config = codec.decode_training_request(
-        fb_proto("m", 1, loss_fn_config_v2={"a": pb.LossConfigValue(number=0.5), "b": pb.LossConfigValue(text="t")})
-        .SerializeToString()
+        fb_proto(
+            "m", 1, loss_fn_config_v2={"a": pb.LossConfigValue(number=0.5), "b": pb.LossConfigValue(text="t")}
+        ).SerializeToString()
     ).forward_backward_input.loss_fn_config  # type: ignore[union-attr]
     assert config == {"a": 0.5, "b": "t"}
 

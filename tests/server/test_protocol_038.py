@@ -51,7 +51,9 @@ def test_session_fields_finish_and_heartbeat_after_it(api: Api, fake_engines: di
         "user_metadata": {"u": "1"},
     }
     model_id = api.poll(_create(api, sid).json()["request_id"])["model_id"]
-    assert api.ok("session_heartbeat", {"session_id": sid, "type": "session_heartbeat"}) == {"type": "session_heartbeat"}
+    assert api.ok("session_heartbeat", {"session_id": sid, "type": "session_heartbeat"}) == {
+        "type": "session_heartbeat"
+    }
     finish = {"reason": {"type": "success"}, "detail": None}
     assert api.post(f"sessions/{sid}/finish", finish).status_code == 200
     assert api.post(f"sessions/{sid}/finish", {"reason": {"type": "errored"}}).status_code == 200  # idempotent
@@ -87,7 +89,9 @@ def test_optimizer_config(api: Api) -> None:
     )
     assert step.status_code == 400 and "AdamParams" in step.json()["detail"]
     six = {"learning_rate": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1e-12, "weight_decay": 0.0, "grad_clip_norm": 0.0}
-    assert "error" not in api.result("optim_step", {"model_id": model_id, "seq_id": 1, "adam_params": six, "type": "optim_step"})
+    assert "error" not in api.result(
+        "optim_step", {"model_id": model_id, "seq_id": 1, "adam_params": six, "type": "optim_step"}
+    )
 
 
 def test_session_addressed_load_weights_creates_the_run(api: Api, fake_engines: dict[str, FakeEngine]) -> None:

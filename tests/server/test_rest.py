@@ -121,7 +121,11 @@ def test_publish_and_public_access(api: Api, trained: tuple[str, str, list[str]]
         "create_sampling_session",
         {"session_id": osid, "sampling_session_seq_id": 0, "base_model": None, "model_path": w2},
     )["sampling_session_id"]
-    assert other.get(f"samplers/{sampler}").json() == {"sampler_id": sampler, "base_model": FAKE_MODEL, "model_path": w2}
+    assert other.get(f"samplers/{sampler}").json() == {
+        "sampler_id": sampler,
+        "base_model": FAKE_MODEL,
+        "model_path": w2,
+    }
     # ... and train from it (create_training_client_from_state: create_model + load_weights).
     other_run = other.create_model(osid, 0)
     loaded = other.result("load_weights", {"model_id": other_run, "path": w2, "optimizer": False, "seq_id": 1})
@@ -138,8 +142,15 @@ def test_publish_and_public_access(api: Api, trained: tuple[str, str, list[str]]
 
 def test_weights_info_errors(api: Api, trained: tuple[str, str, list[str]]) -> None:
     _sid, model_id, _paths = trained
-    for bad in ("x", "tinker://", f"tinker://{model_id}/weights", f"tinker://{model_id}/other/x",
-                f"tinker://{model_id}/weights/..", "tinker:///weights/x", f"tinker://{model_id}/weights/a/b"):
+    for bad in (
+        "x",
+        "tinker://",
+        f"tinker://{model_id}/weights",
+        f"tinker://{model_id}/other/x",
+        f"tinker://{model_id}/weights/..",
+        "tinker:///weights/x",
+        f"tinker://{model_id}/weights/a/b",
+    ):
         response = api.post("weights_info", {"tinker_path": bad})
         assert response.status_code == 400, bad
         assert "Invalid tinker path" in response.json()["detail"]
@@ -289,16 +300,19 @@ def test_ephemeral_samplers_are_bounded(api: Api, fake_engines: dict) -> None:
     ]
     engine = fake_engines[FAKE_MODEL]
     assert [s for s in samplers if s in engine.adapters] == samplers[2:]
-    body = {"num_samples": 1, "prompt": {"chunks": [{"tokens": [1]}]}, "sampling_params": {},
-            "sampling_session_id": samplers[0], "seq_id": 0}
+    body = {
+        "num_samples": 1,
+        "prompt": {"chunks": [{"tokens": [1]}]},
+        "sampling_params": {},
+        "sampling_session_id": samplers[0],
+        "seq_id": 0,
+    }
     response = api.post("asample", body)
     assert response.status_code == 410 and "newer sampler" in response.json()["detail"]
     assert api.result("asample", {**body, "sampling_session_id": samplers[-1]})["sequences"]
 
 
-def test_checkpoint_samplers_are_evicted_and_reloaded(
-    make_fake_server: Callable[..., Api], fake_engines: dict
-) -> None:
+def test_checkpoint_samplers_are_evicted_and_reloaded(make_fake_server: Callable[..., Api], fake_engines: dict) -> None:
     api = make_fake_server(max_checkpoint_samplers=2, max_sample_batch=1)
     sid = api.session()
     model_id = api.create_model(sid)

@@ -13,9 +13,7 @@ def _optim(model_id: str, seq: int, lr: float = 0.1) -> dict:
     return {"adam_params": {"learning_rate": lr}, "model_id": model_id, "seq_id": seq}
 
 
-def test_pipelined_ops_run_in_seq_order_and_retries_apply_once(
-    api: Api, fake_engines: dict[str, FakeEngine]
-) -> None:
+def test_pipelined_ops_run_in_seq_order_and_retries_apply_once(api: Api, fake_engines: dict[str, FakeEngine]) -> None:
     model_id = api.create_model(api.session())
     engine = fake_engines[FAKE_MODEL]
     engine.gate.clear()
@@ -82,8 +80,13 @@ def test_forward_heads_of_different_runs_are_batched(api: Api, fake_engines: dic
         )["sampling_session_id"]
         api.ok(
             "asample",
-            {"num_samples": 1, "prompt": {"chunks": [{"tokens": [1]}]}, "sampling_params": {"max_tokens": 1},
-             "sampling_session_id": blocker, "seq_id": 0},
+            {
+                "num_samples": 1,
+                "prompt": {"chunks": [{"tokens": [1]}]},
+                "sampling_params": {"max_tokens": 1},
+                "sampling_session_id": blocker,
+                "seq_id": 0,
+            },
         )
         time.sleep(0.2)
         ra = api.ok("forward_backward", fb_body(a, 1))["request_id"]
@@ -104,8 +107,13 @@ def test_backpressure_429(make_fake_server: Callable[..., Api], fake_engines: di
         {"session_id": sid, "sampling_session_seq_id": 0, "base_model": FAKE_MODEL, "model_path": None},
     )["sampling_session_id"]
     engine = fake_engines[FAKE_MODEL]
-    body = {"num_samples": 1, "prompt": {"chunks": [{"tokens": [1]}]}, "sampling_params": {"max_tokens": 1},
-            "sampling_session_id": sampler, "seq_id": 0}
+    body = {
+        "num_samples": 1,
+        "prompt": {"chunks": [{"tokens": [1]}]},
+        "sampling_params": {"max_tokens": 1},
+        "sampling_session_id": sampler,
+        "seq_id": 0,
+    }
     engine.gate.clear()
     try:
         first = api.post("asample", body, headers={"X-Tinker-Sampling-Backpressure": "1"})
@@ -142,8 +150,13 @@ def _sampler(api: Api) -> tuple[str, str]:
 
 
 def _sample_body(sampler: str, seq: int) -> dict:
-    return {"num_samples": 1, "prompt": {"chunks": [{"tokens": [1, 2]}]}, "sampling_params": {"max_tokens": 2},
-            "sampling_session_id": sampler, "seq_id": seq}
+    return {
+        "num_samples": 1,
+        "prompt": {"chunks": [{"tokens": [1, 2]}]},
+        "sampling_params": {"max_tokens": 2},
+        "sampling_session_id": sampler,
+        "seq_id": seq,
+    }
 
 
 def test_sampling_requests_sent_one_by_one_decode_in_one_batch(

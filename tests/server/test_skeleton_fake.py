@@ -70,7 +70,9 @@ def test_train_and_sample_flow(api: Api) -> None:
     assert fwd["metrics"] == {"loss:sum": 6.0}
     step = api.result("optim_step", {"adam_params": {"learning_rate": 0.1}, "model_id": model_id, "seq_id": 3})
     assert step["metrics"]["step"] == 1.0
-    after = api.result("forward", {"forward_input": fb_body(model_id, 0)["forward_backward_input"], "model_id": model_id, "seq_id": 4})
+    after = api.result(
+        "forward", {"forward_input": fb_body(model_id, 0)["forward_backward_input"], "model_id": model_id, "seq_id": 4}
+    )
     assert after["metrics"]["loss:sum"] < 6.0
 
     named = api.result("save_weights_for_sampler", {"model_id": model_id, "path": "step-1", "seq_id": 5})
@@ -117,7 +119,7 @@ def test_train_and_sample_flow(api: Api) -> None:
                 "prompt_logprobs": True,
                 "topk_prompt_logprobs": 2,
             },
-            )
+        )
         assert out["prompt_logprobs"] == [None, -1.0, -1.0]
         assert out["topk_prompt_logprobs"] == [None, [[1, -0.125], [2, -0.25]], [[1, -0.125], [2, -0.25]]]
 

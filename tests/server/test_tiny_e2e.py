@@ -45,7 +45,11 @@ def _data() -> list[dict]:
 
 def _fb(model_id: str, seq: int, kind: str = "forward_backward") -> dict:
     key = "forward_backward_input" if kind == "forward_backward" else "forward_input"
-    return {key: {"data": _data(), "loss_fn": "cross_entropy", "loss_fn_config": None}, "model_id": model_id, "seq_id": seq}
+    return {
+        key: {"data": _data(), "loss_fn": "cross_entropy", "loss_fn_config": None},
+        "model_id": model_id,
+        "seq_id": seq,
+    }
 
 
 def _optim(model_id: str, seq: int) -> dict:
@@ -112,17 +116,25 @@ def test_sampling(tiny: Api) -> None:
     assert len(out["prompt_logprobs"]) == len(PROMPTS[0]) and out["prompt_logprobs"][0] is None
     assert all(len(pos) == 2 for pos in out["topk_prompt_logprobs"][1:])
     # Greedy with a stop token: the stop token ends the sequence and is included.
-    greedy = {**body, "num_samples": 2, "sampling_params": {"max_tokens": 8, "temperature": 0.0}, "prompt_logprobs": False,
-              "topk_prompt_logprobs": 0}
+    greedy = {
+        **body,
+        "num_samples": 2,
+        "sampling_params": {"max_tokens": 8, "temperature": 0.0},
+        "prompt_logprobs": False,
+        "topk_prompt_logprobs": 0,
+    }
     first = tiny.result("asample", greedy)["sequences"]
     assert first[0]["tokens"] == first[1]["tokens"]
     stop_token = first[0]["tokens"][2]
-    stopped = tiny.result("asample", {**greedy, "sampling_params": {"max_tokens": 8, "temperature": 0.0, "stop": [stop_token]}})
+    stopped = tiny.result(
+        "asample", {**greedy, "sampling_params": {"max_tokens": 8, "temperature": 0.0, "stop": [stop_token]}}
+    )
     seq = stopped["sequences"][0]
     assert seq["tokens"][-1] == stop_token and seq["stop_reason"] == "stop"
     # Base-model sampling.
     base = tiny.ok(
-        "create_sampling_session", {"session_id": sid, "sampling_session_seq_id": 1, "base_model": TINY_MODEL, "model_path": None}
+        "create_sampling_session",
+        {"session_id": sid, "sampling_session_seq_id": 1, "base_model": TINY_MODEL, "model_path": None},
     )["sampling_session_id"]
     assert len(tiny.result("asample", {**greedy, "sampling_session_id": base})["sequences"]) == 2
 
@@ -160,11 +172,16 @@ def test_named_sampler_checkpoint_archive_and_tokenizer(tiny: Api, tmp_path: pat
     tiny.result("optim_step", _optim(model_id, 2))
     path = tiny.result("save_weights_for_sampler", {"model_id": model_id, "path": "s1", "seq_id": 3})["path"]
     sampler = tiny.ok(
-        "create_sampling_session", {"session_id": sid, "sampling_session_seq_id": 0, "base_model": None, "model_path": path}
+        "create_sampling_session",
+        {"session_id": sid, "sampling_session_seq_id": 0, "base_model": None, "model_path": path},
     )["sampling_session_id"]
     eph = tiny.result("save_weights_for_sampler", {"model_id": model_id, "sampling_session_seq_id": 1, "seq_id": 4})
-    greedy = {"num_samples": 1, "prompt": {"chunks": [{"tokens": PROMPTS[1]}]},
-              "sampling_params": {"max_tokens": 5, "temperature": 0.0}, "seq_id": 0}
+    greedy = {
+        "num_samples": 1,
+        "prompt": {"chunks": [{"tokens": PROMPTS[1]}]},
+        "sampling_params": {"max_tokens": 5, "temperature": 0.0},
+        "seq_id": 0,
+    }
     from_ckpt = tiny.result("asample", {**greedy, "sampling_session_id": sampler})["sequences"][0]
     from_copy = tiny.result("asample", {**greedy, "sampling_session_id": eph["sampling_session_id"]})["sequences"][0]
     assert from_ckpt["tokens"] == from_copy["tokens"]
