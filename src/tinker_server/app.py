@@ -10,9 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from . import __version__
-from .api import futures, models, oai, runs, sampling, service, sessions, training
-from .api import console_api
-from .api import metrics as metrics_api
+from .api import console_api, futures, metrics as metrics_api, models, oai, runs, sampling, service, sessions, training
 from .api.errors import install_error_handlers
 from .console import routes as console_routes
 from .observability import Metrics, RequestObserver

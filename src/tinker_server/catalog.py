@@ -8,10 +8,10 @@ from typing import Any
 
 from . import wire
 from .context import Context
+from .engine import ModelInfo
 from .errors import NotFound
 from .records import owned_run
 from .training import DEFAULT_OPTIMIZER
-from .engine import ModelInfo
 
 __all__ = ["Catalog"]
 

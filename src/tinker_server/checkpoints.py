@@ -218,7 +218,7 @@ class CheckpointService:
         with self._ctx.db.session() as s:
             readable_checkpoint(s, ref, owner)
         token, expires = self._signer.sign(ref.run_id, ref.checkpoint_id, self._ctx.settings.archive_url_ttl_s)
-        when = dt.datetime.fromtimestamp(expires, dt.timezone.utc)
+        when = dt.datetime.fromtimestamp(expires, dt.UTC)
         return f"{base_url.rstrip('/')}/api/v1/archives/{token}", email.utils.format_datetime(when, usegmt=True)
 
     def _signed_folder(self, token: str, *, file_link: bool) -> tuple[CheckpointRef, pathlib.Path, str | None]:
@@ -267,7 +267,7 @@ class CheckpointService:
         for name in files:
             token, expires = self._signer.sign(ref.run_id, ref.checkpoint_id, ttl_s, now, file=name)
             urls[name] = f"{base_url.rstrip('/')}/api/v1/external_files/{token}"
-        return wire.ExternalWeightsUrlsResponse(urls=urls, expires=dt.datetime.fromtimestamp(expires, dt.timezone.utc))
+        return wire.ExternalWeightsUrlsResponse(urls=urls, expires=dt.datetime.fromtimestamp(expires, dt.UTC))
 
     def external_file(self, token: str) -> pathlib.Path:
         """The one file a signed external-export link names; it never leaves the export's folder."""

@@ -19,8 +19,8 @@ import asyncio
 import json
 import logging
 import uuid
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pydantic
@@ -191,7 +191,7 @@ class FutureHub:
         for hook in self.on_resolved:
             try:
                 hook(session, finished, value)
-            except Exception:  # noqa: BLE001 - a hook never fails the request it watches
+            except Exception:  # a hook never fails the request it watches
                 log.exception("resolve hook %r failed for %s", hook, finished.request_id)
 
     def _wake(self, key: str) -> None:

@@ -18,14 +18,14 @@ from .catalog import Catalog
 from .checkpoints import CheckpointService
 from .context import Context
 from .db import Database, SamplerRow, TrainingRunRow, utcnow
-from .futures import FutureHub
-from .oai import OaiService
-from .run_metrics import RunMetrics
-from .sampling import SamplingService
 from .engine.api import Evicted
 from .engine.host import LocalEngine
 from .engine.process import ProcessEngine, WorkerSpec
 from .engine.residency import ResidencyLimits
+from .futures import FutureHub
+from .oai import OaiService
+from .run_metrics import RunMetrics
+from .sampling import SamplingService
 from .scheduler import HandleFactory, Limits, Scheduler
 from .sessions import SessionService
 from .settings import Settings
@@ -214,7 +214,7 @@ class Runtime:
             await asyncio.sleep(interval)
             try:
                 await asyncio.to_thread(self.sweep_once)
-            except Exception:  # noqa: BLE001 - the sweeper must keep running
+            except Exception:  # the sweeper must keep running
                 log.exception("session sweep failed")
 
     def stop(self) -> None:

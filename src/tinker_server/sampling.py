@@ -14,8 +14,6 @@ Creating a sampler records it and touches no engine: the first request loads wha
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import wire
 from .context import Context
 from .convert import sample_job, sample_result

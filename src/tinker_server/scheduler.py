@@ -319,7 +319,7 @@ class Worker:
         if self.handle is not None:
             try:
                 self.handle.close()
-            except Exception:  # noqa: BLE001 - shutting down anyway
+            except Exception:  # shutting down anyway
                 log.exception("%s: closing the engine failed", self.model_name)
 
     def _take_all(self) -> list[Task]:  # lock held
@@ -449,7 +449,7 @@ class Worker:
             return
         try:
             self.observer.adapters_resident(self.handle.resident())
-        except Exception:  # noqa: BLE001 - metrics never stop the worker
+        except Exception:  # metrics never stop the worker
             log.exception("%s: counting resident adapters failed", self.model_name)
 
     def _run_round(self, tasks: list[Task]) -> None:
@@ -514,7 +514,7 @@ class Worker:
             )
             if sampled:
                 self.observer.tokens_sampled(sampled)
-        except Exception:  # noqa: BLE001 - metrics never stop the worker
+        except Exception:  # metrics never stop the worker
             log.exception("%s: counting the tokens of a round failed", self.model_name)
 
     def _report_evictions(self, events: list[Evicted]) -> None:
@@ -523,7 +523,7 @@ class Worker:
             return
         try:
             sink(self.model_name, events)
-        except Exception:  # noqa: BLE001 - recording must not stop the worker
+        except Exception:  # recording must not stop the worker
             log.exception("%s: recording evicted adapters failed", self.model_name)
 
     def _lost(self, tasks: list[Task], exc: WorkerLost) -> None:
@@ -534,7 +534,7 @@ class Worker:
         if sink is not None:
             try:
                 sink(self.model_name, str(exc))
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("%s: recording the lost engine failed", self.model_name)
         with self._cond:
             queued = [t for q in self._runs.values() for t in q]
@@ -554,7 +554,7 @@ class Worker:
         if task.request_id is not None:
             try:
                 self._futures.resolve(task.request_id, payload)
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 log.exception("could not record the result of %s", task.request_id)
                 self._fail(task, exc)
                 return
@@ -576,12 +576,12 @@ class Worker:
         if task.on_error is not None:
             try:
                 task.on_error(exc)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("error handler of %s failed", task.request_id)
         if task.request_id is not None:
             try:
                 self._futures.fail(task.request_id, message, category)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("could not record the failure of %s", task.request_id)
         if not task.done.done():
             task.done.set_exception(exc)

@@ -12,16 +12,15 @@ import datetime as dt
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
 from . import wire
 from .context import Context
 from .db import SamplerRow, SessionRow, TrainingRunRow, utcnow
+from .engine.api import DropAdapter
 from .errors import Gone
 from .records import owned_session, page_bounds
-from .engine.api import DropAdapter
 from .scheduler import Task
 
 __all__ = ["SessionService", "check_not_finished"]

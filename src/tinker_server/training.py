@@ -23,9 +23,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import wire
+from .checkpoints import FILES_LOCK, expiry, validate_ttl
 from .context import Context
 from .convert import adam_config, train_data, train_result
-from .checkpoints import FILES_LOCK, expiry, validate_ttl
 from .db import CheckpointRow, SamplerRow, TrainingRunRow, as_utc, utcnow
 from .engine import LoraSpec, UserInputError, rules
 from .engine.api import (
@@ -40,8 +40,8 @@ from .engine.api import (
 )
 from .errors import Gone, InvalidRequest, Overloaded
 from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
-from .reorder import ReorderFull, SeqReorder
 from .records import find_checkpoint, owned_run, owned_session, readable_checkpoint
+from .reorder import ReorderFull, SeqReorder
 from .scheduler import Task, Worker
 from .sessions import check_not_finished
 

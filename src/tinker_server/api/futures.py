@@ -8,7 +8,6 @@ JSON. Not-finished, failed and error answers are always JSON.
 from __future__ import annotations
 
 import asyncio
-
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header

@@ -12,7 +12,6 @@ chat template, and the tokenizer's end-of-sequence token stops the answer.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from .. import wire
 from ..catalog import Catalog
@@ -134,7 +133,7 @@ class Playground:
 
         try:
             loaded = await asyncio.to_thread(load)
-        except Exception as exc:  # noqa: BLE001 - any loader failure is the same answer
+        except Exception as exc:  # any loader failure is the same answer
             raise Unavailable(f"the tokenizer of {base_model} could not be loaded: {exc}") from exc
         return self._tokenizers.setdefault(base_model, loaded)
 

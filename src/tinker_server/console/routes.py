@@ -48,13 +48,13 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 def _when(value: dt.datetime | None) -> str:
     if value is None:
         return "—"
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _ago(value: dt.datetime | None) -> str:
     if value is None:
         return ""
-    seconds = (dt.datetime.now(dt.timezone.utc) - value).total_seconds()
+    seconds = (dt.datetime.now(dt.UTC) - value).total_seconds()
     if seconds < 0:
         seconds = -seconds
         suffix = "from now"

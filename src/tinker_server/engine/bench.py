@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import AdamConfig, DEFAULT_MODEL, LoraSpec, SampleJob, TrainDatum, load_engine
+from . import DEFAULT_MODEL, AdamConfig, LoraSpec, SampleJob, TrainDatum, load_engine
 
 
 def _peak_rss_gb() -> float:

@@ -33,8 +33,8 @@ from torch import nn
 
 from .errors import UserInputError
 from .messages import LoraSpec
-from .rules import MAX_LORA_RANK, check_lora_spec
 from .packed import packed_linear
+from .rules import MAX_LORA_RANK, check_lora_spec
 
 __all__ = [
     "ATTN_MODULES",

@@ -283,7 +283,7 @@ def _convert_gguf(gguf: pathlib.Path, target: pathlib.Path, model_name: str) -> 
         raise ModelLoadError(f"cannot read {gguf}: {exc}") from exc
     # A GGUF-loaded model carries a quantizer marker that refuses save_pretrained;
     # its weights are already plain dequantized floats, so drop the marker.
-    setattr(model, "hf_quantizer", None)
+    model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     for attr in ("is_quantized", "quantization_method"):

@@ -125,7 +125,7 @@ class ProcessEngine:
                 if sink is not None:
                     try:
                         sink(event)
-                    except Exception:  # noqa: BLE001 - a broken sink is not called again
+                    except Exception:  # a broken sink is not called again
                         log.exception("token sink failed; it gets no more tokens")
                         sinks.pop(index, None)
                 continue

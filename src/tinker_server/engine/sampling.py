@@ -45,7 +45,6 @@ import hashlib
 import inspect
 import logging
 import math
-import numbers
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,10 +54,10 @@ import numpy as np
 import torch
 
 from .errors import UserInputError
-from .rules import MAX_NUM_SAMPLES, MAX_TOKENS_WHEN_UNSET, MAX_TOPK_LOGPROBS, check_sample_job
 from .lora import Adapter
 from .messages import SampledSequence, SampleJob, SampleOutput, TokenEvent
 from .models import ModelParts
+from .rules import MAX_NUM_SAMPLES, MAX_TOKENS_WHEN_UNSET, MAX_TOPK_LOGPROBS, check_sample_job
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedTokenizerBase
@@ -349,8 +348,8 @@ def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
             select(keep)
             continue
         keys, values = _kv(cache, i)
-        setattr(layer, "keys", keys.index_select(0, keep))
-        setattr(layer, "values", values.index_select(0, keep))
+        layer.keys = keys.index_select(0, keep)
+        layer.values = values.index_select(0, keep)
 
 
 def _sliding_layout(config: object) -> tuple[int | None, bool]:
@@ -657,7 +656,7 @@ def _notify(job: PreparedJob, row: _Row) -> None:
     )  # type: ignore[arg-type]
     try:
         job.on_token(event)  # type: ignore[misc]
-    except Exception:  # noqa: BLE001 - a broken listener must not fail the batch
+    except Exception:  # a broken listener must not fail the batch
         log.exception("the on_token sink of a sampling job failed; it gets no more tokens")
         job.on_token = None
 

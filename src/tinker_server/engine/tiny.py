@@ -13,7 +13,6 @@ import os
 import pathlib
 import shutil
 import uuid
-
 from typing import TYPE_CHECKING
 
 import torch

@@ -72,7 +72,7 @@ def serve(conn: Connection) -> None:
     except EngineError as exc:
         conn.send(("failed", exc))
         return
-    except Exception as exc:  # noqa: BLE001 - reported to the server, which refuses the model's requests
+    except Exception as exc:  # reported to the server, which refuses the model's requests
         log.exception("loading %s failed", spec.model_name)
         conn.send(("failed", ModelLoadError(f"could not load base model {spec.model_name}: {exc}")))
         return

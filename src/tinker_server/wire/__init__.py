@@ -21,6 +21,7 @@ from .checkpoints import (
     WeightsInfoResponse,
 )
 from .model_input import DmelChunk, EncodedTextChunk, ImageAssetPointerChunk, ImageChunk, ModelInput
+from .results import SampleResult, SequenceResult, TopK, TrainResult
 from .sampling import (
     CreateSamplingSessionRequest,
     CreateSamplingSessionResponse,
@@ -46,19 +47,17 @@ from .session import (
     TokenizerFilesRequest,
     TokenizerFilesResponse,
 )
-from .results import SampleResult, SequenceResult, TopK, TrainResult
 from .tensor import Datum, TensorData
 from .training import (
     AdamParams,
+    CancelFutureRequest,
     CreateModelRequest,
     CreateModelResponse,
     ForwardBackwardInput,
     ForwardBackwardOutput,
     ForwardBackwardRequest,
     ForwardRequest,
-    CancelFutureRequest,
     FutureRetrieveRequest,
-    RetrieveFuturesRequest,
     GetInfoRequest,
     GetInfoResponse,
     LoadWeightsRequest,
@@ -67,6 +66,7 @@ from .training import (
     ModelData,
     OptimStepRequest,
     OptimStepResponse,
+    RetrieveFuturesRequest,
     SaveWeightsExternalRequest,
     SaveWeightsExternalResponse,
     SaveWeightsForSamplerRequest,

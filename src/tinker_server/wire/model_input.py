@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import pydantic
 
@@ -71,12 +71,10 @@ def _chunk_kind(value: Any) -> str | None:
 
 
 ModelInputChunk = Annotated[
-    Union[
-        Annotated[EncodedTextChunk, pydantic.Tag("encoded_text")],
-        Annotated[ImageChunk, pydantic.Tag("image")],
-        Annotated[ImageAssetPointerChunk, pydantic.Tag("image_asset_pointer")],
-        Annotated[DmelChunk, pydantic.Tag("dmel")],
-    ],
+    Annotated[EncodedTextChunk, pydantic.Tag("encoded_text")]
+    | Annotated[ImageChunk, pydantic.Tag("image")]
+    | Annotated[ImageAssetPointerChunk, pydantic.Tag("image_asset_pointer")]
+    | Annotated[DmelChunk, pydantic.Tag("dmel")],
     pydantic.Discriminator(_chunk_kind),
 ]
 
