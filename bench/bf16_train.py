@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 import torch
-
 from sampling import machine_info
+
 from tinker_server.engine import DEFAULT_MODEL, AdamConfig, LoraSpec, TrainDatum, load_engine
 
 

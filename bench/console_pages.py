@@ -69,7 +69,7 @@ def cpu_model() -> str:
 def build(db: Database, runs: int, checkpoints: int, steps: int) -> tuple[str, str]:
     """Fill the database; returns (a typical run id, the long run id)."""
     owner = owner_for_key(KEY)
-    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     sessions = []
     run_rows = []
     for i in range(runs + 1):
@@ -238,7 +238,7 @@ def recording(db: Database, rounds: int) -> list[tuple[str, float, float]]:
     hooked.on_resolved.append(RunMetrics(db).record)
     run_id = db_run = "bench-record:train:0"
     with db.session() as s:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         s.add(
             TrainingRunRow(
                 id=db_run,

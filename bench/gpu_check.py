@@ -44,8 +44,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from sampling import RANDOM_CONFIGS, engine_generate, hf_generate, machine_info, random_base, sync, timed
+
 from tinker_server.engine import AdamConfig, LoraSpec, TrainDatum
 from tinker_server.engine.engine import Engine
 

@@ -38,11 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sft_overhead import Rows, batch  # the same token batch as the in-SDK benchmark
 
 from tinker_server import engine as eng
 from tinker_server.launch import background_server
-
-from sft_overhead import Rows, batch  # the same token batch as the in-SDK benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "official_client_worker.py"

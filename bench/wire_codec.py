@@ -39,8 +39,7 @@ import zstandard
 from tinker_server import wire
 from tinker_server.convert import train_data, train_result
 from tinker_server.engine import ModelInfo, TrainOutput
-from tinker_server.wire import codec
-from tinker_server.wire import tinker_wire_pb2 as pb
+from tinker_server.wire import codec, tinker_wire_pb2 as pb
 
 VOCAB = 49152
 
