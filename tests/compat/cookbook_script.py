@@ -114,7 +114,7 @@ def finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def server_checkpoints(rest, run_id: str) -> dict[str, object]:  # noqa: ANN001
+def server_checkpoints(rest, run_id: str) -> dict[str, object]:
     return {c.tinker_path: c for c in rest.list_checkpoints(run_id).result().checkpoints}
 
 
@@ -122,7 +122,7 @@ def run_id_of(tinker_path: str) -> str:
     return tinker_path.removeprefix("tinker://").split("/", 1)[0]
 
 
-def check_listed(rest, records: list[dict], tag: str) -> dict[str, object]:  # noqa: ANN001
+def check_listed(rest, records: list[dict], tag: str) -> dict[str, object]:
     """Every checkpoint the recipe recorded (and kept) is listed by the server, with a TTL
     exactly when the recipe asked for one (periodic yes, final no)."""
     kept = [r for r in records if not r.get("rolling")]
@@ -180,9 +180,10 @@ def check_renderer(model: str) -> None:
 
 
 def phase_sl(url: str, model: str, work: Path, env: dict[str, str]) -> None:
-    import tinker
     from tinker_cookbook import renderers
     from tinker_cookbook.tokenizer_utils import get_tokenizer
+
+    import tinker
 
     check_renderer(model)
     data = work / "conversations.jsonl"

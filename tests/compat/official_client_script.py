@@ -18,10 +18,11 @@ import sys
 import tarfile
 import urllib.request
 
-import tinker
-from tinker import types
 from official_common import PAIRS, check, datum
 from transformers import AutoTokenizer
+
+import tinker
+from tinker import types
 
 
 def train(sc: tinker.ServiceClient, model: str, tok) -> None:

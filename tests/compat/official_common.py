@@ -21,7 +21,7 @@ def check(cond: bool, what: str) -> None:
     print(f"ok: {what}", flush=True)
 
 
-def datum(tok, english: str, pig: str) -> types.Datum:  # noqa: ANN001 - a HF tokenizer
+def datum(tok, english: str, pig: str) -> types.Datum:  # a HF tokenizer
     """An English -> Pig Latin example: loss on the completion tokens only."""
     prompt = tok.encode(f"English: {english}\nPig Latin:", add_special_tokens=False)
     completion = tok.encode(f" {pig}\n", add_special_tokens=False)

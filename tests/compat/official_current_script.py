@@ -26,16 +26,17 @@ import math
 import sys
 from importlib.metadata import version
 
-import tinker
-from tinker import types
 from official_common import PAIRS, check, datum
 from transformers import AutoTokenizer
+
+import tinker
+from tinker import types
 
 VERSION = tuple(int(p) for p in version("tinker").split(".")[:2])
 KEY = "tml-local"
 
 
-def resolved(obj):  # noqa: ANN001, ANN201 - any client type
+def resolved(obj):  # any client type
     """0.38 creation methods return a future of the client; older ones the client."""
     result = getattr(obj, "result", None)
     return result() if callable(result) else obj
@@ -55,7 +56,7 @@ def adam() -> types.AdamParams:
     return types.AdamParams(learning_rate=1e-3)
 
 
-def loop(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
+def loop(sc: tinker.ServiceClient, model: str, tok) -> None:
     caps = sc.get_server_capabilities()
     check(any(m.model_name == model for m in caps.supported_models), f"{model} is advertised")
     tc = resolved(sc.create_lora_training_client(base_model=model, rank=8))
@@ -145,7 +146,7 @@ def loop(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
     check(tc.forward(data, "cross_entropy").result() is not None, "the run still serves after the bad request")
 
 
-def extras(sampler, prompt: types.ModelInput, lps: list[float | None]) -> None:  # noqa: ANN001
+def extras(sampler, prompt: types.ModelInput, lps: list[float | None]) -> None:
     """The sampling outputs newer clients ask for, checked against compute_logprobs."""
     params = types.SamplingParams(max_tokens=4, temperature=1.0, seed=7)
     if VERSION >= (0, 29):
@@ -182,10 +183,10 @@ def extras(sampler, prompt: types.ModelInput, lps: list[float | None]) -> None: 
         check(all(x is None for x in last[:-2]) and abs(last[-1] - lps[-1]) < 1e-4, "prompt_logprobs_last_n")
 
 
-def custom(tc, data: list[types.Datum]) -> None:  # noqa: ANN001
+def custom(tc, data: list[types.Datum]) -> None:
     """forward_backward_custom: a forward, then a weighted cross_entropy backward (2 seq_ids)."""
 
-    def loss(_data, logprobs):  # noqa: ANN001, ANN202
+    def loss(_data, logprobs):
         total = sum((-lp).sum() for lp in logprobs)
         return total, {"custom_metric": float(total)}
 
@@ -194,7 +195,7 @@ def custom(tc, data: list[types.Datum]) -> None:  # noqa: ANN001
     tc.optim_step(adam()).result()
 
 
-def chunks(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
+def chunks(sc: tinker.ServiceClient, model: str, tok) -> None:
     """The server's client config caps chunks at 2 datums: 7 datums go as 4 concurrent submits."""
     data = [datum(tok, e, p) for e, p in PAIRS] + [datum(tok, p, e) for e, p in PAIRS[:3]]
     split = resolved(sc.create_lora_training_client(base_model=model, rank=4, seed=3))
@@ -232,7 +233,7 @@ def probes(base_url: str, model: str) -> None:
         raise SystemExit("FAILED: the client accepted an sk- key")
 
 
-def checkpoint(sc: tinker.ServiceClient, model: str, tok) -> None:  # noqa: ANN001
+def checkpoint(sc: tinker.ServiceClient, model: str, tok) -> None:
     tc = resolved(sc.create_lora_training_client(base_model=model, rank=4))
     tc.forward_backward([datum(tok, *PAIRS[0])], "cross_entropy").result()
     tc.optim_step(adam()).result()

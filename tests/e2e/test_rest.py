@@ -10,7 +10,7 @@ import tarfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -96,7 +96,7 @@ def test_training_runs(seeded: Seeded) -> None:
     assert run.last_checkpoint is not None and run.last_checkpoint.tinker_path == seeded.paths["s2"]
     assert run.last_sampler_checkpoint is not None and run.last_sampler_checkpoint.tinker_path == seeded.paths["w1"]
     assert run.last_request_time.tzinfo is not None
-    assert abs((datetime.now(timezone.utc) - run.last_request_time).total_seconds()) < 120
+    assert abs((datetime.now(UTC) - run.last_request_time).total_seconds()) < 120
     by_path = both(
         lambda: rest.get_training_run_by_tinker_path(seeded.paths["w1"]),
         lambda: rest.get_training_run_by_tinker_path_async(seeded.paths["w1"]),
@@ -156,7 +156,7 @@ def _tar_names(url: str) -> tuple[set[str], dict]:
 
 def test_archive_urls_download(seeded: Seeded) -> None:
     rest, tc, paths = seeded.rest, seeded.tc, seeded.paths
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for name, kind in (("w1", "sampler_weights"), ("s1", "weights")):
         urls = [
             rest.get_checkpoint_archive_url(seeded.run, f"{kind}/{name}").result(timeout=30),

@@ -27,7 +27,7 @@ from tinker_server.engine import (
 from tinker_server.engine.checkpoint import WEIGHTS_FILE
 from tinker_server.engine.packed import packing_available
 
-from .conftest import adapter_tensors, randomize_adapter, random_datums
+from .conftest import adapter_tensors, random_datums, randomize_adapter
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SPEC = LoraSpec(rank=4, seed=3, train_unembed=True)

@@ -11,8 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tinker_server.engine import AdamConfig, Engine, LoraSpec, TINY_MODEL, TrainDatum, UserInputError, load_engine
-from tinker_server.engine import checkpoint
+from tinker_server.engine import (
+    TINY_MODEL,
+    AdamConfig,
+    Engine,
+    LoraSpec,
+    TrainDatum,
+    UserInputError,
+    checkpoint,
+    load_engine,
+)
 from tinker_server.engine.tiny import build_tiny_model
 
 from .conftest import adapter_tensors, random_datums, randomize_adapter

@@ -41,7 +41,7 @@ def test_only_the_newest_snapshots_of_a_run_stay() -> None:
         policy.used("s0")  # using the oldest does not make it newer
     victims = policy.victims()
     assert [v for v, _ in victims] == ["s0"]
-    assert "a newer sampler of training run run replaced it (the 2 newest are kept)" == victims[0][1]
+    assert victims[0][1] == "a newer sampler of training run run replaced it (the 2 newest are kept)"
     policy.added("other", "sampler", source="run2")
     assert policy.victims() == []
 

@@ -8,8 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from tinker_server.engine import Engine, LoraSpec, SampleJob, SampleOutput, TokenEvent
-from tinker_server.engine import sampling
+from tinker_server.engine import Engine, LoraSpec, SampleJob, SampleOutput, TokenEvent, sampling
 
 from .conftest import randomize_adapter
 

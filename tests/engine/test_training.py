@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinker_server.engine import AdamConfig, Engine, EngineError, LoraSpec, TINY_MODEL, TrainOutput, load_engine
-from tinker_server.engine import losses
+from tinker_server.engine import TINY_MODEL, AdamConfig, Engine, EngineError, LoraSpec, TrainOutput, load_engine, losses
 
 from .conftest import adapter_grads, adapter_tensors, assert_tensors_close, random_datums, randomize_adapter
 

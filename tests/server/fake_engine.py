@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from tinker_server.engine import AdapterNotFound, UserInputError
 from tinker_server.engine import (
     AdamConfig,
+    AdapterNotFound,
     LoraSpec,
     ModelInfo,
     SampledSequence,
@@ -27,8 +27,8 @@ from tinker_server.engine import (
     SampleOutput,
     TrainDatum,
     TrainOutput,
+    UserInputError,
 )
-
 
 BAD_TOKEN = 61  # forward_backward raises UserInputError when it runs
 CRASH_TOKEN = 62  # forward_backward raises ZeroDivisionError when it runs

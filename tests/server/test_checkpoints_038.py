@@ -101,7 +101,7 @@ def run(api: Api) -> str:
 
 
 def test_ttl_and_user_metadata_are_listed(api: Api, run: str) -> None:
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     path = api.result("save_weights", save_body(run, 2, "w", ttl_seconds=2 * HOUR, user_metadata={"step": "2"}))["path"]
     assert path == f"tinker://{run}/weights/w"
     api.result("save_weights_for_sampler", sampler_body(run, 3, "s", ttl_seconds=HOUR))
@@ -128,7 +128,7 @@ def test_sweeper_deletes_expired_checkpoints(api: Api, run: str) -> None:
     assert {p.name for p in folder.iterdir()} == {"short", "long", "forever"}
     checkpoints = runtime_of(api).checkpoints
     assert checkpoints.delete_expired() == 0  # nothing is due yet
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
     assert checkpoints.delete_expired(now=later) == 1
     assert set(listing(api, run)) == {"weights/long", "weights/forever"}
     assert {p.name for p in folder.iterdir()} == {"long", "forever"}  # no leftovers, no .deleted-*
@@ -143,7 +143,7 @@ def test_expired_checkpoint_is_gone_before_the_sweep(make_fake_server: Callable[
     runtime = runtime_of(api)
     with runtime.db.session() as s:  # let "w" expire now
         row = s.scalars(sa.select(CheckpointRow).where(CheckpointRow.checkpoint_id == "weights/w")).one()
-        row.expires_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+        row.expires_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
     assert set(listing(api, model_id)) == {"sampler_weights/s"}
     assert api.post("weights_info", {"tinker_path": path}).status_code == 404
     folder = home_of(api) / "checkpoints" / model_id / "weights" / "w"
@@ -178,7 +178,7 @@ def test_ttl_bounds_on_save(api: Api, run: str, ttl: int) -> None:
 def test_put_ttl_sets_and_clears(api: Api, run: str) -> None:
     api.result("save_weights", save_body(run, 2, "w"))
     assert "expires_at" not in listing(api, run)["weights/w"]
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     response = put_ttl(api, run, "weights/w", 5 * HOUR)
     assert response.status_code == 200, response.text
     assert response.json()["checkpoint_id"] == "weights/w"
@@ -301,7 +301,7 @@ def _fetch(api: Api, url: str) -> Any:
 
 
 def test_external_export_listing_and_signed_files(api: Api, run: str) -> None:
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     result = api.result("save_weights_external", external_body(run, 2, "download", ttl_seconds=HOUR))
     folder = home_of(api) / "checkpoints" / run / "external_weights" / "download"
     on_disk = {p.name: p.read_bytes() for p in folder.iterdir()}

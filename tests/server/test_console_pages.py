@@ -169,7 +169,7 @@ def test_sessions_show_their_state_heartbeat_and_runs(api: Api) -> None:
     api.create_model(finished)
     assert api.post(f"sessions/{finished}/finish", {"reason": {"type": "success"}}).status_code == 200
     runtime = api.client.app.state.runtime  # type: ignore[attr-defined]
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=runtime.settings.session_timeout_s + 5)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=runtime.settings.session_timeout_s + 5)
     with runtime.db.session() as s:  # only `alive` beats until `later`
         s.get(SessionRow, alive).last_heartbeat = later
     runtime.sessions.expire_stale(later)

@@ -25,8 +25,7 @@ from tinker_server import wire
 from tinker_server.app import create_app
 from tinker_server.engine import TINY_MODEL
 from tinker_server.settings import Settings
-from tinker_server.wire import codec
-from tinker_server.wire import tinker_wire_pb2 as pb
+from tinker_server.wire import codec, tinker_wire_pb2 as pb
 
 from .conftest import FAKE_MODEL, Api, datum, fb_body
 from .fake_engine import BAD_TOKEN, FakeEngine
