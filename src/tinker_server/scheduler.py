@@ -500,7 +500,7 @@ class Worker:
         try:
             trained = sum(
                 len(d.tokens)
-                for t, out in zip(tasks, outcomes)
+                for t, out in zip(tasks, outcomes, strict=True)
                 if isinstance(t.command, ForwardBackward) and t.command.backward and not isinstance(out, BaseException)
                 for d in t.command.data
             )
@@ -508,7 +508,7 @@ class Worker:
                 self.observer.tokens_trained(trained)
             sampled = sum(
                 len(seq.tokens)
-                for t, out in zip(tasks, outcomes)
+                for t, out in zip(tasks, outcomes, strict=True)
                 if isinstance(t.command, Sample) and not isinstance(out, BaseException)
                 for seq in out.sequences
             )

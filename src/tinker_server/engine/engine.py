@@ -110,7 +110,7 @@ class Engine:
 
     def _pack_base_weights(self) -> int:
         layers = list(self._layers.values())
-        for layer, packed in zip(layers, pack_weights([layer.base.weight for layer in layers])):
+        for layer, packed in zip(layers, pack_weights([layer.base.weight for layer in layers]), strict=True):
             layer.packed = packed
         return sum(layer.packed is not None for layer in layers)
 
@@ -254,7 +254,7 @@ class Engine:
             old = stash[id(p)]
             if old is not None:
                 p.grad = old if p.grad is None else old.add_(p.grad)
-        return [(i, o) for (i, _), o in zip(prepared, outputs)]
+        return [(i, o) for (i, _), o in zip(prepared, outputs, strict=True)]
 
     def optim_step(self, adapter_id: str, params: AdamConfig) -> dict[str, float]:
         """Apply AdamW from the accumulated gradients, then clear them."""
@@ -335,7 +335,7 @@ class Engine:
             for item in prepared:
                 out.extend(self._sample([item]))
             return out
-        return [(i, o) for (i, _), o in zip(prepared, outputs)]
+        return [(i, o) for (i, _), o in zip(prepared, outputs, strict=True)]
 
     def __repr__(self) -> str:
         return f"Engine({self.info.name!r}, device={str(self._device)!r}, adapters={len(self._adapters)})"

@@ -51,7 +51,7 @@ def adamw_step(adapter: Adapter, cfg: AdamConfig) -> dict[str, float]:
     lr, b1, b2 = cfg.learning_rate, cfg.beta1, cfg.beta2
     bias1 = 1.0 - b1**t
     bias2 = 1.0 - b2**t
-    for (key, p), g in zip(named, grads):
+    for (key, p), g in zip(named, grads, strict=True):
         if clip != 1.0:
             g = g * clip
         state = adapter.optim_state.get(key)

@@ -304,7 +304,9 @@ def _prompt_outputs(parts: ModelParts, job: PreparedJob, hidden: torch.Tensor, p
                     out.logprobs[lo + 1 : b + 1] = part.gather(1, prompt[lo + 1 : b + 1, None])[:, 0].tolist()
                 if out.topk is not None:
                     vals, idx = torch.topk(part, job.topk_prompt_logprobs, dim=-1)
-                    out.topk[lo + 1 : b + 1] = [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
+                    out.topk[lo + 1 : b + 1] = [
+                        list(zip(i, v, strict=True)) for i, v in zip(idx.tolist(), vals.tolist(), strict=True)
+                    ]
             if targets is not None and out.targets is not None and targets.shape[1]:
                 want = torch.from_numpy(targets[a:b]).to(logp.device)
                 got = logp.gather(1, want.clamp(min=0))
@@ -519,7 +521,7 @@ def run_jobs(
         used += need
     merged: list[SampleOutput | None] = [None] * len(jobs)
     for batch in batches:
-        for (j, _), out in zip(batch, _run_batch(parts, tokenizer, [piece for _, piece in batch])):
+        for (j, _), out in zip(batch, _run_batch(parts, tokenizer, [piece for _, piece in batch]), strict=True):
             if merged[j] is None:
                 merged[j] = out
             else:
@@ -603,7 +605,7 @@ def _decode(
         tokens, lps = choose_tokens(logits, temperature, top_k, top_p, [rows[i].generator for i in active], logp=logp)
         best = _sample_topk(logp, [jobs[rows[i].job].topk_sample_logprobs for i in active])
         keep: list[int] = []
-        for slot, (i, tok, lp) in enumerate(zip(active, tokens.tolist(), lps.tolist())):
+        for slot, (i, tok, lp) in enumerate(zip(active, tokens.tolist(), lps.tolist(), strict=True)):
             row, job = rows[i], jobs[rows[i].job]
             if job.max_new == 0:
                 row.stop_reason = "length"
@@ -668,4 +670,7 @@ def _sample_topk(logp: torch.Tensor, ks: list[int]) -> dict[int, list[tuple[int,
         return {}
     index = torch.tensor(slots, dtype=torch.long, device=logp.device)
     vals, idx = torch.topk(logp.index_select(0, index), max(ks[slot] for slot in slots), dim=-1)
-    return {slot: list(zip(i[: ks[slot]], v[: ks[slot]])) for slot, i, v in zip(slots, idx.tolist(), vals.tolist())}
+    return {
+        slot: list(zip(i[: ks[slot]], v[: ks[slot]], strict=True))
+        for slot, i, v in zip(slots, idx.tolist(), vals.tolist(), strict=True)
+    }

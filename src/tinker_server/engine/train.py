@@ -226,7 +226,7 @@ def _run_microbatch(
                     "(e.g. sampler logprobs far below the model's, which overflow the ratio)"
                 )
             req.loss_sum += number
-            for i, piece in zip(positions, pieces):
+            for i, piece in zip(positions, pieces, strict=True):
                 req.logprobs[batch[i][1]] = piece.detach().float().cpu().numpy().copy()
             if grad and req.backward:
                 total = value if total is None else total + value

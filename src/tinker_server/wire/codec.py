@@ -11,6 +11,7 @@ with a sentence naming the field.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -248,7 +249,7 @@ def _unbatch(field: pb.BatchedTensor) -> list[np.ndarray]:
     trailing = tuple(field.trailing_shape)
     data = field.data
     out = []
-    for start, end in zip(offsets, offsets[1:]):
+    for start, end in itertools.pairwise(offsets):
         array = _widen(np.frombuffer(data, dtype=dtype, count=(end - start) // np.dtype(dtype).itemsize, offset=start))
         if name == "int32":
             array = array.astype(np.int64)
@@ -328,7 +329,7 @@ def decode_sample_result(data: bytes, sequence_ids: Sequence[str] = ()) -> Sampl
             sequence_id=sequence_id,
             topk_logprobs=_topk(seq.topk_sampled_logprobs) if seq.HasField("topk_sampled_logprobs") else None,
         )
-        for seq, sequence_id in zip(message.sequences, ids)
+        for seq, sequence_id in zip(message.sequences, ids, strict=False)
     ]
     alt = None
     if message.HasField("prompt_alt_tokens"):

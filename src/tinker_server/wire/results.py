@@ -61,11 +61,11 @@ class TopK:
         """The inverse of :meth:`from_rows`: trailing padding dropped, all-padding rows ``None``."""
         pad = (self.token_ids == PAD_TOKEN) & (self.logprobs == np.float32(PAD_LOGPROB))
         out: list[list[tuple[int, float]] | None] = []
-        for ids, logprobs, is_pad in zip(self.token_ids.tolist(), self.logprobs.tolist(), pad.tolist()):
+        for ids, logprobs, is_pad in zip(self.token_ids.tolist(), self.logprobs.tolist(), pad.tolist(), strict=False):
             n = len(ids)
             while n and is_pad[n - 1]:
                 n -= 1
-            out.append(None if not ids or is_pad[0] else list(zip(ids[:n], logprobs[:n])))
+            out.append(None if not ids or is_pad[0] else list(zip(ids[:n], logprobs[:n], strict=False)))
         return out
 
 
