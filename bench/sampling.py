@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         ("HF generate (plain model, batched, KV cache)", t_hf, total_new / t_hf),
     ]
     assert all(len(t) == new for t in eng_tokens) and all(len(t) == new for t in hf_tokens)
-    same = sum(a == b for a, b in zip(eng_tokens, hf_tokens))
+    same = sum(a == b for a, b in zip(eng_tokens, hf_tokens, strict=False))
 
     lp_rows = [rng.integers(0, vocab, args.logprob_tokens + 1).tolist() for _ in range(args.prompts)]
     lp_prompts = [r[: args.logprob_tokens] for r in lp_rows]

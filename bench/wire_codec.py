@@ -51,7 +51,7 @@ def build_request(datums: int, tokens: int, seed: int = 0) -> tuple[bytes, bytes
     weights = (rng.random((datums, tokens)) > 0.3).astype(np.float32)
     message = pb.ForwardBackwardRequest(model_id="s:train:0", seq_id=1, loss_fn="cross_entropy")
     json_data = []
-    for row, w in zip(ids, weights):
+    for row, w in zip(ids, weights, strict=True):
         inputs, targets = row[:-1], row[1:]
         message.data.add(
             model_input=[pb.Chunk(encoded_text=pb.EncodedTextChunk(tokens=inputs.astype("<i4").tobytes()))],

@@ -112,7 +112,7 @@ def run(base_url: str, steps: int, rank: int, learning_rate: float) -> str:
     table.add_column("English")
     table.add_column("before")
     table.add_column("after")
-    for prompt, b, a in zip(PROMPTS, before, after):
+    for prompt, b, a in zip(PROMPTS, before, after, strict=True):
         table.add_row(prompt, b, a, end_section=False)
     console.print(table)
     console.print(f"loss per token: {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps")

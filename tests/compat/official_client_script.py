@@ -89,8 +89,8 @@ def rest(sc: tinker.ServiceClient, model: str, tok) -> None:
     after = restored.forward(data, "cross_entropy").result()
     diff = max(
         abs(a - b)
-        for x, y in zip(before.loss_fn_outputs, after.loss_fn_outputs)
-        for a, b in zip(x["logprobs"].data, y["logprobs"].data)
+        for x, y in zip(before.loss_fn_outputs, after.loss_fn_outputs, strict=False)
+        for a, b in zip(x["logprobs"].data, y["logprobs"].data, strict=False)
     )
     check(diff < 1e-5, f"create_training_client_from_state reproduces logprobs (max diff {diff:.2e})")
     tc.load_state(state).result()

@@ -183,7 +183,7 @@ def test_loss_value_and_logprobs_match_the_spec_formulas(
     base = lp_arrays(loss_tc.forward([datum(s) for s in seqs], "cross_entropy").result(timeout=60))
     data: list[tinker.Datum] = []
     inputs: list[dict[str, np.ndarray]] = []
-    for seq, lp in zip(seqs, base):
+    for seq, lp in zip(seqs, base, strict=False):
         n = len(lp)
         adv = rng.normal(0.0, 1.0, n)
         adv[0], adv[1] = -abs(adv[0]) - 0.5, abs(adv[1]) + 0.5  # both signs
@@ -211,7 +211,7 @@ def test_loss_value_and_logprobs_match_the_spec_formulas(
     fb = loss_tc.forward_backward(data, loss, config).result(timeout=60)  # type: ignore[arg-type]
     fwd = loss_tc.forward(data, loss, config).result(timeout=60)  # type: ignore[arg-type]
     expected, scale = 0.0, 0.0
-    for lp, inp in zip(base, inputs):
+    for lp, inp in zip(base, inputs, strict=False):
         value, mag = reference_loss(loss, lp, inp, config or {})
         expected += value
         scale += mag
@@ -221,7 +221,7 @@ def test_loss_value_and_logprobs_match_the_spec_formulas(
         assert all(k.count(":") == 1 for k in out.metrics)
         assert_close_rel(out.metrics["loss:sum"], expected, scale)
         assert len(out.loss_fn_outputs) == len(data)
-        for got, ref in zip(lp_arrays(out), base):
+        for got, ref in zip(lp_arrays(out), base, strict=False):
             np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -326,7 +326,9 @@ def dpo_loss_fn(
     """DPO: -log σ(β[(π_c - ref_c) - (π_r - ref_r)]) summed over pairs (datums 2i, 2i+1)."""
 
     def loss_fn(data: list[tinker.Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        sums = [(lp * torch.tensor(d.loss_fn_inputs["weights"].data)).sum() for d, lp in zip(data, logprobs)]
+        sums = [
+            (lp * torch.tensor(d.loss_fn_inputs["weights"].data)).sum() for d, lp in zip(data, logprobs, strict=False)
+        ]
         total = torch.zeros(())
         for i in range(0, len(sums), 2):
             margin = (sums[i] - ref_sums[i]) - (sums[i + 1] - ref_sums[i + 1])
@@ -386,7 +388,7 @@ def check_dpo_against_reference(
         torch.testing.assert_close(weights[key], value.detach(), rtol=0, atol=2e-6 + 1e-3 * delta_ref, msg=key)
     assert moved == len(ref.leaves), "two steps move every A and B"
     with torch.no_grad():
-        for d, got in zip(data, final_lp):
+        for d, got in zip(data, final_lp, strict=False):
             np.testing.assert_allclose(got, ref.logprobs(d).double().numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -399,7 +401,7 @@ def test_forward_backward_custom_dpo_equals_plain_autograd(
     start = lp_arrays(tc.forward(data, "cross_entropy").result(timeout=60))
     ref_sums = [
         float((lp * np.asarray(d.loss_fn_inputs["weights"].data)).sum()) - 0.3 * (i % 2)
-        for i, (d, lp) in enumerate(zip(data, start))
+        for i, (d, lp) in enumerate(zip(data, start, strict=False))
     ]
     losses = []
     for _ in range(2):
@@ -425,7 +427,7 @@ def test_forward_backward_custom_async_dpo_equals_plain_autograd(
         start = lp_arrays(await (await tc.forward_async(data, "cross_entropy")))
         ref_sums = [
             float((lp * np.asarray(d.loss_fn_inputs["weights"].data)).sum()) + 0.2 * (i % 2)
-            for i, (d, lp) in enumerate(zip(data, start))
+            for i, (d, lp) in enumerate(zip(data, start, strict=False))
         ]
         losses = []
         for _ in range(2):
@@ -649,7 +651,7 @@ def test_prompt_logprobs_and_compute_logprobs_equal_forward(
     assert len(res.prompt_logprobs) == len(tokens) and res.prompt_logprobs[0] is None
     np.testing.assert_allclose(np.asarray(res.prompt_logprobs[1:], dtype=np.float64), fwd, rtol=0, atol=1e-4)
     assert len(res.topk_prompt_logprobs) == len(tokens) and res.topk_prompt_logprobs[0] is None
-    for pos, (pairs, own) in enumerate(zip(res.topk_prompt_logprobs[1:], fwd), start=1):
+    for pos, (pairs, own) in enumerate(zip(res.topk_prompt_logprobs[1:], fwd, strict=False), start=1):
         assert pairs is not None and len(pairs) == 3
         values = [lp for _, lp in pairs]
         assert values == sorted(values, reverse=True)
@@ -680,7 +682,7 @@ def test_sampler_and_trainer_agree_on_sampled_tokens(sc: tinker.ServiceClient) -
     res = _sample(sampler, n=3, max_tokens=16, temperature=1.0, seed=6)
     data = [datum(PROMPT + s.tokens) for s in res.sequences]
     fwd = lp_arrays(tc.forward(data, "cross_entropy").result(timeout=60))
-    for seq, lp in zip(res.sequences, fwd):
+    for seq, lp in zip(res.sequences, fwd, strict=False):
         np.testing.assert_allclose(seq.logprobs or [], lp[len(PROMPT) - 1 :], rtol=0, atol=1e-4)
 
 
@@ -705,7 +707,7 @@ def test_concurrent_samples_with_several_adapters_equal_each_alone(sc: tinker.Se
 
     alone = [submit(r).result(timeout=60) for r in requests]
     together = [f.result(timeout=60) for f in [submit(r) for r in requests]]
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=False):
         assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
         np.testing.assert_allclose(
             np.asarray([s.logprobs for s in a.sequences], dtype=np.float64),

@@ -74,7 +74,7 @@ def test_sampler_logprobs_equal_forward_logprobs_on_smollm2(model_home: Path, tm
                             timeout=120
                         )
                     )
-                for seq, lp in zip(res.sequences, fwd):
+                for seq, lp in zip(res.sequences, fwd, strict=False):
                     assert len(seq.tokens) == 16 and seq.logprobs is not None
                     ours = np.asarray(seq.logprobs, dtype=np.float64)
                     diff = np.abs(ours - lp[len(prompt) - 1 :]).max()

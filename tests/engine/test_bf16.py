@@ -92,7 +92,7 @@ def test_bf16_logprobs_close_to_float32_on_the_same_weights(home: pathlib.Path) 
         assert torch.equal(value, adapter_tensors(e16, "a")[key])
     data = random_datums(4, seed=5, lengths=(8, 30))
     ref, got = _logprobs(e32, data), _logprobs(e16, data)
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=False):
         assert g.dtype == np.float32
         np.testing.assert_allclose(g, r, atol=BF16_LOGPROB_ATOL, rtol=0)
     # and the adapter matters at that tolerance: the base model alone is further away
@@ -100,7 +100,7 @@ def test_bf16_logprobs_close_to_float32_on_the_same_weights(home: pathlib.Path) 
     base = [
         o["logprobs"] for o in e16.forward_backward("zero", data, "cross_entropy", None, backward=False).loss_fn_outputs
     ]
-    assert max(float(np.abs(b - r).max()) for b, r in zip(base, ref)) > 2 * BF16_LOGPROB_ATOL
+    assert max(float(np.abs(b - r).max()) for b, r in zip(base, ref, strict=False)) > 2 * BF16_LOGPROB_ATOL
 
 
 @pytest.mark.parametrize(("src", "dst"), [("bfloat16", "float32"), ("float32", "bfloat16")])
@@ -122,7 +122,7 @@ def test_checkpoints_cross_dtypes(home: pathlib.Path, tmp_path: pathlib.Path, sr
     data = random_datums(2, seed=4)
     theirs = _logprobs(source, data)
     ours = _logprobs(target, data, "b")
-    for x, y in zip(ours, theirs):
+    for x, y in zip(ours, theirs, strict=False):
         np.testing.assert_allclose(x, y, atol=BF16_LOGPROB_ATOL, rtol=0)
     # training continues from the loaded state in the new dtype
     target.forward_backward("b", data, "cross_entropy", None, backward=True)

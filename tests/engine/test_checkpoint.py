@@ -72,7 +72,7 @@ def test_save_load_roundtrip_is_exact(engine: Engine, home, tmp_path: pathlib.Pa
     assert spec == LoraSpec(rank=4, seed=None, train_mlp=True, train_attn=True, train_unembed=True)
     assert other.adapter_spec("copy") == spec
     data = random_datums(3, seed=2)
-    for x, y in zip(_logprobs(engine, "a", data), _logprobs(other, "copy", data)):
+    for x, y in zip(_logprobs(engine, "a", data), _logprobs(other, "copy", data), strict=False):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
     ours, theirs = adapter_tensors(engine, "a"), adapter_tensors(other, "copy")
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
@@ -180,7 +180,7 @@ def test_stock_peft_loads_our_adapter(engine: Engine, tmp_path: pathlib.Path) ->
     data = random_datums(3, seed=7)
     ours, theirs = _logprobs(engine, "a", data), _peft_logprobs(model, data)
     assert not np.allclose(ours[0], _logprobs_base(engine, data)[0], atol=1e-3)  # the adapter matters
-    for x, y in zip(ours, theirs):
+    for x, y in zip(ours, theirs, strict=False):
         np.testing.assert_allclose(x, y, atol=1e-5)
 
 
@@ -209,5 +209,5 @@ def test_we_load_an_adapter_written_by_stock_peft(engine: Engine, tmp_path: path
     spec = engine.load_adapter("p", tmp_path / "peft", optimizer=False)
     assert spec == LoraSpec(rank=2, seed=None, train_mlp=True, train_attn=True, train_unembed=False)
     data = random_datums(2, seed=3)
-    for x, y in zip(_logprobs(engine, "p", data), _peft_logprobs(model.eval(), data)):
+    for x, y in zip(_logprobs(engine, "p", data), _peft_logprobs(model.eval(), data), strict=False):
         np.testing.assert_allclose(x, y, atol=1e-5)

@@ -59,7 +59,7 @@ def _old_logprobs_near_current(engine: Engine, data: list[TrainDatum], seed: int
     """Set sampler logprobs to current logprobs plus noise: ratios both inside and outside the clip range."""
     rng = np.random.default_rng(seed)
     current = engine.forward_backward("a", data, "cross_entropy", None, backward=False).loss_fn_outputs
-    for datum, out in zip(data, current):
+    for datum, out in zip(data, current, strict=False):
         noise = rng.normal(0.0, 0.4, out["logprobs"].shape).astype(np.float32)
         datum.loss_fn_inputs["logprobs"] = out["logprobs"] + noise
         datum.loss_fn_inputs.pop("weights", None)
@@ -76,7 +76,9 @@ def test_loss_matches_autograd_reference(engine: Engine, loss_fn, reference, key
             [
                 np.exp(o["logprobs"] - d.loss_fn_inputs["logprobs"])
                 for d, o in zip(
-                    data, engine.forward_backward("a", data, "cross_entropy", None, backward=False).loss_fn_outputs
+                    data,
+                    engine.forward_backward("a", data, "cross_entropy", None, backward=False).loss_fn_outputs,
+                    strict=False,
                 )
             ]
         )
@@ -87,7 +89,7 @@ def test_loss_matches_autograd_reference(engine: Engine, loss_fn, reference, key
 
     ref = MergedReference(engine, "a")
     total = torch.zeros(())
-    for datum, output in zip(data, out.loss_fn_outputs):
+    for datum, output in zip(data, out.loss_fn_outputs, strict=False):
         lp = ref.logprobs(datum)
         assert output["logprobs"].dtype == np.float32 and output["logprobs"].shape == (len(datum.tokens),)
         torch.testing.assert_close(torch.from_numpy(output["logprobs"]), lp.detach(), rtol=1e-5, atol=1e-5)
@@ -172,7 +174,7 @@ def _gspo_data(engine: Engine, mask: str) -> list[TrainDatum]:
     rng = np.random.default_rng(22)
     current = engine.forward_backward("a", data, "cross_entropy", None, backward=False).loss_fn_outputs
     # log s = -offset: ratios 1.82, 1.16, 0.95, (1.0: no counted token when masked), 0.74, 0.50
-    for i, (datum, out, offset) in enumerate(zip(data, current, (-0.6, -0.15, 0.05, 0.1, 0.3, 0.7))):
+    for i, (datum, out, offset) in enumerate(zip(data, current, (-0.6, -0.15, 0.05, 0.1, 0.3, 0.7), strict=False)):
         n = len(datum.tokens)
         counted = np.ones(n, bool)
         counted[:2] = False
@@ -212,7 +214,7 @@ def test_gspo_matches_autograd_reference(home, mask: str, config, microbatch: in
 
     ref = MergedReference(engine, "a")
     total = torch.zeros(())
-    for datum, output in zip(data, out.loss_fn_outputs):
+    for datum, output in zip(data, out.loss_fn_outputs, strict=False):
         lp = ref.logprobs(datum)
         torch.testing.assert_close(torch.from_numpy(output["logprobs"]), lp.detach(), rtol=1e-5, atol=1e-5)
         total = total + ref_gspo(lp, datum, config or {})

@@ -72,15 +72,15 @@ def test_sampling_with_packed_weights_equals_plain(pair: tuple[Engine, Engine]) 
         SampleJob(None, PROMPTS[1], max_tokens=8, temperature=0.0, topk_prompt_logprobs=2),
         SampleJob("a", PROMPTS[2], max_tokens=6, temperature=0.7, top_k=20, seed=9),
     ]
-    for x, y in zip(packed.sample(jobs), plain.sample(jobs)):
+    for x, y in zip(packed.sample(jobs), plain.sample(jobs), strict=False):
         assert isinstance(x, SampleOutput) and isinstance(y, SampleOutput)
-        for sx, sy in zip(x.sequences, y.sequences):
+        for sx, sy in zip(x.sequences, y.sequences, strict=False):
             assert sx.tokens == sy.tokens and sx.stop_reason == sy.stop_reason
             np.testing.assert_allclose(sx.logprobs, sy.logprobs, rtol=1e-5, atol=1e-5)
         if x.prompt_logprobs is not None:
             np.testing.assert_allclose(x.prompt_logprobs[1:], y.prompt_logprobs[1:], rtol=1e-5, atol=1e-5)
         if x.topk_prompt_logprobs is not None:
-            for px, py in zip(x.topk_prompt_logprobs[1:], y.topk_prompt_logprobs[1:]):
+            for px, py in zip(x.topk_prompt_logprobs[1:], y.topk_prompt_logprobs[1:], strict=False):
                 assert [t for t, _ in px] == [t for t, _ in py]
 
 
@@ -101,13 +101,13 @@ def test_gradient_path_never_uses_packed_weights(pair: tuple[Engine, Engine]) ->
     ]
     fb = [e.forward_backward("a", data, "cross_entropy", None, backward=True) for e in pair]
     assert fb[0].metrics == fb[1].metrics
-    for x, y in zip(fb[0].loss_fn_outputs, fb[1].loss_fn_outputs):
+    for x, y in zip(fb[0].loss_fn_outputs, fb[1].loss_fn_outputs, strict=False):
         np.testing.assert_array_equal(x["logprobs"], y["logprobs"])
     grads = adapter_grads(packed, "a"), adapter_grads(plain, "a")
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key], rtol=0, atol=0)
     fwd = packed.forward_backward("a", data, "cross_entropy", None, backward=False)
-    for x, y in zip(fwd.loss_fn_outputs, fb[1].loss_fn_outputs):
+    for x, y in zip(fwd.loss_fn_outputs, fb[1].loss_fn_outputs, strict=False):
         np.testing.assert_allclose(x["logprobs"], y["logprobs"], rtol=1e-5, atol=1e-5)
 
 

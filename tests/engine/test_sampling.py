@@ -156,10 +156,10 @@ def test_batched_multi_adapter_sampling_equals_each_alone(home, tuned: Engine) -
         SampleJob("a", [5, 6], max_tokens=7, seed=4, top_p=0.5, stop_token_ids=[1]),
     ]
     together = tuned.sample(jobs)
-    for job, out in zip(jobs, together):
+    for job, out in zip(jobs, together, strict=False):
         alone = _one(tuned, job)
         assert isinstance(out, SampleOutput)
-        for x, y in zip(out.sequences, alone.sequences):
+        for x, y in zip(out.sequences, alone.sequences, strict=False):
             assert x.tokens == y.tokens and x.stop_reason == y.stop_reason
             np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
         if job.prompt_logprobs:
@@ -228,7 +228,7 @@ def test_a_small_kv_budget_splits_batches_without_changing_results(tuned: Engine
     whole = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared)
     per_token = sampling.kv_bytes_per_token(tuned._parts)
     split = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared, max_kv_bytes=per_token * 30)
-    for x, y in zip(whole, split):
+    for x, y in zip(whole, split, strict=False):
         assert [s.tokens for s in x.sequences] == [s.tokens for s in y.sequences]
         assert x.prompt_logprobs == y.prompt_logprobs
     assert [len(o.sequences) for o in split] == [5, 2]
@@ -250,9 +250,9 @@ def test_in_place_kv_cache_equals_hf_dynamic_cache(tuned: Engine, monkeypatch) -
     assert all(isinstance(layer, sampling._layer_class()) for layer in sampling._new_cache(tuned._parts, 4).layers)
     monkeypatch.setattr(sampling, "_new_cache", lambda parts, room: DynamicCache(config=parts.model.config))
     reference = tuned.sample(jobs)
-    for x, y in zip(ours, reference):
+    for x, y in zip(ours, reference, strict=False):
         assert isinstance(x, SampleOutput) and isinstance(y, SampleOutput)
-        for sx, sy in zip(x.sequences, y.sequences):
+        for sx, sy in zip(x.sequences, y.sequences, strict=False):
             assert sx.tokens == sy.tokens and sx.stop_reason == sy.stop_reason
             np.testing.assert_allclose(sx.logprobs, sy.logprobs, rtol=1e-6, atol=1e-6)
 
@@ -347,12 +347,12 @@ def test_new_options_off_leave_sampling_unchanged(tuned: Engine) -> None:
             for job in jobs
         ]
     )
-    for x, y in zip(plain, rich):
+    for x, y in zip(plain, rich, strict=False):
         assert isinstance(x, SampleOutput) and isinstance(y, SampleOutput)
         assert x.prompt_logprobs is None and x.topk_prompt_logprobs is None
         assert x.target_prompt_logprobs is None and x.prompt_alt_tokens is None
         assert y.target_prompt_logprobs is not None and y.prompt_alt_tokens is not None
-        for sx, sy in zip(x.sequences, y.sequences):
+        for sx, sy in zip(x.sequences, y.sequences, strict=False):
             assert sx.topk_logprobs is None and sy.topk_logprobs is not None
             assert sx.tokens == sy.tokens and sx.logprobs == sy.logprobs and sx.stop_reason == sy.stop_reason
 
@@ -389,7 +389,7 @@ def test_prompt_logprobs_last_n(tuned: Engine) -> None:
     assert out.prompt_logprobs[: len(PROMPT) - n] == [None] * (len(PROMPT) - n)
     assert out.topk_prompt_logprobs[: len(PROMPT) - n] == [None] * (len(PROMPT) - n)
     np.testing.assert_allclose(out.prompt_logprobs[-n:], expected[-n:], rtol=1e-5, atol=1e-5)
-    for pos, pairs in zip(range(len(PROMPT) - n, len(PROMPT)), out.topk_prompt_logprobs[-n:]):
+    for pos, pairs in zip(range(len(PROMPT) - n, len(PROMPT)), out.topk_prompt_logprobs[-n:], strict=False):
         assert [t for t, _ in pairs] == torch.topk(logp[pos - 1], 2).indices.tolist()
     for big in (len(PROMPT) - 1, len(PROMPT), 100):  # n >= the prompt: every position but the first
         whole = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, prompt_logprobs=True, prompt_logprobs_last_n=big))
@@ -498,7 +498,9 @@ def test_extra_outputs_survive_split_batches(tuned: Engine) -> None:
     per_token = sampling.kv_bytes_per_token(tuned._parts)
     split = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared, max_kv_bytes=per_token * 30)[0]
     assert [s.tokens for s in whole.sequences] == [s.tokens for s in split.sequences]
-    for x, y in zip(whole.sequences, split.sequences):  # other batch shapes round differently (~1e-5 per step)
+    for x, y in zip(
+        whole.sequences, split.sequences, strict=False
+    ):  # other batch shapes round differently (~1e-5 per step)
         assert len(x.topk_logprobs) == len(y.topk_logprobs) == 6
         assert [[t for t, _ in row] for row in x.topk_logprobs] == [[t for t, _ in row] for row in y.topk_logprobs]
         np.testing.assert_allclose(

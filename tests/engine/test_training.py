@@ -48,7 +48,7 @@ def test_fresh_adapter_leaves_the_model_unchanged(engine: Engine) -> None:
     data = random_datums(3, seed=1)
     la = engine.forward_backward("a", data, "cross_entropy", None, backward=False)
     lb = engine.forward_backward("b", data, "cross_entropy", None, backward=False)
-    for x, y in zip(la.loss_fn_outputs, lb.loss_fn_outputs):
+    for x, y in zip(la.loss_fn_outputs, lb.loss_fn_outputs, strict=False):
         np.testing.assert_array_equal(x["logprobs"], y["logprobs"])
 
 
@@ -84,7 +84,7 @@ def test_micro_batching_does_not_change_results(home, engine: Engine) -> None:
         _fresh(e, "a", seed=9)
     big_out = engine.forward_backward("a", data, "cross_entropy", None, backward=True)
     small_out = small.forward_backward("a", data, "cross_entropy", None, backward=True)
-    for x, y in zip(big_out.loss_fn_outputs, small_out.loss_fn_outputs):
+    for x, y in zip(big_out.loss_fn_outputs, small_out.loss_fn_outputs, strict=False):
         np.testing.assert_allclose(x["logprobs"], y["logprobs"], rtol=1e-5, atol=1e-5)
     assert small_out.metrics["loss:sum"] == pytest.approx(big_out.metrics["loss:sum"], rel=1e-5)
     assert_tensors_close(adapter_grads(small, "a"), adapter_grads(engine, "a"))
@@ -137,11 +137,11 @@ def test_many_adapters_in_one_batch_equal_each_alone(home, engine: Engine) -> No
     ]
     items.append(("a", random_datums(2, seed=99), "cross_entropy", None, False))  # forward-only rider
     together = engine.forward_backward_many(items)
-    for (name, data, loss, cfg, backward), out in zip(items, together):
+    for (name, data, loss, cfg, backward), out in zip(items, together, strict=False):
         ref = alone.forward_backward(name, data, loss, cfg, backward=backward)
         assert isinstance(out, TrainOutput)
         assert out.metrics["loss:sum"] == pytest.approx(ref.metrics["loss:sum"], rel=1e-5, abs=1e-5)
-        for x, y in zip(out.loss_fn_outputs, ref.loss_fn_outputs):
+        for x, y in zip(out.loss_fn_outputs, ref.loss_fn_outputs, strict=False):
             np.testing.assert_allclose(x["logprobs"], y["logprobs"], rtol=1e-5, atol=1e-6)
     for name in specs:
         assert_tensors_close(adapter_grads(engine, name), adapter_grads(alone, name))
@@ -286,7 +286,7 @@ def test_head_blocks_cover_every_token_once() -> None:
         assert (b1 - b0) * (e - s) <= HEAD_BLOCK_TOKENS
         for b in range(b0, b1):
             seen[b].update(range(s, min(e, lengths[b])))
-    assert [len(x) for x in seen] == lengths and all(x == set(range(n)) for x, n in zip(seen, lengths))
+    assert [len(x) for x in seen] == lengths and all(x == set(range(n)) for x, n in zip(seen, lengths, strict=False))
 
 
 def test_long_rows_match_the_reference(engine: Engine) -> None:
@@ -296,7 +296,7 @@ def test_long_rows_match_the_reference(engine: Engine) -> None:
     data = random_datums(1, seed=1, lengths=(1100, 1100)) + random_datums(2, seed=2)
     out = engine.forward_backward("a", data, "cross_entropy", None, backward=False)
     ref = MergedReference(engine, "a")
-    for datum, o in zip(data, out.loss_fn_outputs):
+    for datum, o in zip(data, out.loss_fn_outputs, strict=False):
         np.testing.assert_allclose(o["logprobs"], ref.logprobs(datum).detach().numpy(), rtol=1e-5, atol=2e-5)
 
 
@@ -313,7 +313,7 @@ def test_activation_checkpointing_gives_the_same_gradients(home, engine: Engine)
     ]
     plain_out = engine.forward_backward_many(items)
     ckpt_out = ckpt.forward_backward_many(items)
-    for x, y in zip(plain_out, ckpt_out):
+    for x, y in zip(plain_out, ckpt_out, strict=False):
         assert x.metrics["loss:sum"] == pytest.approx(y.metrics["loss:sum"], rel=1e-6)
     for name in "ab":
         assert_tensors_close(adapter_grads(ckpt, name), adapter_grads(engine, name))

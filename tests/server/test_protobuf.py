@@ -7,6 +7,7 @@ the same whichever encoding carried them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import pathlib
@@ -122,7 +123,7 @@ def logprobs_of(message: pb.ForwardBackwardOutput) -> list[list[float]]:
         assert field.dtype == pb.DTYPE_FLOAT32
         offsets = np.frombuffer(field.offsets, "<i8")
         assert offsets[0] == 0 and len(offsets) == record.num_datums + 1
-        out.extend(np.frombuffer(field.data[a:b], "<f4").tolist() for a, b in zip(offsets, offsets[1:]))
+        out.extend(np.frombuffer(field.data[a:b], "<f4").tolist() for a, b in itertools.pairwise(offsets))
     return out
 
 
@@ -390,7 +391,7 @@ def test_sample_in_protobuf_equals_json(api: Api, model_id: str) -> None:
     # Sequences pair with the submit's sample_sequence_ids by order.
     assert [s["sequence_id"] for s in as_json["sequences"]] == submitted["sample_sequence_ids"]
     assert len(message.sequences) == 3
-    for seq, expected in zip(message.sequences, as_json["sequences"]):
+    for seq, expected in zip(message.sequences, as_json["sequences"], strict=False):
         assert ["stop", "length"][seq.stop_reason] == expected["stop_reason"]
         assert np.frombuffer(seq.tokens, "<i4").tolist() == expected["tokens"]
         assert np.frombuffer(seq.logprobs, "<f4").tolist() == expected["logprobs"]
@@ -406,7 +407,7 @@ def test_sample_in_protobuf_equals_json(api: Api, model_id: str) -> None:
     logprobs = np.frombuffer(topk.logprobs, "<f4").reshape(4, 2).tolist()
     assert ids[0] == [0, 0] and logprobs[0] == [-99999.0, -99999.0]  # no data at the first position
     assert as_json["topk_prompt_logprobs"][0] is None
-    pairs = [[list(p) for p in zip(i, lp)] for i, lp in zip(ids[1:], logprobs[1:])]
+    pairs = [[list(p) for p in zip(i, lp, strict=False)] for i, lp in zip(ids[1:], logprobs[1:], strict=False)]
     assert pairs == as_json["topk_prompt_logprobs"][1:]
     assert not message.HasField("target_prompt_logprobs") and not message.HasField("prompt_alt_tokens")
 
