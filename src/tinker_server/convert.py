@@ -74,10 +74,7 @@ def _input_array(tensor: wire.TensorData | wire.ArrayTensor, where: str) -> tupl
     """A loss input as a flat numpy array, and the dtype it was sent as."""
     if isinstance(tensor, wire.ArrayTensor):
         return tensor.array.reshape(-1), tensor.dtype
-    if tensor.dtype == "int64":
-        array = _int_array(tensor.data, where)
-    else:
-        array = np.asarray(tensor.data, dtype=np.float32)
+    array = _int_array(tensor.data, where) if tensor.dtype == "int64" else np.asarray(tensor.data, dtype=np.float32)
     if tensor.sparse_crow_indices is not None and tensor.shape is not None:
         try:
             array = dense_from_csr(
@@ -229,7 +226,8 @@ def _target_ids(tensor: wire.TensorData | None) -> np.ndarray | None:
             raise InvalidRequest(f"target_prompt_logprobs: {exc}") from None
     if values.size != tensor.shape[0] * tensor.shape[1]:
         raise InvalidRequest(
-            f"target_prompt_logprobs: shape {tensor.shape} needs {tensor.shape[0] * tensor.shape[1]} values, got {values.size}"
+            f"target_prompt_logprobs: shape {tensor.shape} needs {tensor.shape[0] * tensor.shape[1]} values, "
+            f"got {values.size}"
         )
     return values.reshape(tensor.shape)
 

@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -52,7 +52,11 @@ def as_utc(value: dt.datetime) -> dt.datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dt.datetime: sa.DateTime(timezone=True), dict[str, Any]: sa.JSON, list[str]: sa.JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: sa.DateTime(timezone=True),
+        dict[str, Any]: sa.JSON,
+        list[str]: sa.JSON,
+    }
 
 
 class SessionRow(Base):

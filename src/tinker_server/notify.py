@@ -11,6 +11,7 @@ processes (e.g. the database's own LISTEN/NOTIFY), behind the same interface.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
@@ -40,10 +41,8 @@ class LocalNotifier:
         with self._lock:
             waiters = self._waiters.pop(key, [])
         for loop, fut in waiters:
-            try:
+            with contextlib.suppress(RuntimeError):  # RuntimeError: that loop is closed; nobody is waiting any more
                 loop.call_soon_threadsafe(_set_done, fut)
-            except RuntimeError:  # that loop is closed; nobody is waiting any more
-                pass
 
     async def wait_for(self, key: str, check: Callable[[], Awaitable[T | None]], timeout: float) -> T | None:
         loop = asyncio.get_running_loop()
@@ -67,10 +66,8 @@ class LocalNotifier:
                 with self._lock:
                     waiters = self._waiters.get(key)
                     if waiters is not None:
-                        try:
+                        with contextlib.suppress(ValueError):
                             waiters.remove((loop, fut))
-                        except ValueError:
-                            pass
                         if not waiters:
                             del self._waiters[key]
 

@@ -29,6 +29,7 @@ the :class:`~tinker_server.futures.FutureHub` for ``retrieve_future``.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -391,10 +392,8 @@ class Worker:
             self._lone_waits += 1
 
     def _loop(self) -> None:
-        try:
+        with contextlib.suppress(BaseException):  # a failed start is reported to the tasks (and model_info callers)
             self._start_engine()
-        except BaseException:  # noqa: BLE001 - reported to the tasks (and model_info callers)
-            pass
         while True:
             taken = self._take()
             if taken is None:

@@ -557,7 +557,8 @@ class TrainingService:
             sampler_id = f"{run.session_id}:sample:{req.sampling_session_seq_id}"
             if s.get(SamplerRow, sampler_id) is not None:
                 raise InvalidRequest(
-                    f"sampling_session_seq_id {req.sampling_session_seq_id} was already used in session {run.session_id}"
+                    f"sampling_session_seq_id {req.sampling_session_seq_id} was already used "
+                    f"in session {run.session_id}"
                 )
             return self._ephemeral_task(owner, run, sampler_id)
 

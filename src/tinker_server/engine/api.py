@@ -21,7 +21,7 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Union
+from typing import Literal, Protocol
 
 from .errors import EngineError
 from .messages import AdamConfig, LoraSpec, ModelInfo, SampleJob, SampleOutput, TokenEvent, TrainDatum, TrainOutput
@@ -127,8 +127,8 @@ class Sample:
     reload_from: pathlib.Path | None = None
 
 
-Command = Union[CreateAdapter, CopyAdapter, DropAdapter, LoadAdapter, SaveAdapter, ForwardBackward, OptimStep, Sample]
-Outcome = Union[None, int, LoraSpec, TrainOutput, SampleOutput, dict, EngineError]  # type: ignore[type-arg]
+Command = CreateAdapter | CopyAdapter | DropAdapter | LoadAdapter | SaveAdapter | ForwardBackward | OptimStep | Sample
+Outcome = None | int | LoraSpec | TrainOutput | SampleOutput | dict | EngineError
 
 
 @dataclass(frozen=True)

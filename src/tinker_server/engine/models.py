@@ -288,10 +288,8 @@ def _convert_gguf(gguf: pathlib.Path, target: pathlib.Path, model_name: str) -> 
         del model.config.quantization_config
     for attr in ("is_quantized", "quantization_method"):
         if hasattr(model, attr):
-            try:
+            with contextlib.suppress(AttributeError):
                 setattr(model, attr, False if attr == "is_quantized" else None)
-            except AttributeError:
-                pass
     model.config._name_or_path = model_name
     if hasattr(model.config, "_model_name_or_path"):  # GGUF "general.name", e.g. "Smollm2 135M 8k ..."
         del model.config._model_name_or_path

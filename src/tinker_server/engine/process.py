@@ -17,6 +17,7 @@ Imports no torch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -179,10 +180,8 @@ class ProcessEngine:
         self._conn = self._proc = None
         self._info = None
         if conn is not None:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()

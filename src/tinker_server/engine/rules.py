@@ -254,7 +254,8 @@ def _check_rows(
         targets = _int_tokens(raw["target_tokens"], f"datum {d}: loss_fn_inputs['target_tokens']")
         if targets.shape[0] != n:
             raise UserInputError(
-                f"datum {d}: loss_fn_inputs['target_tokens'] has {targets.shape[0]} values but model_input has {n} tokens"
+                f"datum {d}: loss_fn_inputs['target_tokens'] has {targets.shape[0]} values "
+                f"but model_input has {n} tokens"
             )
         _check_vocab(targets, vocab_size, f"datum {d}: target token id")
         inputs = {

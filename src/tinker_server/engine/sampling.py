@@ -424,7 +424,7 @@ def choose_tokens(
     ``logp``: that distribution when the caller has already computed it
     (:func:`scaled_logprobs`).
     """
-    rows, vocab = logits.shape
+    _rows, vocab = logits.shape
     greedy = temperature <= 0
     if logp is None:
         logp = scaled_logprobs(logits, temperature)

@@ -21,6 +21,7 @@ parameter names. Tokenizing and detokenizing run in worker threads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import secrets
 import threading
@@ -357,10 +358,8 @@ class _Flight:
     def _put(self, item: tuple[int, Any]) -> None:
         if self._queue is None:
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the event loop has closed; nobody is listening any more
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the event loop has closed: nobody is listening any more
-            pass
 
     def sink(self, prompt: int) -> Callable[[TokenEvent], None]:
         return lambda event: self._put((prompt, event))
@@ -398,7 +397,7 @@ class _Flight:
                 items = [await queue.get()]
                 while not queue.empty():
                     items.append(queue.get_nowait())
-                for chunk in await asyncio.to_thread(lambda: render(generation.apply(items))):
+                for chunk in await asyncio.to_thread(lambda items=items: render(generation.apply(items))):
                     yield chunk
             if usage is not None:
                 yield usage(generation)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .model_input import DmelChunk, ImageChunk
 __all__ = ["ArrayChunk", "ArrayDatum", "ArrayTensor", "ProvenanceSpan", "dense_from_csr"]
 
 # A text chunk's token ids (a 1-D integer array), or a chunk kind the engine does not take.
-ArrayChunk = Union[np.ndarray, ImageChunk, DmelChunk]
+ArrayChunk = np.ndarray | ImageChunk | DmelChunk
 
 
 @dataclass(frozen=True, slots=True, eq=False)

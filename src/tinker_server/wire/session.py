@@ -26,7 +26,7 @@ __all__ = [
 
 
 class CreateSessionRequest(Request):
-    tags: list[str] = []
+    tags: list[str] = []  # noqa: RUF012 - pydantic copies a field's default per instance
     user_metadata: dict[str, Any] | None = None
     sdk_version: str
     project_id: str | None = None  # 0.15
@@ -111,4 +111,4 @@ class ApiKeyInfo(Response):
     key_id: int
     name: str
     note: str = ""
-    details: dict[str, Any] = {}
+    details: dict[str, Any] = {}  # noqa: RUF012 - pydantic copies a field's default per instance

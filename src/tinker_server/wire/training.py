@@ -260,7 +260,7 @@ class RetrieveFuturesRequest(Request):
     target: RetrieveFuturesTarget
     prev_cursor: int = 0
     timeout: float | None = None
-    retrieved_request_ids: list[str] = []
+    retrieved_request_ids: list[str] = []  # noqa: RUF012 - pydantic copies a field's default per instance
 
 
 class CancelFutureRequest(Request):
