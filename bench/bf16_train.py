@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for dtype, t in times.items():
         print(
             f"  {dtype:9s} median {med[dtype]:.3f} s  (steps: {' '.join(f'{x:.2f}' for x in t)}); "
-            f"packed layers {engines[dtype].packed_layers}; initial loss/token {losses[dtype] / len(data) / args.seq:.4f}"
+            f"packed layers {engines[dtype].packed_layers}; "
+            f"initial loss/token {losses[dtype] / len(data) / args.seq:.4f}"
         )
     print(f"  ratio fp32 / bf16 step time: {med['float32'] / med['bfloat16']:.2f} (> 1: bf16 faster)")
     return 0

@@ -307,7 +307,7 @@ def main() -> None:
         print(f"\n{'endpoint':40} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'bytes':>9}")
         for label, times, size_bytes in results:
             times.sort()
-            p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+            p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
             print(f"{label:40} {statistics.median(times):8.1f} {p95:8.1f} {times[-1]:8.1f} {size_bytes:9d}")
         print("\nrecording cost per resolved request (median µs, alternating, same database):")
         print(f"{'request':20} {'without hook':>14} {'with hook':>12} {'added':>8}")

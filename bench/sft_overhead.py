@@ -109,7 +109,8 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, torch threads {torch_threads}"
     )
     print(
-        f"model {args.model}, {args.steps} alternating steps of {args.batch}x{args.length} tokens, LoRA rank {args.rank}"
+        f"model {args.model}, {args.steps} alternating steps of {args.batch}x{args.length} tokens, "
+        f"LoRA rank {args.rank}"
     )
     for name, times in (("direct engine", direct_times), ("SDK+HTTP+server", api_times)):
         print(f"{name:16s}: total {sum(times):7.2f} s, median step {statistics.median(times) * 1000:6.0f} ms")

@@ -75,8 +75,8 @@ def rest(sc: tinker.ServiceClient, model: str, tok) -> None:
     mine = rc.list_user_checkpoints(limit=100).result()
     check(state in {c.tinker_path for c in mine.checkpoints}, "list_user_checkpoints")
     url = rc.get_checkpoint_archive_url_from_tinker_path(weights).result()
-    with urllib.request.urlopen(url.url, timeout=30) as resp:
-        names = tarfile.open(fileobj=io.BytesIO(resp.read())).getnames()
+    with urllib.request.urlopen(url.url, timeout=30) as resp, tarfile.open(fileobj=io.BytesIO(resp.read())) as tar:
+        names = tar.getnames()
     check(any(n.endswith("adapter_model.safetensors") for n in names), f"archive download {names}")
     sessions = rc.list_sessions().result()
     check(len(sessions.sessions) >= 1, "list_sessions")

@@ -116,7 +116,7 @@ def connect(server: Server, request: pytest.FixtureRequest) -> Iterator[Callable
     yield make
     for client in clients:
         client.holder.close()
-    del clients
+    clients.clear()
     gc.collect()
 
 

@@ -59,7 +59,7 @@ def both(sync: Callable[[], concurrent.futures.Future[T]], async_: Callable[[], 
 
 
 def test_training_runs(seeded: Seeded) -> None:
-    rest, tc = seeded.rest, seeded.tc
+    rest = seeded.rest
     others = [seeded.sc.create_lora_training_client(base_model=TINY_MODEL, rank=2) for _ in range(2)]
 
     page = both(lambda: rest.list_training_runs(), lambda: rest.list_training_runs_async())
@@ -75,15 +75,22 @@ def test_training_runs(seeded: Seeded) -> None:
     assert [r.training_run_id for r in first.training_runs + rest_page.training_runs] == ids
     for offset in (3, 1000):
         empty = both(
-            lambda: rest.list_training_runs(offset=offset), lambda: rest.list_training_runs_async(offset=offset)
+            lambda offset=offset: rest.list_training_runs(offset=offset),
+            lambda offset=offset: rest.list_training_runs_async(offset=offset),
         )
         assert empty.training_runs == [] and empty.cursor.total_count == 3
     for limit in (0, -1):
         expect_error(
-            tinker.BadRequestError, lambda: rest.list_training_runs(limit=limit).result(timeout=30), "limit", within=5
+            tinker.BadRequestError,
+            lambda limit=limit: rest.list_training_runs(limit=limit).result(timeout=30),
+            "limit",
+            within=5,
         )
         expect_error(
-            tinker.BadRequestError, lambda: asyncio.run(rest.list_training_runs_async(limit=limit)), "limit", within=5
+            tinker.BadRequestError,
+            lambda limit=limit: asyncio.run(rest.list_training_runs_async(limit=limit)),
+            "limit",
+            within=5,
         )
     expect_error(
         tinker.BadRequestError, lambda: rest.list_training_runs(offset=-1).result(timeout=30), "offset", within=5
@@ -105,7 +112,7 @@ def test_training_runs(seeded: Seeded) -> None:
 
 
 def test_checkpoint_listings(seeded: Seeded) -> None:
-    rest, tc, paths = seeded.rest, seeded.tc, seeded.paths
+    rest, paths = seeded.rest, seeded.paths
     listed = both(lambda: rest.list_checkpoints(seeded.run), lambda: rest.list_checkpoints_async(seeded.run))
     assert listed.cursor is None
     by_id = {c.checkpoint_id: c for c in listed.checkpoints}
@@ -138,7 +145,7 @@ def test_checkpoint_listings(seeded: Seeded) -> None:
     for limit in (0, -5):
         expect_error(
             tinker.BadRequestError,
-            lambda: rest.list_user_checkpoints(limit=limit).result(timeout=30),
+            lambda limit=limit: rest.list_user_checkpoints(limit=limit).result(timeout=30),
             "limit",
             within=5,
         )
@@ -155,7 +162,7 @@ def _tar_names(url: str) -> tuple[set[str], dict]:
 
 
 def test_archive_urls_download(seeded: Seeded) -> None:
-    rest, tc, paths = seeded.rest, seeded.tc, seeded.paths
+    rest, paths = seeded.rest, seeded.paths
     now = datetime.now(UTC)
     for name, kind in (("w1", "sampler_weights"), ("s1", "weights")):
         urls = [
@@ -205,7 +212,7 @@ def test_delete_checkpoints(seeded: Seeded) -> None:
 
 
 def test_publish_and_unpublish(seeded: Seeded) -> None:
-    rest, tc, paths = seeded.rest, seeded.tc, seeded.paths
+    rest, paths = seeded.rest, seeded.paths
 
     def public() -> dict[str, bool]:
         return {c.checkpoint_id: c.public for c in rest.list_checkpoints(seeded.run).result(timeout=30).checkpoints}
@@ -244,7 +251,7 @@ def test_publish_and_unpublish(seeded: Seeded) -> None:
 
 
 def test_weights_info_and_sampler(seeded: Seeded) -> None:
-    rest, tc, paths = seeded.rest, seeded.tc, seeded.paths
+    rest, paths = seeded.rest, seeded.paths
     info = rest.get_weights_info_by_tinker_path(paths["s1"]).result(timeout=30)
     assert (info.base_model, info.is_lora, info.lora_rank) == (TINY_MODEL, True, 4)
 
@@ -332,7 +339,7 @@ def test_unknown_ids(sc: tinker.ServiceClient) -> None:
 
 
 def test_other_tenants_run_is_not_found(seeded: Seeded, connect: Callable[..., tinker.ServiceClient]) -> None:
-    owner_rest, tc, paths = seeded.rest, seeded.tc, seeded.paths
+    owner_rest, paths = seeded.rest, seeded.paths
     intruder = connect(key="e2e-intruder-key")
     rest = intruder.create_rest_client()
     assert rest.list_training_runs().result(timeout=30).training_runs == []

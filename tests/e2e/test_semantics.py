@@ -173,7 +173,7 @@ LOSS_CASES = [
 
 
 @pytest.mark.parametrize(
-    ("loss", "config"), LOSS_CASES, ids=[f"{l}-{'cfg' if c else 'default'}" for l, c in LOSS_CASES]
+    ("loss", "config"), LOSS_CASES, ids=[f"{name}-{'cfg' if c else 'default'}" for name, c in LOSS_CASES]
 )
 def test_loss_value_and_logprobs_match_the_spec_formulas(
     loss_tc: tinker.TrainingClient, loss: str, config: dict[str, float] | None
@@ -637,7 +637,7 @@ def test_prompt_logprobs_and_compute_logprobs_equal_forward(
     sc: tinker.ServiceClient, plain_model: torch.nn.Module
 ) -> None:
     tc = sc.create_lora_training_client(base_model=TINY_MODEL, rank=4, seed=31)
-    tokens = PROMPT + [300, 12, 77, 5, 140]
+    tokens = [*PROMPT, 300, 12, 77, 5, 140]
     for _ in range(2):  # a trained adapter, so the adapter path is exercised
         tc.forward_backward([datum(tokens)], "cross_entropy").result(timeout=60)
         tc.optim_step(tinker.AdamParams(learning_rate=0.05)).result(timeout=60)
@@ -676,7 +676,7 @@ def test_prompt_logprobs_and_compute_logprobs_equal_forward(
 
 def test_sampler_and_trainer_agree_on_sampled_tokens(sc: tinker.ServiceClient) -> None:
     tc = sc.create_lora_training_client(base_model=TINY_MODEL, rank=4, seed=41)
-    tc.forward_backward([datum(PROMPT + [1, 2, 3, 4])], "cross_entropy").result(timeout=60)
+    tc.forward_backward([datum([*PROMPT, 1, 2, 3, 4])], "cross_entropy").result(timeout=60)
     tc.optim_step(tinker.AdamParams(learning_rate=0.05)).result(timeout=60)
     sampler = tc.save_weights_and_get_sampling_client()
     res = _sample(sampler, n=3, max_tokens=16, temperature=1.0, seed=6)

@@ -152,7 +152,7 @@ def test_bf16_greedy_sampling(home: pathlib.Path) -> None:
     assert again.tokens == seq.tokens
     adapter = engine._adapters["a"]
     with torch.no_grad():
-        for a, b in adapter.weights.values():
+        for _, b in adapter.weights.values():
             b.mul_(-3.0)
     changed = engine.sample([SampleJob("a", prompt, max_tokens=12, temperature=0.0)])[0].sequences[0]
     assert changed.logprobs != seq.logprobs

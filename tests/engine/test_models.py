@@ -74,7 +74,7 @@ def test_tiny_tokenizer_is_cached_and_reproducible(tmp_path: pathlib.Path, home:
 def test_unknown_model_and_bad_options(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ModelLoadError, match="unknown model 'acme/nothing-here'"):
         load_engine("acme/nothing-here", home=tmp_path)
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config.json"):
         load_engine(str(tmp_path), home=tmp_path)
     with pytest.raises(ModelLoadError, match="unsupported dtype"):
         load_engine(TINY_MODEL, home=tmp_path, dtype="int8")

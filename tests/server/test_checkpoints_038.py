@@ -439,7 +439,8 @@ def test_migration_from_an_old_database(make_fake_server: Callable[..., Api], tm
             (run_id, me, FAKE_MODEL),
         )
         conn.execute(
-            "INSERT INTO checkpoints (run_id, owner, checkpoint_id, checkpoint_type, time, tinker_path, size_bytes, public) "
+            "INSERT INTO checkpoints "
+            "(run_id, owner, checkpoint_id, checkpoint_type, time, tinker_path, size_bytes, public) "
             "VALUES (?, ?, 'weights/old', 'training', '2025-01-01 00:01:00.000000', ?, 10, 0)",
             (run_id, me, f"tinker://{run_id}/weights/old"),
         )
@@ -485,7 +486,7 @@ def test_migration_refuses_a_not_null_column_without_default(tmp_path: pathlib.P
         sa.Column("count", sa.Integer, nullable=False, default=7),
         sa.Column("must", sa.Text, nullable=False),
     )
-    with pytest.raises(RuntimeError, match="t.must"):
+    with pytest.raises(RuntimeError, match=r"t.must"):
         add_missing_columns(engine, new)
     with engine.begin() as conn:
         conn.exec_driver_sql("INSERT INTO t (id) VALUES (1)")

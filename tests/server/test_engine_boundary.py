@@ -124,7 +124,9 @@ def test_the_api_process_never_imports_torch(tmp_path: pathlib.Path) -> None:
             def result(path, body):
                 fut = post(path, body)
                 while True:
-                    r = client.post("/api/v1/retrieve_future", json={{"request_id": fut["request_id"]}}, headers=headers)
+                    r = client.post(
+                        "/api/v1/retrieve_future", json={{"request_id": fut["request_id"]}}, headers=headers
+                    )
                     if r.status_code == 200:
                         out = r.json()
                         assert "error" not in out, out
@@ -173,7 +175,13 @@ def test_two_api_processes_sharing_a_database_never_both_accept_a_seq_id(
         answers: dict[str, Any] = {}
         barrier = threading.Barrier(2)
 
-        def submit(name: str, api: Api, seq: int = seq) -> None:
+        def submit(
+            name: str,
+            api: Api,
+            seq: int = seq,
+            barrier: threading.Barrier = barrier,
+            answers: dict[str, Any] = answers,
+        ) -> None:
             barrier.wait()
             answers[name] = api.post("forward_backward", fb_body(model_id, seq))
 

@@ -209,7 +209,9 @@ def test_one_at_a_time_callers_stop_waiting_until_callers_are_concurrent_again(
     monkeypatch.setattr(scheduler, "SAMPLE_ARRIVAL_GAP_S", 0.5)
     api = make_fake_server(sample_batch_window_s=0.5)
     _, sampler = _sampler(api)
-    engine_calls = lambda: [n for name, n in fake_engines[FAKE_MODEL].calls if name == "sample"]
+
+    def engine_calls() -> list[int]:
+        return [n for name, n in fake_engines[FAKE_MODEL].calls if name == "sample"]
 
     def one(seq: int) -> float:
         start = time.monotonic()
