@@ -97,7 +97,8 @@ def train_data(data: Sequence[wire.Datum] | Sequence[wire.ArrayDatum], *, field:
     if not data:
         raise InvalidRequest(f"{field}.data is empty: send at least one datum")
     out: list[TrainDatum] = []
-    for i, datum in enumerate(data):
+    datums: Sequence[wire.Datum | wire.ArrayDatum] = data
+    for i, datum in enumerate(datums):
         where = f"{field}.data[{i}]"
         chunks = datum.chunks if isinstance(datum, wire.ArrayDatum) else datum.model_input.chunks
         tokens = _token_array(chunks, f"{where}.model_input")

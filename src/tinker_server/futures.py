@@ -253,6 +253,7 @@ class FutureHub:
             found = [
                 Completion(request_id, status, int(seq), None if body is None else len(body))
                 for request_id, status, seq, body in rows
+                if seq is not None  # never: the query asks for seq_id >= lo
             ]
             return found or None
 

@@ -494,5 +494,6 @@ def load_points(session: Session, run_id: str, kind: str, name: str, after: floa
     reduction = _reduction(name)
     folded = 0
     for x, value in session.execute(sa.select(x_col, m.value).where(where, x_col <= upper).order_by(x_col)):
-        folded = _add_point(item, x, value, reduction, folded)
+        # ignore: x is never NULL here (x_col <= upper), which the column's type cannot say
+        folded = _add_point(item, x, value, reduction, folded)  # type: ignore[arg-type]
     return ("step" if has_steps else "seq_id"), item

@@ -11,7 +11,7 @@ begun is sent as one last ``data: {"error": ...}`` event.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -76,7 +76,7 @@ def _validation_error(exc: RequestValidationError) -> w.ErrorBody:
 class _OaiRoute(APIRoute):
     """Renders every error of these routes as an OpenAI error body."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def run(request: Request) -> Response:

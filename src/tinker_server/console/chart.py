@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 __all__ = ["Chart", "Marker", "Tick", "line_chart", "nice_ticks"]
 
@@ -67,7 +68,7 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)
 
 
@@ -97,7 +98,7 @@ def _runs(xs: Sequence[float], ys: Sequence[float | None]) -> list[list[tuple[fl
     runs: list[list[tuple[float, float]]] = [[]]
     for x, y in zip(xs, ys, strict=True):
         if _finite(y):
-            runs[-1].append((x, y))  # type: ignore[arg-type]
+            runs[-1].append((x, y))
         elif runs[-1]:
             runs.append([])
     return [run for run in runs if run]
@@ -128,7 +129,7 @@ def line_chart(
     visible = [v for v in [*values, *(lows or []), *(highs or [])] if _finite(v)]
     if not visible:
         return chart
-    y_values = nice_ticks(min(visible), max(visible))  # type: ignore[type-var]
+    y_values = nice_ticks(min(visible), max(visible))
     y_lo, y_hi = y_values[0], y_values[-1]
     x_lo, x_hi = steps[0], steps[-1]
     inner_w = chart.plot_right - chart.plot_left
@@ -153,7 +154,7 @@ def line_chart(
             chart.bands.append(" ".join(f"{px(x)},{py(y)}" for x, y in outline))
     elif len(steps) <= MAX_MARKERS:
         chart.markers = [
-            Marker(px(step), py(value), int(step), repr(value))  # type: ignore[arg-type]
+            Marker(px(step), py(value), int(step), repr(value))
             for step, value in zip(steps, values, strict=True)
             if _finite(value)
         ]

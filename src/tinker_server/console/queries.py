@@ -7,6 +7,8 @@ total, and each page costs a fixed number of queries (no query per row).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -166,7 +168,9 @@ class ConsoleQueries:
         ).all()
         out = []
         for activity, model_path, source_run in rows:
-            source = "ephemeral" if source_run is not None else "checkpoint" if model_path is not None else "base model"
+            source: Literal["checkpoint", "ephemeral", "base model"] = (
+                "ephemeral" if source_run is not None else "checkpoint" if model_path is not None else "base model"
+            )
             out.append(
                 SamplerActivity(
                     sampler_id=activity.sampler_id,

@@ -89,7 +89,7 @@ class Engine:
         # How many base linear layers got a packed copy (0 off CPU, when switched off, or
         # when memory is short).
         self.packed_layers = self._pack_base_weights() if packed_weights else 0
-        decoder = model.get_decoder()  # type: ignore[no-untyped-call]
+        decoder = model.get_decoder()
         lm_head = getattr(model, "lm_head", None)
         if not isinstance(lm_head, nn.Module):
             raise ModelLoadError(f"{base.info.name}: model has no lm_head")

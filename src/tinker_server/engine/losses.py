@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -42,6 +43,7 @@ __all__ = ["LOSSES", "UNSUPPORTED_LOSSES", "ConfigValue", "LossFn", "Segments", 
 Tensor = torch.Tensor
 LossCompute = Callable[[Tensor, Mapping[str, Tensor], Mapping[str, ConfigValue]], Tensor]
 SegmentedLossCompute = Callable[[Tensor, Mapping[str, Tensor], Mapping[str, ConfigValue], "Segments"], Tensor]
+_Compute = TypeVar("_Compute", LossCompute, SegmentedLossCompute)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def loss_names() -> list[str]:
     return list(LOSSES)
 
 
-def loss(name: str, **signature: object) -> Callable[[LossCompute], LossCompute]:
+def loss(name: str, **signature: object) -> Callable[[_Compute], _Compute]:
     """Register the computation of the loss ``name``; what it takes (inputs, config keys
     and defaults, ``per_datum``) is its :data:`~.rules.LOSS_SIGNATURES` entry. A loss not
     in that table (an extension, a test) gives its signature here as keyword arguments
@@ -102,7 +104,7 @@ def loss(name: str, **signature: object) -> Callable[[LossCompute], LossCompute]
         LOSS_SIGNATURES[name] = LossSignature(name, **signature)  # type: ignore[arg-type]
     sig = LOSS_SIGNATURES[name]
 
-    def register(fn: LossCompute) -> LossCompute:
+    def register(fn: _Compute) -> _Compute:
         LOSSES[name] = LossFn(name, fn, sig.required, sig.optional, sig.defaults, sig.per_datum)
         return fn
 

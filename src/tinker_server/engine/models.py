@@ -151,7 +151,9 @@ def _causal_lm_class(path: pathlib.Path, *, what: str) -> type:
             f"(a text model inside a composite config); {supported_architectures()}"
         )
     try:
-        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # type: ignore[no-any-return]
+        # transformers annotates every lazy auto mapping's values as (slow, fast) pairs, as for
+        # tokenizers; the model mappings hold one class.
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]  # type: ignore[return-value]
     except KeyError:
         raise ModelLoadError(
             f"{what}: architecture {_arch_name(config)} is not supported: it is not a causal language model; "
@@ -165,12 +167,12 @@ def _quiet_progress_bars() -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         if was_enabled:
-            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+            hf_logging.enable_progress_bar()
 
 
 def _from_pretrained(
@@ -283,7 +285,7 @@ def _convert_gguf(gguf: pathlib.Path, target: pathlib.Path, model_name: str) -> 
         raise ModelLoadError(f"cannot read {gguf}: {exc}") from exc
     # A GGUF-loaded model carries a quantizer marker that refuses save_pretrained;
     # its weights are already plain dequantized floats, so drop the marker.
-    model.hf_quantizer = None
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - nn.Module types attributes as Tensor | Module
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     for attr in ("is_quantized", "quantization_method"):
@@ -342,4 +344,4 @@ class ModelParts:
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        return logits  # type: ignore[no-any-return]
+        return logits

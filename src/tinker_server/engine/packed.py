@@ -37,7 +37,7 @@ def _ops_present() -> bool:
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ W^T + bias`` with ``W`` packed by :func:`pack_weight`; ``x: (..., in)``. No autograd."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")  # type: ignore[no-any-return]
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 @functools.cache
@@ -79,7 +79,7 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor | None:
     if not packing_available(weight.device, weight.dtype):
         return None
     with torch.no_grad():
-        return torch.ops.mkldnn._reorder_linear_weight(weight.detach())  # type: ignore[no-any-return]
+        return torch.ops.mkldnn._reorder_linear_weight(weight.detach())
 
 
 def available_memory_bytes() -> int | None:

@@ -155,7 +155,7 @@ def resolve_config(loss: LossSignature, config: Mapping[str, ConfigValue] | None
             continue
         if not _finite(value):
             raise UserInputError(f"loss_fn_config[{key!r}] must be a finite number, got {value!r}")
-        merged[key] = float(value)  # type: ignore[arg-type]
+        merged[key] = float(value)
     if _CLIP[0] in merged:
         low, high = float(merged[_CLIP[0]]), float(merged[_CLIP[1]])
         if low > high:

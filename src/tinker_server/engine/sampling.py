@@ -48,7 +48,7 @@ import math
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -139,11 +139,11 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     topk: list[list[tuple[int, float]]] = field(default_factory=list)
-    stop_reason: str | None = None
+    stop_reason: Literal["length", "stop"] | None = None
 
 
 @functools.cache
-def _cache_kwarg(decoder_class: type) -> str:
+def _cache_kwarg(decoder_class: type[torch.nn.Module]) -> str:
     """The decoder's keyword for the key/value cache: ``cache`` in recent transformers,
     ``past_key_values`` before (5.5 and older, e.g. beside tinker-cookbook)."""
     parameters = inspect.signature(decoder_class.forward).parameters
@@ -163,7 +163,7 @@ def _new_cache(parts: ModelParts, room: int) -> DynamicCache:
 def _layer_class() -> type:
     from transformers.cache_utils import DynamicLayer
 
-    class _Layer(DynamicLayer):  # type: ignore[misc]
+    class _Layer(DynamicLayer):
         """A key/value cache layer that appends each token into room reserved up front.
 
         HF's ``DynamicLayer`` concatenates the whole cache with the new token on
@@ -255,7 +255,8 @@ def _prefill(
             input_ids=ids,
             attention_mask=_attention_mask(parts, keys[:, None], parts.model.dtype),
             position_ids=positions,
-            **{_cache_kwarg(type(parts.decoder)): cache},
+            # ignore: mypy checks a class object against Hashable through the instance's __hash__
+            **{_cache_kwarg(type(parts.decoder)): cache},  # type: ignore[arg-type]
             use_cache=True,
         ).last_hidden_state  # (J, Pmax, H)
         last = parts.logits(hidden[:, -1:])[:, 0]  # (J, V)
@@ -350,8 +351,9 @@ def _select_rows(cache: DynamicCache, keep: torch.Tensor) -> None:
             select(keep)
             continue
         keys, values = _kv(cache, i)
-        layer.keys = keys.index_select(0, keep)
-        layer.values = values.index_select(0, keep)
+        # setattr: the cache's layer types (linear-attention, dummy layers) do not all declare keys/values
+        setattr(layer, "keys", keys.index_select(0, keep))  # noqa: B010
+        setattr(layer, "values", values.index_select(0, keep))  # noqa: B010
 
 
 def _sliding_layout(config: object) -> tuple[int | None, bool]:
@@ -554,7 +556,7 @@ def _run_batch(parts: ModelParts, tokenizer: PreTrainedTokenizerBase, jobs: list
             SampledSequence(
                 tokens=r.tokens,
                 logprobs=r.logprobs,
-                stop_reason=r.stop_reason or "length",  # type: ignore[arg-type]
+                stop_reason=r.stop_reason or "length",
                 topk_logprobs=r.topk if job.topk_sample_logprobs else None,
             )
             for r in rows
@@ -640,7 +642,8 @@ def _decode(
                 input_ids=tokens[:, None],
                 attention_mask=_attention_mask(parts, valid[:, None, None, :], _kv(cache, 0)[0].dtype),
                 position_ids=positions,
-                **{_cache_kwarg(type(parts.decoder)): cache},
+                # ignore: mypy checks a class object against Hashable through the instance's __hash__
+                **{_cache_kwarg(type(parts.decoder)): cache},  # type: ignore[arg-type]
                 use_cache=True,
             ).last_hidden_state
             logits = parts.logits(hidden[:, -1])
@@ -655,7 +658,7 @@ def _notify(job: PreparedJob, row: _Row) -> None:
         logprob=row.logprobs[-1],
         topk=row.topk[-1] if job.topk_sample_logprobs else None,
         stop_reason=row.stop_reason,
-    )  # type: ignore[arg-type]
+    )
     try:
         job.on_token(event)  # type: ignore[misc]
     except Exception:  # a broken listener must not fail the batch

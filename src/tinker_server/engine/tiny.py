@@ -115,7 +115,7 @@ def ensure_tiny_tokenizer(directory: pathlib.Path) -> pathlib.Path:
     from transformers import PreTrainedTokenizerFast
 
     tok = _train_tokenizer()
-    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",

@@ -232,7 +232,7 @@ def _run_microbatch(
                 total = value if total is None else total + value
         del lp
         if total is not None and total.requires_grad:
-            total.backward()  # type: ignore[no-untyped-call]
+            total.backward()
 
 
 def run_requests(

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import concurrent.futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..engine import SampleOutput, TokenEvent
 from .text import TextAssembler, Tokenizer
 
 __all__ = ["Choice", "Decoding", "Delta", "Entry", "Generation"]
+
+FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Choice:
     index: int
     text: TextAssembler
     tokens: int = 0  # generated tokens taken so far (the position of the next one)
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     parts: list[str] = field(default_factory=list)
     entries: list[Entry] = field(default_factory=list)
 
@@ -69,7 +71,7 @@ class Delta:
     choice: Choice
     text: str = ""
     entries: list[Entry] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
 
 
 class Generation:
@@ -146,7 +148,7 @@ class Generation:
             delta.entries.append(entry)
 
     @staticmethod
-    def _finish(choice: Choice, delta: Delta, reason: str) -> None:
+    def _finish(choice: Choice, delta: Delta, reason: FinishReason) -> None:
         rest = choice.text.close()
         delta.text += rest
         choice.parts.append(rest)

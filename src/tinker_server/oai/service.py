@@ -180,7 +180,7 @@ class OaiService:
                         w.CompletionChoice(
                             index=d.choice.index,
                             text=d.text,
-                            finish_reason=d.finish_reason,  # type: ignore[arg-type]
+                            finish_reason=d.finish_reason,
                             logprobs=_completion_logprobs(tokenizer, d.entries, decoding),
                         )
                     ],
@@ -202,7 +202,7 @@ class OaiService:
                 w.CompletionChoice(
                     index=c.index,
                     text=c.full_text,
-                    finish_reason=c.finish_reason,  # type: ignore[arg-type]
+                    finish_reason=c.finish_reason,
                     logprobs=_completion_logprobs(tokenizer, c.entries, decoding),
                 )
                 for c in gen.choices
@@ -260,7 +260,7 @@ class OaiService:
                                 finish_reason=d.finish_reason,
                             )
                         ],
-                    )  # type: ignore[arg-type]
+                    )
                     for d in deltas
                     if d.text or d.entries or d.finish_reason
                 ]
@@ -286,8 +286,9 @@ class OaiService:
                     index=c.index,
                     message=w.ChatReply(content=c.full_text),
                     logprobs=logprobs(c.entries),
-                    finish_reason=c.finish_reason,
-                )  # type: ignore[arg-type]
+                    # ignore: every choice has finished (finish_reason set) once the generation is whole
+                    finish_reason=c.finish_reason,  # type: ignore[arg-type]
+                )
                 for c in gen.choices
             ]
             return w.ChatCompletion(id=rid, created=created, model=req.model, choices=choices, usage=_usage(gen))
@@ -397,7 +398,7 @@ class _Flight:
                 items = [await queue.get()]
                 while not queue.empty():
                     items.append(queue.get_nowait())
-                for chunk in await asyncio.to_thread(lambda items=items: render(generation.apply(items))):
+                for chunk in await asyncio.to_thread(lambda: render(generation.apply(items))):  # noqa: B023 - awaited at once
                     yield chunk
             if usage is not None:
                 yield usage(generation)
