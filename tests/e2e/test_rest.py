@@ -75,20 +75,20 @@ def test_training_runs(seeded: Seeded) -> None:
     assert [r.training_run_id for r in first.training_runs + rest_page.training_runs] == ids
     for offset in (3, 1000):
         empty = both(
-            lambda offset=offset: rest.list_training_runs(offset=offset),
-            lambda offset=offset: rest.list_training_runs_async(offset=offset),
+            lambda: rest.list_training_runs(offset=offset),  # noqa: B023 - called at once
+            lambda: rest.list_training_runs_async(offset=offset),  # noqa: B023 - called at once
         )
         assert empty.training_runs == [] and empty.cursor.total_count == 3
     for limit in (0, -1):
         expect_error(
             tinker.BadRequestError,
-            lambda limit=limit: rest.list_training_runs(limit=limit).result(timeout=30),
+            lambda: rest.list_training_runs(limit=limit).result(timeout=30),  # noqa: B023 - called at once
             "limit",
             within=5,
         )
         expect_error(
             tinker.BadRequestError,
-            lambda limit=limit: asyncio.run(rest.list_training_runs_async(limit=limit)),
+            lambda: asyncio.run(rest.list_training_runs_async(limit=limit)),  # noqa: B023 - called at once
             "limit",
             within=5,
         )
@@ -145,7 +145,7 @@ def test_checkpoint_listings(seeded: Seeded) -> None:
     for limit in (0, -5):
         expect_error(
             tinker.BadRequestError,
-            lambda limit=limit: rest.list_user_checkpoints(limit=limit).result(timeout=30),
+            lambda: rest.list_user_checkpoints(limit=limit).result(timeout=30),  # noqa: B023 - called at once
             "limit",
             within=5,
         )
