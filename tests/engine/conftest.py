@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 import sys
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -17,8 +19,31 @@ if str(_SRC) not in sys.path:  # running from a checkout without an installed pa
 # OpenMP on a busy 2-core machine every op waits for a descheduled thread.
 torch.set_num_threads(1)
 
-from tinker_server.engine import TINY_MODEL, Engine, LoraSpec, TrainDatum, load_engine  # noqa: E402
+from tinker_server.engine import (  # noqa: E402
+    TINY_MODEL,
+    Engine,
+    EngineError,
+    LoraSpec,
+    SampleOutput,
+    TrainDatum,
+    TrainOutput,
+    load_engine,
+)
 from tinker_server.engine.tiny import build_tiny_model  # noqa: E402
+
+_Out = TypeVar("_Out", SampleOutput, TrainOutput)
+
+
+def ok(out: _Out | EngineError) -> _Out:
+    """``out``, which must not be an engine error (the test fails showing it otherwise)."""
+    assert not isinstance(out, EngineError), out
+    return out
+
+
+def floats(values: Sequence[float | None]) -> list[float]:
+    """Logprobs of positions that have one (no ``None`` among them)."""
+    assert all(v is not None for v in values), values
+    return [v for v in values if v is not None]
 
 
 @pytest.fixture(scope="session")
@@ -87,11 +112,13 @@ class MergedReference:
         self.paths = list(adapter.weights)
 
     def params(self) -> dict[str, torch.Tensor]:
-        merged = {}
+        merged: dict[str, torch.Tensor] = {}
         for path in self.paths:
             a = self.leaves[f"base_model.model.{path}.lora_A.weight"]
             b = self.leaves[f"base_model.model.{path}.lora_B.weight"]
-            merged[f"{path}.weight"] = self.model.get_submodule(path).weight + self.scaling * (b @ a)
+            weight = self.model.get_submodule(path).weight
+            assert isinstance(weight, torch.Tensor)
+            merged[f"{path}.weight"] = weight + self.scaling * (b @ a)
         return merged
 
     def merged_model(self) -> torch.nn.Module:

@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from transformers import GenerationMixin
 
 from tinker_server.engine import Engine, LoraSpec, ModelLoadError, SampleJob, load_engine
 from tinker_server.engine.tiny import ensure_tiny_tokenizer
 
-from .conftest import MergedReference, adapter_grads, assert_tensors_close, random_datums, randomize_adapter
+from .conftest import MergedReference, adapter_grads, assert_tensors_close, ok, random_datums, randomize_adapter
 
 VOCAB = 512
 WINDOW = 8
@@ -160,8 +161,9 @@ def test_lora_gradients_match_the_merged_reference(arch: tuple[str, pathlib.Path
 def test_greedy_sampling_equals_hf_generate(arch: tuple[str, pathlib.Path, Engine]) -> None:
     _, directory, engine = arch
     jobs = [SampleJob("a", prompt, max_tokens=12, temperature=0.0) for prompt in PROMPTS]
-    ours = [out.sequences[0].tokens for out in engine.sample(jobs)]
+    ours = [ok(out).sequences[0].tokens for out in engine.sample(jobs)]
     model = MergedReference(engine, "a", _hf_model(engine, directory)).merged_model()
+    assert isinstance(model, GenerationMixin)
     for prompt, tokens in zip(PROMPTS, ours, strict=True):
         with torch.no_grad():
             mask = torch.ones(1, len(prompt), dtype=torch.long)

@@ -27,7 +27,7 @@ from tinker_server.engine import (
 from tinker_server.engine.checkpoint import WEIGHTS_FILE
 from tinker_server.engine.packed import packing_available
 
-from .conftest import adapter_tensors, random_datums, randomize_adapter
+from .conftest import adapter_tensors, ok, random_datums, randomize_adapter
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SPEC = LoraSpec(rank=4, seed=3, train_unembed=True)
@@ -201,7 +201,7 @@ def test_bf16_train_step_and_greedy_sampling_on_cuda(home: pathlib.Path) -> None
     assert all(m.is_cuda and m.dtype == torch.float32 for m, _ in adapter.optim_state.values())
     after = adapter_tensors(engine, "a")
     assert all(not torch.equal(before[k], after[k].cpu()) for k in before)
-    seq = engine.sample([SampleJob("a", [5, 17, 42], max_tokens=8, temperature=0.0)])[0].sequences[0]
+    seq = ok(engine.sample([SampleJob("a", [5, 17, 42], max_tokens=8, temperature=0.0)])[0]).sequences[0]
     assert len(seq.tokens) == 8 and np.isfinite(seq.logprobs).all()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,8 @@ from tinker_server.engine import (
 )
 from tinker_server.engine.models import find_smollm2_gguf
 from tinker_server.engine.tiny import build_tiny_model
+
+from .conftest import ok
 
 
 def test_known_models() -> None:
@@ -94,7 +97,7 @@ def test_local_directory_model(tmp_path: pathlib.Path, engine) -> None:
     for e in (engine, local):
         e.create_adapter("a", LoraSpec(rank=2, seed=1))
     job = SampleJob("a", [1, 2, 3], max_tokens=5, temperature=0.0)
-    assert engine.sample([job])[0].sequences[0].tokens == local.sample([job])[0].sequences[0].tokens
+    assert ok(engine.sample([job])[0]).sequences[0].tokens == ok(local.sample([job])[0]).sequences[0].tokens
 
 
 @pytest.mark.slow
@@ -108,19 +111,17 @@ def test_smollm2_from_the_gguf_package(tmp_path: pathlib.Path) -> None:
     info = engine.info
     assert info.arch == "llama" and info.vocab_size == 49152 and info.max_context == 8192
     tok = engine.tokenizer
-    prompt = tok.apply_chat_template(
+    chat: Any = tok.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], tokenize=True, add_generation_prompt=True
     )
-    prompt = list(prompt["input_ids"] if isinstance(prompt, dict) or hasattr(prompt, "keys") else prompt)
+    prompt: list[int] = list(chat["input_ids"] if isinstance(chat, dict) or hasattr(chat, "keys") else chat)
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    assert isinstance(end_of_turn, int)
     engine.create_adapter("a", LoraSpec(rank=8, seed=0))
 
-    answer = engine.sample(
-        [
-            SampleJob(
-                "a", prompt, max_tokens=12, temperature=0.0, stop_token_ids=[tok.convert_tokens_to_ids("<|im_end|>")]
-            )
-        ]
-    )[0]
+    answer = ok(
+        engine.sample([SampleJob("a", prompt, max_tokens=12, temperature=0.0, stop_token_ids=[end_of_turn])])[0]
+    )
     text = tok.decode(answer.sequences[0].tokens)
     assert "Paris" in text, text
 
@@ -129,7 +130,7 @@ def test_smollm2_from_the_gguf_package(tmp_path: pathlib.Path) -> None:
     lp = fb.loss_fn_outputs[0]["logprobs"]
     assert np.isfinite(lp).all() and fb.metrics["loss:sum"] / len(prompt) < 5.0  # a real model, not noise
 
-    sampled = engine.sample([SampleJob("a", prompt, max_tokens=6, seed=1)])[0].sequences[0]
+    sampled = ok(engine.sample([SampleJob("a", prompt, max_tokens=6, seed=1)])[0]).sequences[0]
     seq = prompt + sampled.tokens
     forward = engine.forward_backward(
         "a",
@@ -147,6 +148,6 @@ def test_smollm2_from_the_gguf_package(tmp_path: pathlib.Path) -> None:
         assert time.perf_counter() - start < max(5.0, first / 3)
         again.create_adapter("a", LoraSpec(rank=8, seed=0))
         assert (
-            again.sample([SampleJob("a", prompt, max_tokens=12, temperature=0.0)])[0].sequences[0].tokens[:3]
+            ok(again.sample([SampleJob("a", prompt, max_tokens=12, temperature=0.0)])[0]).sequences[0].tokens[:3]
             == answer.sequences[0].tokens[:3]
         )

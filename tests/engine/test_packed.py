@@ -18,7 +18,7 @@ from tinker_server.engine import (
 )
 from tinker_server.engine.packed import pack_weight, packed_linear, packing_available
 
-from .conftest import adapter_grads, randomize_adapter
+from .conftest import adapter_grads, floats, randomize_adapter
 
 PROMPTS = [[1, 87, 85, 269, 201, 426, 468, 264], [5, 6, 7], [300, 2, 44, 45, 46, 47]]
 
@@ -78,9 +78,14 @@ def test_sampling_with_packed_weights_equals_plain(pair: tuple[Engine, Engine]) 
             assert sx.tokens == sy.tokens and sx.stop_reason == sy.stop_reason
             np.testing.assert_allclose(sx.logprobs, sy.logprobs, rtol=1e-5, atol=1e-5)
         if x.prompt_logprobs is not None:
-            np.testing.assert_allclose(x.prompt_logprobs[1:], y.prompt_logprobs[1:], rtol=1e-5, atol=1e-5)
+            assert y.prompt_logprobs is not None
+            np.testing.assert_allclose(
+                floats(x.prompt_logprobs[1:]), floats(y.prompt_logprobs[1:]), rtol=1e-5, atol=1e-5
+            )
         if x.topk_prompt_logprobs is not None:
+            assert y.topk_prompt_logprobs is not None
             for px, py in zip(x.topk_prompt_logprobs[1:], y.topk_prompt_logprobs[1:], strict=False):
+                assert px is not None and py is not None
                 assert [t for t, _ in px] == [t for t, _ in py]
 
 
@@ -154,4 +159,7 @@ def test_bfloat16_packed_engine_agrees_with_plain(home) -> None:
     packed, plain = (e.sample([job])[0] for e in engines)
     assert isinstance(packed, SampleOutput) and isinstance(plain, SampleOutput)
     # bf16 carries about 3 significant digits; the two paths may round differently
-    np.testing.assert_allclose(packed.prompt_logprobs[1:], plain.prompt_logprobs[1:], rtol=0.02, atol=0.05)
+    assert packed.prompt_logprobs is not None and plain.prompt_logprobs is not None
+    np.testing.assert_allclose(
+        floats(packed.prompt_logprobs[1:]), floats(plain.prompt_logprobs[1:]), rtol=0.02, atol=0.05
+    )

@@ -7,11 +7,21 @@ import os
 import pathlib
 import signal
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 
-from tinker_server.engine import TINY_MODEL, AdamConfig, AdapterNotFound, LoraSpec, SampleJob, UserInputError
+from tinker_server.engine import (
+    TINY_MODEL,
+    AdamConfig,
+    AdapterNotFound,
+    LoraSpec,
+    SampleJob,
+    SampleOutput,
+    TrainOutput,
+    UserInputError,
+)
 from tinker_server.engine.api import (
     CopyAdapter,
     CreateAdapter,
@@ -30,7 +40,9 @@ from tinker_server.engine.worker import load_host
 
 from .conftest import random_datums
 
-SPEC = dict(model_name=TINY_MODEL, torch_threads=1, residency=ResidencyLimits(max_samplers=2, snapshots_per_source=1))
+SPEC: dict[str, Any] = dict(
+    model_name=TINY_MODEL, torch_threads=1, residency=ResidencyLimits(max_samplers=2, snapshots_per_source=1)
+)
 
 
 @pytest.fixture
@@ -70,11 +82,11 @@ def test_worker_process_matches_the_engine_in_process(worker: ProcessEngine, hom
         remote, here = worker.run(commands), local.run(commands)
         for a, b in zip(remote.outcomes, here.outcomes, strict=True):
             assert type(a) is type(b)
-            if hasattr(a, "loss_fn_outputs"):
+            if isinstance(a, TrainOutput) and isinstance(b, TrainOutput):
                 assert a.metrics == pytest.approx(b.metrics, rel=1e-6)
                 for x, y in zip(a.loss_fn_outputs, b.loss_fn_outputs, strict=True):
                     np.testing.assert_allclose(x["logprobs"], y["logprobs"], rtol=1e-6)
-            elif hasattr(a, "sequences"):
+            elif isinstance(a, SampleOutput) and isinstance(b, SampleOutput):
                 assert [s.tokens for s in a.sequences] == [s.tokens for s in b.sequences]
                 np.testing.assert_allclose(
                     [s.logprobs for s in a.sequences], [s.logprobs for s in b.sequences], rtol=1e-5

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from tinker_server.engine import (
     load_engine,
 )
 
-from .conftest import MergedReference, randomize_adapter
+from .conftest import MergedReference, floats, ok, randomize_adapter
 
 PROMPT = [1, 87, 85, 269, 201, 426, 468, 264]
 
@@ -89,6 +91,7 @@ def test_stop_string_spanning_several_tokens(tuned: Engine) -> None:
     # a stop string made of the text of two consecutive generated tokens (ASCII, so byte-exact)
     for i in range(3, len(base) - 1):
         stop = tok.decode(base[i : i + 2])
+        assert isinstance(stop, str)
         if stop.isascii() and len(tok.decode(base[i : i + 1])) >= 1 and len(stop) >= 2 and stop.strip():
             break
     else:
@@ -163,14 +166,15 @@ def test_batched_multi_adapter_sampling_equals_each_alone(home, tuned: Engine) -
             assert x.tokens == y.tokens and x.stop_reason == y.stop_reason
             np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
         if job.prompt_logprobs:
-            np.testing.assert_allclose(out.prompt_logprobs[1:], alone.prompt_logprobs[1:], atol=1e-6)
-    assert [len(o.sequences) for o in together] == [2, 3, 1, 1]
+            assert out.prompt_logprobs is not None and alone.prompt_logprobs is not None
+            np.testing.assert_allclose(floats(out.prompt_logprobs[1:]), floats(alone.prompt_logprobs[1:]), atol=1e-6)
+    assert [len(ok(o).sequences) for o in together] == [2, 3, 1, 1]
 
 
 def test_base_model_rows_ignore_adapters(tuned: Engine) -> None:
     tuned.create_adapter("fresh", LoraSpec(rank=2, seed=0))  # B = 0: same as the base model
     jobs = [SampleJob(None, PROMPT, max_tokens=6, seed=1), SampleJob("a", PROMPT, max_tokens=6, seed=1)]
-    base, adapted = tuned.sample(jobs)
+    base, adapted = map(ok, tuned.sample(jobs))
     fresh = _one(tuned, SampleJob("fresh", PROMPT, max_tokens=6, seed=1))
     assert base.sequences[0].tokens == fresh.sequences[0].tokens
     np.testing.assert_allclose(base.sequences[0].logprobs, fresh.sequences[0].logprobs, atol=1e-6)
@@ -179,21 +183,26 @@ def test_base_model_rows_ignore_adapters(tuned: Engine) -> None:
 
 def test_prompt_logprobs_and_topk(tuned: Engine) -> None:
     out = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, prompt_logprobs=True, topk_prompt_logprobs=3))
+    assert out.prompt_logprobs is not None and out.topk_prompt_logprobs is not None
     assert out.prompt_logprobs[0] is None and out.topk_prompt_logprobs[0] is None
     assert len(out.prompt_logprobs) == len(out.topk_prompt_logprobs) == len(PROMPT)
-    np.testing.assert_allclose(out.prompt_logprobs[1:], _teacher_forced(tuned, "a", PROMPT[:1], PROMPT[1:]), atol=1e-5)
+    np.testing.assert_allclose(
+        floats(out.prompt_logprobs[1:]), _teacher_forced(tuned, "a", PROMPT[:1], PROMPT[1:]), atol=1e-5
+    )
     logp = torch.log_softmax(MergedReference(tuned, "a").logits(PROMPT)[:-1].detach(), dim=-1)
     for pos, pairs in enumerate(out.topk_prompt_logprobs[1:]):
+        assert pairs is not None
         assert [t for t, _ in pairs] == torch.topk(logp[pos], 3).indices.tolist()
         np.testing.assert_allclose([v for _, v in pairs], torch.topk(logp[pos], 3).values.numpy(), atol=1e-4)
     only_topk = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, topk_prompt_logprobs=2))
-    assert only_topk.prompt_logprobs is None and len(only_topk.topk_prompt_logprobs) == len(PROMPT)
+    assert only_topk.prompt_logprobs is None
+    assert only_topk.topk_prompt_logprobs is not None and len(only_topk.topk_prompt_logprobs) == len(PROMPT)
 
 
 def test_max_tokens_zero_and_unset(tuned: Engine) -> None:
     out = _one(tuned, SampleJob("a", PROMPT, max_tokens=0, prompt_logprobs=True))
     assert out.sequences[0].tokens == [] and out.sequences[0].stop_reason == "length"
-    assert len(out.prompt_logprobs) == len(PROMPT)
+    assert out.prompt_logprobs is not None and len(out.prompt_logprobs) == len(PROMPT)
     long_prompt = (PROMPT * 300)[: tuned.info.max_context - 3]
     out = _one(tuned, SampleJob("a", long_prompt, seed=1))  # max_tokens=None: up to the context limit
     assert len(out.sequences[0].tokens) == 3 and out.sequences[0].stop_reason == "length"
@@ -262,7 +271,7 @@ def test_kv_cache_room_is_bounded_and_grows(tuned: Engine) -> None:
     from tinker_server.engine import sampling
 
     cache = sampling._new_cache(tuned._parts, room=3)
-    layer = cache.layers[0]
+    layer: Any = cache.layers[0]  # the in-place layer class is made at run time (sampling._layer_class)
     keys = torch.randn(2, 1, 10, 4)
     layer.update(keys, keys + 1)
     assert layer.key_buffer.shape[2] == 13 and layer.get_seq_length() == 10
@@ -273,7 +282,7 @@ def test_kv_cache_room_is_bounded_and_grows(tuned: Engine) -> None:
     assert layer.keys[:, :, 10:, 0].flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] * 2
     layer.select_rows(torch.tensor([1]))
     assert layer.keys.shape == (1, 1, 15, 4)
-    big = sampling._new_cache(tuned._parts, room=10_000).layers[0]
+    big: Any = sampling._new_cache(tuned._parts, room=10_000).layers[0]
     big.update(keys, keys)
     assert big.key_buffer.shape[2] == 10 + 64  # not 10 + 10_000
 
@@ -385,16 +394,18 @@ def test_prompt_logprobs_last_n(tuned: Engine) -> None:
         tuned,
         SampleJob("a", PROMPT, max_tokens=1, prompt_logprobs=True, prompt_logprobs_last_n=n, topk_prompt_logprobs=2),
     )
+    assert out.prompt_logprobs is not None and out.topk_prompt_logprobs is not None
     assert len(out.prompt_logprobs) == len(out.topk_prompt_logprobs) == len(PROMPT)
     assert out.prompt_logprobs[: len(PROMPT) - n] == [None] * (len(PROMPT) - n)
     assert out.topk_prompt_logprobs[: len(PROMPT) - n] == [None] * (len(PROMPT) - n)
-    np.testing.assert_allclose(out.prompt_logprobs[-n:], expected[-n:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(floats(out.prompt_logprobs[-n:]), expected[-n:], rtol=1e-5, atol=1e-5)
     for pos, pairs in zip(range(len(PROMPT) - n, len(PROMPT)), out.topk_prompt_logprobs[-n:], strict=False):
+        assert pairs is not None
         assert [t for t, _ in pairs] == torch.topk(logp[pos - 1], 2).indices.tolist()
     for big in (len(PROMPT) - 1, len(PROMPT), 100):  # n >= the prompt: every position but the first
         whole = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, prompt_logprobs=True, prompt_logprobs_last_n=big))
-        assert whole.prompt_logprobs[0] is None
-        np.testing.assert_allclose(whole.prompt_logprobs[1:], expected, rtol=1e-5, atol=1e-5)
+        assert whole.prompt_logprobs is not None and whole.prompt_logprobs[0] is None
+        np.testing.assert_allclose(floats(whole.prompt_logprobs[1:]), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_prompt_logprobs_last_n_runs_the_unembedding_only_where_needed(tuned: Engine, monkeypatch) -> None:
@@ -446,11 +457,15 @@ def test_prompt_alt_tokens_are_draws_at_the_request_temperature(tuned: Engine) -
         again = _one(
             tuned, SampleJob("a", PROMPT, max_tokens=1, seed=4, temperature=temperature, prompt_alt_tokens_k=5)
         )
+        assert again.prompt_alt_tokens is not None
         np.testing.assert_array_equal(again.prompt_alt_tokens[0], ids)  # seeded: the same draws
         assert out.prompt_logprobs is None and out.target_prompt_logprobs is None
-    other = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, seed=5, prompt_alt_tokens_k=5)).prompt_alt_tokens[0]
+    alt = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, seed=5, prompt_alt_tokens_k=5)).prompt_alt_tokens
+    assert alt is not None
+    other = alt[0]
     assert not np.array_equal(other, ids)  # draws, not a fixed ranking
     greedy = _one(tuned, SampleJob("a", PROMPT, max_tokens=1, temperature=0.0, prompt_alt_tokens_k=3)).prompt_alt_tokens
+    assert greedy is not None
     best = logp.max(dim=-1)
     np.testing.assert_array_equal(greedy[0], np.repeat(best.indices.numpy()[:, None], 3, axis=1))
     np.testing.assert_allclose(greedy[1][:, 0], best.values.numpy(), rtol=1e-5, atol=1e-5)
@@ -471,7 +486,8 @@ def test_prompt_outputs_of_a_one_token_prompt_are_empty(tuned: Engine) -> None:
         ),
     )
     assert out.prompt_logprobs == [None]
-    assert out.target_prompt_logprobs.shape == (0, 2)
+    assert out.target_prompt_logprobs is not None and out.target_prompt_logprobs.shape == (0, 2)
+    assert out.prompt_alt_tokens is not None
     assert out.prompt_alt_tokens[0].shape == out.prompt_alt_tokens[1].shape == (0, 3)
 
 
@@ -498,9 +514,9 @@ def test_extra_outputs_survive_split_batches(tuned: Engine) -> None:
     per_token = sampling.kv_bytes_per_token(tuned._parts)
     split = sampling.run_jobs(tuned._parts, tuned.tokenizer, prepared, max_kv_bytes=per_token * 30)[0]
     assert [s.tokens for s in whole.sequences] == [s.tokens for s in split.sequences]
-    for x, y in zip(
-        whole.sequences, split.sequences, strict=False
-    ):  # other batch shapes round differently (~1e-5 per step)
+    # other batch shapes round differently (~1e-5 per step)
+    for x, y in zip(whole.sequences, split.sequences, strict=False):
+        assert x.topk_logprobs is not None and y.topk_logprobs is not None
         assert len(x.topk_logprobs) == len(y.topk_logprobs) == 6
         assert [[t for t, _ in row] for row in x.topk_logprobs] == [[t for t, _ in row] for row in y.topk_logprobs]
         np.testing.assert_allclose(
@@ -511,4 +527,5 @@ def test_extra_outputs_survive_split_batches(tuned: Engine) -> None:
         )
     assert whole.prompt_logprobs == split.prompt_logprobs
     np.testing.assert_array_equal(whole.target_prompt_logprobs, split.target_prompt_logprobs)
+    assert whole.prompt_alt_tokens is not None and split.prompt_alt_tokens is not None
     np.testing.assert_array_equal(whole.prompt_alt_tokens[0], split.prompt_alt_tokens[0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,8 @@ from tinker_server.engine import (
     UserInputError,
 )
 
+from .conftest import ok
+
 
 @pytest.fixture
 def eng(engine: Engine) -> Engine:
@@ -23,7 +27,7 @@ def eng(engine: Engine) -> Engine:
 
 
 def datum(n: int = 5, **inputs) -> TrainDatum:
-    base = {"target_tokens": np.arange(n), "weights": np.ones(n, np.float32)}
+    base: dict[str, np.ndarray | None] = {"target_tokens": np.arange(n), "weights": np.ones(n, np.float32)}
     base.update(inputs)
     return TrainDatum(tokens=list(range(10, 10 + n)), loss_fn_inputs={k: v for k, v in base.items() if v is not None})
 
@@ -135,7 +139,8 @@ TRAIN_CASES = [
     ("cross_entropy", [datum(target_tokens=np.array([0.5, 1, 2, 3, 4]))], None, "must be integers"),
     (
         "cross_entropy",
-        [TrainDatum(tokens=[1.5, 2], loss_fn_inputs={"target_tokens": np.array([1, 2])})],
+        # deliberately not ints: the engine must refuse them
+        [TrainDatum(tokens=[1.5, 2], loss_fn_inputs={"target_tokens": np.array([1, 2])})],  # type: ignore[list-item]
         None,
         "datum 0: tokens must be integers",
     ),
@@ -177,7 +182,7 @@ def test_unknown_adapters(eng: Engine) -> None:
         lambda: eng.drop_adapter("zzz"),
         lambda: eng.adapter_spec("zzz"),
         lambda: eng.copy_adapter("zzz", "y"),
-        lambda: eng.save_adapter("zzz", "/tmp/never", optimizer=False),
+        lambda: eng.save_adapter("zzz", pathlib.Path("/tmp/never"), optimizer=False),
     ):
         with pytest.raises(AdapterNotFound):
             call()
@@ -261,13 +266,13 @@ def test_bad_sample_jobs(eng: Engine, fields: dict, message: str) -> None:
     good = SampleJob("a", [1, 2, 3], max_tokens=2, seed=1)
     bad_result, good_result = eng.sample([job, good])
     assert isinstance(bad_result, UserInputError) and message in str(bad_result)
-    assert len(good_result.sequences[0].tokens) == 2
+    assert len(ok(good_result).sequences[0].tokens) == 2
 
 
 def test_top_k_zero_means_off(eng: Engine) -> None:
     a = eng.sample([SampleJob("a", [1, 2, 3], max_tokens=4, seed=1, top_k=0)])[0]
     b = eng.sample([SampleJob("a", [1, 2, 3], max_tokens=4, seed=1, top_k=-1)])[0]
-    assert a.sequences[0].tokens == b.sequences[0].tokens
+    assert ok(a).sequences[0].tokens == ok(b).sequences[0].tokens
 
 
 def test_nested_tokens_are_refused(eng: Engine) -> None:
@@ -277,15 +282,16 @@ def test_nested_tokens_are_refused(eng: Engine) -> None:
 
 
 def test_numpy_scalars_are_accepted_in_sample_jobs(eng: Engine) -> None:
+    # numpy scalars where the job's fields say int and float: what the test is about
     job = SampleJob(
         "a",
-        [np.int64(1), np.int64(2)],
-        num_samples=np.int64(2),
-        max_tokens=np.int64(3),  # type: ignore[list-item,arg-type]
-        temperature=np.float32(0.5),
-        top_k=np.int64(5),
-        seed=np.int64(4),
-        stop_token_ids=[np.int64(7)],
+        [np.int64(1), np.int64(2)],  # type: ignore[list-item]
+        num_samples=np.int64(2),  # type: ignore[arg-type]
+        max_tokens=np.int64(3),  # type: ignore[arg-type]
+        temperature=np.float32(0.5),  # type: ignore[arg-type]
+        top_k=np.int64(5),  # type: ignore[arg-type]
+        seed=np.int64(4),  # type: ignore[arg-type]
+        stop_token_ids=[np.int64(7)],  # type: ignore[list-item]
     )
     out = eng.sample([job])[0]
     assert not isinstance(out, Exception) and len(out.sequences) == 2
