@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.applications import Starlette
 
 from tinker_server.app import create_app
+from tinker_server.runtime import Runtime
 from tinker_server.settings import Settings
 
 from .fake_engine import FakeEngine
@@ -37,6 +39,13 @@ class Api:
         if not getattr(self.client, "_closed_by_test", False):
             self.client.__exit__(None, None, None)
             self.client._closed_by_test = True  # type: ignore[attr-defined]
+
+    @property
+    def runtime(self) -> Runtime:
+        """The server's runtime (``app.state.runtime``)."""
+        app = self.client.app
+        assert isinstance(app, Starlette)
+        return app.state.runtime
 
     def as_key(self, key: str | None) -> Api:
         return Api(self.client, key)
@@ -96,7 +105,9 @@ class Api:
         return self.result("create_model", body)["model_id"]
 
 
-def datum(tokens: list[int], targets: list[int] | None = None, weights: list[float] | None = None) -> dict[str, Any]:
+def datum(
+    tokens: list[int], targets: list[int] | None = None, weights: Sequence[float] | None = None
+) -> dict[str, Any]:
     targets = targets if targets is not None else [*tokens[1:], tokens[0]]
     weights = weights if weights is not None else [1] * len(tokens)
     return {

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import httpx
 import pytest
 
 from .conftest import FAKE_MODEL, FAKE_MODEL_B, OTHER_KEY, Api, datum, fb_body
 from .fake_engine import BAD_TOKEN, CRASH_TOKEN
 
 
-def _detail(response) -> str:  # type: ignore[no-untyped-def]
+def _detail(response: httpx.Response) -> str:
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
     body = response.json()
     assert set(body) == {"detail", "request_id"}
@@ -95,7 +99,7 @@ def test_bad_lora_config(api: Api) -> None:
         ),
     ],
 )
-def test_bad_datum(api: Api, run: tuple[str, str], mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_datum(api: Api, run: tuple[str, str], mutate: Callable[[dict[str, Any]], object], expected: str) -> None:
     _sid, model_id = run
     d = datum([1, 2, 3])
     mutate(d)

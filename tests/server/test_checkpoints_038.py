@@ -54,7 +54,7 @@ def external_body(model_id: str, seq: int, name: str, **extra: Any) -> dict[str,
 
 
 def runtime_of(api: Api) -> Any:
-    return api.client.app.state.runtime
+    return api.runtime
 
 
 def home_of(api: Api) -> pathlib.Path:
@@ -537,7 +537,7 @@ def test_external_export_loads_with_stock_peft(tiny: Api, tmp_path: pathlib.Path
 
     urls = _urls(tiny, model_id, "hf")["urls"]
     assert set(urls) == {"adapter_config.json", "adapter_model.safetensors"}
-    folder = tiny.client.app.state.runtime.settings.checkpoints_dir / model_id / "external_weights" / "hf"
+    folder = tiny.runtime.settings.checkpoints_dir / model_id / "external_weights" / "hf"
     target = tmp_path / "adapter"
     target.mkdir()
     for name, url in urls.items():

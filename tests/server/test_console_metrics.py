@@ -30,7 +30,7 @@ def _series(api: Api, run_id: str) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def _rows(api: Api, run_id: str) -> list[tuple[Any, ...]]:
-    db = api.client.app.state.runtime.db  # type: ignore[attr-defined]
+    db = api.runtime.db
     with db.session() as s:
         return [
             tuple(row)

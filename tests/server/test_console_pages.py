@@ -168,10 +168,12 @@ def test_sessions_show_their_state_heartbeat_and_runs(api: Api) -> None:
     run = api.create_model(alive)
     api.create_model(finished)
     assert api.post(f"sessions/{finished}/finish", {"reason": {"type": "success"}}).status_code == 200
-    runtime = api.client.app.state.runtime  # type: ignore[attr-defined]
+    runtime = api.runtime
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=runtime.settings.session_timeout_s + 5)
     with runtime.db.session() as s:  # only `alive` beats until `later`
-        s.get(SessionRow, alive).last_heartbeat = later
+        row = s.get(SessionRow, alive)
+        assert row is not None
+        row.last_heartbeat = later
     runtime.sessions.expire_stale(later)
     page = api.get("console/sessions").json()
     states = {x["session_id"]: x for x in page["sessions"]}

@@ -25,7 +25,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
 
 
 def _tokenizer(api: Api) -> object:
-    info = api.client.app.state.runtime.scheduler.worker(TINY_MODEL).info  # type: ignore[attr-defined]
+    info = api.runtime.scheduler.worker(TINY_MODEL).info
+    assert info is not None
     return AutoTokenizer.from_pretrained(str(info.tokenizer_dir))
 
 

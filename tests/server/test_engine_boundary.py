@@ -37,7 +37,7 @@ def test_a_cold_model_checks_requests_like_a_warm_one(make_fake_server: Callable
     api = make_fake_server()
     sid = api.session()
     model_id = api.create_model(sid)
-    runtime = api.client.app.state.runtime
+    runtime = api.runtime
     # A second served model that is slow to load: its first request arrives while it loads.
     gate = threading.Event()
     worker = runtime.scheduler.worker("fake/model-b")

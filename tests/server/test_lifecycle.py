@@ -6,6 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import httpx
+
 from .conftest import FAKE_MODEL, Api, fb_body
 from .fake_engine import FakeEngine
 
@@ -17,7 +19,7 @@ def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def _sample(api: Api, sampler: str) -> object:
+def _sample(api: Api, sampler: str) -> httpx.Response:
     body = {
         "num_samples": 1,
         "prompt": {"chunks": [{"tokens": [1, 2]}]},
@@ -32,7 +34,7 @@ def test_session_expiry_drops_adapters(
     make_fake_server: Callable[..., Api], fake_engines: dict[str, FakeEngine]
 ) -> None:
     api = make_fake_server(session_timeout_s=0.5, sweep_interval_s=3600)
-    runtime = api.client.app.state.runtime
+    runtime = api.runtime
     sid, live_sid = api.session(), api.session()
     model_id = api.create_model(sid)
     live_model = api.create_model(live_sid)

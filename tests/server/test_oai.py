@@ -428,6 +428,7 @@ def checkpoints(server: Server) -> Iterator[dict[str, str]]:
         for _ in range(3):
             trainer.forward_backward([datum], "cross_entropy").result()
             trainer.optim_step(tinker.AdamParams(learning_rate=0.05)).result()
+        assert trainer.model_id is not None
         yield {
             "sampler": trainer.save_weights_for_sampler("oai-sampler").result().path,
             "state": trainer.save_state("oai-state").result().path,
@@ -542,7 +543,7 @@ def test_bad_completion_parameters_are_400_naming_them(
 
 
 def test_bad_chat_parameters_are_400_naming_them(client: Any) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str, str]] = [
         ({"top_logprobs": 2}, "top_logprobs", "needs logprobs"),
         ({"logprobs": True, "top_logprobs": 30}, "top_logprobs", "top_logprobs must be"),
         ({"max_completion_tokens": 0}, "max_completion_tokens", "at least 1"),

@@ -42,7 +42,7 @@ def text(tokens: Iterable[int]) -> pb.Chunk:
     return pb.Chunk(encoded_text=pb.EncodedTextChunk(tokens=np.asarray(list(tokens), "<i4").tobytes()))
 
 
-def dense(values: Any, dtype: int = pb.DTYPE_FLOAT32, shape: Iterable[int] | None = None) -> pb.Tensor:
+def dense(values: Any, dtype: pb.DType = pb.DTYPE_FLOAT32, shape: Iterable[int] | None = None) -> pb.Tensor:
     np_dtype = {pb.DTYPE_FLOAT32: "<f4", pb.DTYPE_INT64: "<i8", pb.DTYPE_INT32: "<i4"}[dtype]
     return pb.Tensor(dense=np.asarray(values, np_dtype).tobytes(), dtype=dtype, shape=list(shape or []))
 
@@ -117,7 +117,7 @@ def train_output(api: Api, request_id: str) -> pb.ForwardBackwardOutput:
 
 def logprobs_of(message: pb.ForwardBackwardOutput) -> list[list[float]]:
     """Per datum, as the official client reads a ForwardBackwardOutput."""
-    out = []
+    out: list[list[float]] = []
     for record in message.loss_fn_outputs:
         field = record.fields["logprobs"]
         assert field.dtype == pb.DTYPE_FLOAT32
@@ -218,7 +218,7 @@ def test_decoded_datums_keep_their_arrays_and_spans() -> None:
     assert isinstance(request, wire.ForwardBackwardRequest) and request.seq_id == 3
     (decoded,) = request.forward_backward_input.data
     assert isinstance(decoded, wire.ArrayDatum)
-    assert decoded.chunks[0].tolist() == [5, 6, 7]
+    assert isinstance(decoded.chunks[0], np.ndarray) and decoded.chunks[0].tolist() == [5, 6, 7]
     assert decoded.loss_fn_inputs["target_tokens"].array.dtype == np.int64
     assert decoded.model_input_spans == (wire.ProvenanceSpan("prompt", "s", 1, 2),)
 
@@ -329,6 +329,7 @@ def test_bad_bodies_get_a_400_and_the_server_goes_on(
 
 def test_negotiation_both_ways(api: Api, model_id: str) -> None:
     request_id = submit_proto(api, fb_proto(model_id, 1))
+    accept: str | None
     for accept in (PROTOBUF, f"{PROTOBUF}, application/json", "Application/X-Protobuf"):
         response = fetch(api, request_id, accept)
         assert response.headers["content-type"] == PROTOBUF

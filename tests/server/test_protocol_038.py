@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import httpx
+
 from .conftest import FAKE_MODEL, Api, fb_body
 from .fake_engine import FakeEngine
 
@@ -16,7 +18,7 @@ def _session(api: Api, **extra: object) -> str:
     return api.ok("create_session", body)["session_id"]
 
 
-def _create(api: Api, sid: str, seq: int = 0, **extra: object) -> dict:
+def _create(api: Api, sid: str, seq: int = 0, **extra: object) -> httpx.Response:
     body = {
         "session_id": sid,
         "model_seq_id": seq,

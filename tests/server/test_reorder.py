@@ -59,7 +59,7 @@ def test_a_gap_that_never_fills_fails_the_held_requests(api: Api, fake_engines: 
     model_id = api.create_model(api.session())
     r3 = api.ok("forward_backward", fb_body(model_id, 3))["request_id"]
     assert api.post("retrieve_future", {"request_id": r3}).status_code == 408  # held, not lost
-    runtime = api.client.app.state.runtime
+    runtime = api.runtime
     assert runtime.training.fail_stalled(now=time.monotonic() + 3600) == 1
     failed = api.poll(r3)
     assert failed["category"] == "user"

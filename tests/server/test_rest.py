@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import pathlib
 import tarfile
 import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from tinker_server.archive import ArchiveSigner
@@ -187,7 +189,7 @@ def test_save_overwrites_existing_name(api: Api, trained: tuple[str, str, list[s
     assert after[0]["checkpoint_id"] == "weights/w1"  # newest now
 
 
-def _archive(api: Api, model_id: str, checkpoint_id: str):  # type: ignore[no-untyped-def]
+def _archive(api: Api, model_id: str, checkpoint_id: str) -> httpx.Response:
     return api.get(
         f"training_runs/{model_id}/checkpoints/{checkpoint_id}/archive",
         headers={"Accept": "application/gzip"},
@@ -222,7 +224,7 @@ def test_archive_redirect_and_download(api: Api, trained: tuple[str, str, list[s
     assert api.client.get(location).status_code == 404
 
 
-def test_archive_expired(make_fake_server: Callable[..., Api], tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_archive_expired(make_fake_server: Callable[..., Api], tmp_path: pathlib.Path) -> None:
     api = make_fake_server(archive_url_ttl_s=1)
     model_id = api.create_model(api.session())
     _save(api, model_id, 1, "w")

@@ -157,7 +157,8 @@ def test_save_state_and_resume_exactly(tiny: Api) -> None:
     for x, y in zip(expected, got, strict=True):
         np.testing.assert_allclose(x, y, atol=1e-6)
     # With the optimizer state, the next steps match the original run's.
-    originals, copies = [], []
+    originals: list[float] = []
+    copies: list[float] = []
     for model_id_, out, seq0 in ((model_id, originals, 5), (resumed, copies, 3)):
         for k in range(2):
             out.append(tiny.result("forward_backward", _fb(model_id_, seq0 + 2 * k))["metrics"]["loss:sum"])
