@@ -57,7 +57,10 @@ def make_datum(tokenizer, english: str, pig_latin: str) -> types.Datum:
     weights = [0.0] * len(prompt) + [1.0] * len(completion)
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
+        loss_fn_inputs={
+            "target_tokens": types.TensorData(data=tokens[1:], dtype="int64", shape=[len(tokens) - 1]),
+            "weights": types.TensorData(data=weights[1:], dtype="float32", shape=[len(weights) - 1]),
+        },
     )
 
 
@@ -118,6 +121,7 @@ def run(base_url: str, steps: int, rank: int, learning_rate: float) -> str:
     console.print(f"loss per token: {losses[0]:.3f} -> {losses[-1]:.3f} in {steps} steps")
     console.print(f"training state : [cyan]{state.path}[/cyan]", soft_wrap=True)  # whole, to copy
     console.print(f"sampler weights: [cyan]{weights.path}[/cyan]", soft_wrap=True)
+    assert trainer.model_id is not None  # set once the run is created
     return trainer.model_id
 
 
