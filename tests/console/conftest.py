@@ -13,8 +13,12 @@ import os
 import pathlib
 import shutil
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 __all__ = ["Browser"]
 
@@ -41,7 +45,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 class Browser:
     """A headless Chromium and the folder its downloads land in."""
 
-    def __init__(self, driver: object, downloads: pathlib.Path, artifacts: pathlib.Path) -> None:
+    def __init__(self, driver: WebDriver, downloads: pathlib.Path, artifacts: pathlib.Path) -> None:
         self.driver = driver
         self.downloads = downloads
         self.artifacts = artifacts
@@ -51,9 +55,7 @@ class Browser:
         import base64
 
         driver = self.driver
-        shot = driver.execute_cdp_cmd(  # type: ignore[attr-defined]
-            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}
-        )
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
         path = self.artifacts / f"{name}.png"
         path.write_bytes(base64.b64decode(shot["data"]))
         return path

@@ -73,6 +73,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
             sampler.sample(
                 tinker.ModelInput.from_ints([5, 17, 42]), 2, tinker.SamplingParams(max_tokens=5, temperature=1.0)
             ).result(timeout=120)
+            assert tc.model_id is not None
             yield Trained(
                 url=url,
                 home=home,
@@ -104,7 +105,7 @@ def _wait(browser: Browser, condition: Callable[[Any], Any], timeout: float = 30
 def _css(browser: Browser, selector: str) -> list[Any]:
     from selenium.webdriver.common.by import By
 
-    return browser.driver.find_elements(By.CSS_SELECTOR, selector)  # type: ignore[attr-defined]
+    return browser.driver.find_elements(By.CSS_SELECTOR, selector)
 
 
 def _one(browser: Browser, selector: str, timeout: float = 30.0) -> Any:
@@ -112,12 +113,12 @@ def _one(browser: Browser, selector: str, timeout: float = 30.0) -> Any:
 
 
 def _go(browser: Browser, url: str, hash_route: str, ready: str) -> Any:
-    browser.driver.get(f"{url}/console{hash_route}")  # type: ignore[attr-defined]
+    browser.driver.get(f"{url}/console{hash_route}")
     return _one(browser, ready)
 
 
 def _sign_in(browser: Browser, url: str, key: str) -> None:
-    browser.driver.get(f"{url}/console")  # type: ignore[attr-defined]
+    browser.driver.get(f"{url}/console")
     field = _one(browser, "#api-key")
     field.send_keys(key)
     _one(browser, "#signin-form button[type=submit]").click()
@@ -148,13 +149,13 @@ def test_console_end_to_end(trained: Trained, browser: Browser) -> None:
     driver = browser.driver
 
     # Sign in: the key goes into sessionStorage, never into the URL or a cookie.
-    driver.get(f"{url}/console")  # type: ignore[attr-defined]
+    driver.get(f"{url}/console")
     _one(browser, "#signin-form")
     browser.screenshot("01-sign-in")
     _sign_in(browser, url, KEY)
-    assert KEY not in driver.current_url  # type: ignore[attr-defined]
-    assert driver.execute_script("return document.cookie") == ""  # type: ignore[attr-defined]
-    assert driver.execute_script("return sessionStorage.getItem('tinker.console.apiKey')") == KEY  # type: ignore[attr-defined]
+    assert KEY not in driver.current_url
+    assert driver.execute_script("return document.cookie") == ""
+    assert driver.execute_script("return sessionStorage.getItem('tinker.console.apiKey')") == KEY
 
     # The runs of this key.
     link = _one(browser, "#runs-table a.mono")
@@ -243,12 +244,12 @@ def test_console_end_to_end(trained: Trained, browser: Browser) -> None:
     # Another key sees none of it: no runs, the run page is "not found", no checkpoints to sample.
     _one(browser, '[data-action="sign-out"]').click()
     _one(browser, "#signin-form")
-    assert driver.execute_script("return sessionStorage.getItem('tinker.console.apiKey')") is None  # type: ignore[attr-defined]
+    assert driver.execute_script("return sessionStorage.getItem('tinker.console.apiKey')") is None
     _sign_in(browser, url, OTHER_KEY)
     _one(browser, '[data-page="runs"]')
     assert not _css(browser, "#runs-table"), "another tenant's runs are listed"
     browser.screenshot("09-other-key-runs")
-    driver.get(f"{url}/console#/runs/{trained.run_id}")  # type: ignore[attr-defined]
+    driver.get(f"{url}/console#/runs/{trained.run_id}")
     error = _one(browser, ".error-card")
     assert "not found" in error.text.lower()
     browser.screenshot("10-other-key-run")

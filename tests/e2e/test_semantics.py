@@ -268,25 +268,27 @@ def _config_datum(loss: str) -> tinker.Datum:
 
 @pytest.mark.parametrize(("loss", "key"), CONFIG_CASES)
 def test_unknown_loss_fn_config_key_is_a_user_error_naming_it(
-    loss_tc: tinker.TrainingClient, loss: str, key: str
+    loss_tc: tinker.TrainingClient, loss: tinker.types.LossFnType, key: str
 ) -> None:
     d = _config_datum(loss)
     err = expect_error(
         (tinker.BadRequestError, tinker.RequestFailedError),
         lambda: loss_tc.forward_backward([d], loss, {key: 0.2}).result(timeout=30),
         key,
-    )  # type: ignore[arg-type]
+    )
     if isinstance(err, tinker.RequestFailedError):
         assert err.category == "user"
-    assert loss_tc.forward([d], loss).result(timeout=30).metrics["loss:sum"] != 0  # type: ignore[arg-type]
+    assert loss_tc.forward([d], loss).result(timeout=30).metrics["loss:sum"] != 0
 
 
 @pytest.mark.parametrize(("loss", "key"), CONFIG_CASES)
-def test_unknown_loss_fn_config_key_is_a_4xx_naming_it(loss_tc: tinker.TrainingClient, loss: str, key: str) -> None:
+def test_unknown_loss_fn_config_key_is_a_4xx_naming_it(
+    loss_tc: tinker.TrainingClient, loss: tinker.types.LossFnType, key: str
+) -> None:
     d = _config_datum(loss)
     expect_error(
         tinker.BadRequestError, lambda: loss_tc.forward_backward([d], loss, {key: 0.2}).result(timeout=30), key
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_datum_longer_than_the_context_is_a_4xx(loss_tc: tinker.TrainingClient) -> None:
@@ -359,7 +361,7 @@ def reference_dpo_run(
     for _ in range(steps):
         opt.zero_grad()
         loss, _ = dpo_loss_fn(ref_sums)(data, [ref.logprobs(d) for d in data])
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         opt.step()
         losses.append(loss.detach().item())
     return ref, losses

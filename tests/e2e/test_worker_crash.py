@@ -65,6 +65,7 @@ def test_killing_the_worker_mid_step_fails_the_step_and_the_run_resumes(tmp_path
             rest = sc.create_rest_client()
             runs = {r.training_run_id for r in rest.list_training_runs().result().training_runs}
             assert {tc.model_id, resumed.model_id} <= runs
+            assert tc.model_id is not None
             paths = [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints]
             assert saved in paths
         finally:

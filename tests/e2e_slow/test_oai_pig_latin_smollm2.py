@@ -32,7 +32,8 @@ def chat_datum(tokenizer: Any, english: str, pig_latin: str) -> types.Datum:
     weights = [0.0] * len(prompt) + [1.0] * len(answer)
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
+        # lists: Datum converts them to TensorData (a before-validator the field type cannot show)
+        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},  # type: ignore[dict-item]
     )
 
 
