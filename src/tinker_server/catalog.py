@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pathlib
 from typing import Any
 
 from . import wire
@@ -72,14 +73,20 @@ class Catalog:
         if cached is not None:
             return cached
         info = await self.model_info(tokenizer_id)
-        files: dict[str, str] = {}
-        for path in sorted(info.tokenizer_dir.iterdir()):
-            if not path.is_file() or path.name.startswith(".") or path.stat().st_size > MAX_TOKENIZER_FILE_BYTES:
-                continue
-            try:
-                files[path.name] = path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                log.warning("tokenizer file %s is not text; not served", path)
+        files = await asyncio.to_thread(_text_files, info.tokenizer_dir)
         result = wire.TokenizerFilesResponse(tokenizer_id=tokenizer_id, files=files)
         self._tokenizer_cache[tokenizer_id] = result
         return result
+
+
+def _text_files(directory: pathlib.Path) -> dict[str, str]:
+    """The text files of a tokenizer folder by name (hidden, binary and huge ones skipped)."""
+    files: dict[str, str] = {}
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.stat().st_size > MAX_TOKENIZER_FILE_BYTES:
+            continue
+        try:
+            files[path.name] = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("tokenizer file %s is not text; not served", path)
+    return files

@@ -77,7 +77,7 @@ class Playground:
         self._tokenizers: dict[str, _Tokenizer] = {}
 
     async def sample(self, owner: str, req: PlaygroundRequest) -> PlaygroundResult:
-        base_model, model_path = self._target(owner, req)
+        base_model, model_path = await asyncio.to_thread(self._target, owner, req)  # database reads
         tokenizer = await self._tokenizer(base_model)
         tokens, templated = await asyncio.to_thread(tokenizer.encode, req.prompt, req.chat)
         stop = [s for s in req.stop if s]
@@ -140,7 +140,7 @@ class Playground:
     async def _sampler(self, owner: str, base_model: str, model_path: str | None) -> str:
         """The caller's playground sampler for this model, made on first use."""
         async with self._lock:
-            session_id = self._session(owner)
+            session_id = await asyncio.to_thread(self._session, owner)  # database work
             key = (session_id, model_path or f"base:{base_model}")
             sampler_id = self._sampler_of.get(key)
             if sampler_id is not None:

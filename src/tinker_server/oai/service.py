@@ -158,7 +158,7 @@ class OaiService:
             )
         if req.suffix:
             raise InvalidRequest("suffix is not supported by this server", param="suffix")
-        target = self._target(owner, req.model)
+        target = await asyncio.to_thread(self._target, owner, req.model)  # database reads
         tokenizer = await self._tokenizer(target.base_model)
         prompts = await asyncio.to_thread(completion_prompts, tokenizer, req.prompt)
         hidden = frozenset() if req.ignore_eos or tokenizer.eos_id is None else frozenset({tokenizer.eos_id})
@@ -228,7 +228,7 @@ class OaiService:
         if req.top_logprobs is not None and not req.logprobs:
             raise InvalidRequest("top_logprobs needs logprobs set to true", param="top_logprobs")
         messages = chat_messages(req.messages)
-        target = self._target(owner, req.model)
+        target = await asyncio.to_thread(self._target, owner, req.model)  # database reads
         tokenizer = await self._tokenizer(target.base_model)
         prompt = await asyncio.to_thread(tokenizer.chat_prompt, messages)
         hidden = frozenset(t for t in (tokenizer.end_of_turn_id, tokenizer.eos_id) if t is not None)
