@@ -1,13 +1,14 @@
-"""What every service needs: settings, the database, the futures and the scheduler."""
+"""What every service needs: settings, the database, the futures, the scheduler and the tenants."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .db import Database
 from .futures import FutureHub
 from .scheduler import Scheduler
 from .settings import Settings
+from .tenants import OpenTenants, TenantDirectory
 
 __all__ = ["Context"]
 
@@ -18,3 +19,4 @@ class Context:
     db: Database
     futures: FutureHub
     scheduler: Scheduler
+    tenants: TenantDirectory = field(default_factory=OpenTenants)
