@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import os
 import pathlib
 import platform
@@ -70,8 +71,8 @@ def build(db: Database, runs: int, checkpoints: int, steps: int) -> tuple[str, s
     """Fill the database; returns (a typical run id, the long run id)."""
     owner = owner_for_key(KEY)
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    sessions = []
-    run_rows = []
+    sessions: list[dict[str, Any]] = []
+    run_rows: list[dict[str, Any]] = []
     for i in range(runs + 1):
         session_id = f"{i // 10:08x}-0000-4000-8000-000000000000"
         if i % 10 == 0:
@@ -228,7 +229,9 @@ def pages(client: TestClient, typical: str, long_run: str, rounds: int) -> list[
     for label, path in endpoints:
         response = client.get(path, headers=headers)
         assert response.status_code == 200, (path, response.status_code, response.text[:200])
-        results.append((label, timed(lambda p=path: client.get(p, headers=headers), rounds), len(response.content)))
+        results.append(
+            (label, timed(functools.partial(client.get, path, headers=headers), rounds), len(response.content))
+        )
     return results
 
 

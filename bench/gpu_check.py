@@ -70,7 +70,7 @@ RANDOM_CONFIGS.setdefault(
 
 
 def train_flops(model: torch.nn.Module, engine: Engine, adapter: str, batch: int, seq: int) -> dict[str, float]:
-    config = model.config
+    config: Any = model.config  # an HF config: its fields depend on the architecture
     tokens = batch * seq
     n_lin = sum(layer.in_features * layer.out_features for layer in engine._layers.values())
     n_lora = sum(p.numel() for p in engine._adapters[adapter].parameters())

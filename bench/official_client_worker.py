@@ -42,7 +42,8 @@ def answer(line: str) -> None:
 def serve_commands(sc: Any, model: str, rank: int, rows: list[list[list[Any]]]) -> None:
     tc = resolved(sc.create_lora_training_client(base_model=model, rank=rank, seed=0))
     data = [
-        types.Datum(model_input=types.ModelInput.from_ints(t), loss_fn_inputs={"target_tokens": y, "weights": w})
+        # lists: the official client's Datum converts them to TensorData (a before-validator)
+        types.Datum(model_input=types.ModelInput.from_ints(t), loss_fn_inputs={"target_tokens": y, "weights": w})  # type: ignore[dict-item]
         for t, y, w in rows
     ]
     adam = types.AdamParams(learning_rate=1e-4)
@@ -68,7 +69,8 @@ def main() -> None:
     with open(batch_path) as f:
         rows = json.load(f)
     if VERSION >= (0, 27):
-        with tinker.ServiceClient(base_url=base_url, api_key="tml-bench") as sc:
+        # the official client is a context manager from 0.27 (this SDK's ServiceClient is not)
+        with tinker.ServiceClient(base_url=base_url, api_key="tml-bench") as sc:  # type: ignore[attr-defined]
             serve_commands(sc, model, int(rank), rows)
     else:
         serve_commands(tinker.ServiceClient(base_url=base_url, api_key="tml-bench"), model, int(rank), rows)

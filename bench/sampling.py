@@ -99,7 +99,8 @@ def random_base(name: str, home: pathlib.Path, device: str, dtype: str) -> Loade
     config = LlamaConfig(**RANDOM_CONFIGS[name])
     torch.manual_seed(0)
     with torch.device(device):
-        model = LlamaForCausalLM(config).to(parse_dtype(dtype))
+        # ignore: transformers types the wrapped .to of its models for a model argument, not a dtype
+        model = LlamaForCausalLM(config).to(parse_dtype(dtype))  # type: ignore[arg-type]
     model.train(False)
     model.requires_grad_(False)
     # any tokenizer works: prompts are random ids; it only decodes stop strings

@@ -59,7 +59,8 @@ def direct_step(engine: eng.Engine, rows: Rows, rank: int) -> Callable[[], None]
 
 def api_step(tc: tinker.TrainingClient, rows: Rows) -> Callable[[], None]:
     data = [
-        types.Datum(model_input=types.ModelInput.from_ints(t), loss_fn_inputs={"target_tokens": y, "weights": w})
+        # lists, as a client sends them: Datum converts them to TensorData (a before-validator)
+        types.Datum(model_input=types.ModelInput.from_ints(t), loss_fn_inputs={"target_tokens": y, "weights": w})  # type: ignore[dict-item]
         for t, y, w in rows
     ]
     tc.forward(data, "cross_entropy").result()  # warm-up (loads the base model into the server's worker)
@@ -73,7 +74,7 @@ def api_step(tc: tinker.TrainingClient, rows: Rows) -> Callable[[], None]:
     return step
 
 
-def timed(fn: Callable[[], None]) -> float:
+def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start

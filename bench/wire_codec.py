@@ -38,7 +38,7 @@ import zstandard
 
 from tinker_server import wire
 from tinker_server.convert import train_data, train_result
-from tinker_server.engine import ModelInfo, TrainOutput
+from tinker_server.engine import TrainOutput
 from tinker_server.wire import codec, tinker_wire_pb2 as pb
 
 VOCAB = 49152
@@ -115,19 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
 
-    info = ModelInfo(
-        name="bench",
-        arch="llama",
-        vocab_size=VOCAB,
-        max_context=max(4096, args.tokens),
-        tokenizer_dir=pathlib.Path("."),
-    )
     field = "forward_backward_input"
     proto_body, json_body = build_request(args.datums, args.tokens)
     zstd_body = zstandard.ZstdCompressor().compress(proto_body)
 
     def datums(request: Any) -> Any:
-        return train_data(request.forward_backward_input.data, "cross_entropy", info, field=field)
+        return train_data(request.forward_backward_input.data, field=field)
 
     def decode_proto() -> Any:
         return datums(codec.decode_training_request(proto_body))
