@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 RENDERER = "qwen3_instruct"
 # The files AutoTokenizer reads; the weights are never needed on the client side.
@@ -114,7 +115,7 @@ def finite(value: object) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def server_checkpoints(rest, run_id: str) -> dict[str, object]:
+def server_checkpoints(rest, run_id: str) -> dict[str, Any]:
     return {c.tinker_path: c for c in rest.list_checkpoints(run_id).result().checkpoints}
 
 
@@ -122,11 +123,11 @@ def run_id_of(tinker_path: str) -> str:
     return tinker_path.removeprefix("tinker://").split("/", 1)[0]
 
 
-def check_listed(rest, records: list[dict], tag: str) -> dict[str, object]:
+def check_listed(rest, records: list[dict], tag: str) -> dict[str, Any]:
     """Every checkpoint the recipe recorded (and kept) is listed by the server, with a TTL
     exactly when the recipe asked for one (periodic yes, final no)."""
     kept = [r for r in records if not r.get("rolling")]
-    listed: dict[str, object] = {}
+    listed: dict[str, Any] = {}
     for run_id in {run_id_of(r["state_path"]) for r in kept}:
         listed.update(server_checkpoints(rest, run_id))
     for record in kept:
@@ -250,7 +251,8 @@ def phase_sl(url: str, model: str, work: Path, env: dict[str, str]) -> None:
     check(final["name"] == "final", "sl-resume: last record is the final checkpoint")
     tok = get_tokenizer(model)
     renderer = renderers.get_renderer(RENDERER, tok)
-    sampler = tinker.ServiceClient(base_url=url).create_sampling_client(model_path=final["sampler_path"]).result()
+    # the official 0.38 client answers a (backwards-compatible) future here
+    sampler = tinker.ServiceClient(base_url=url).create_sampling_client(model_path=final["sampler_path"]).result()  # type: ignore[attr-defined]
     prompt = renderer.build_generation_prompt(
         [{"role": "user", "content": "Greet Zed, whose favourite colour is red."}]
     )

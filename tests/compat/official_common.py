@@ -29,5 +29,6 @@ def datum(tok, english: str, pig: str) -> types.Datum:  # a HF tokenizer
     weights = [0.0] * len(prompt) + [1.0] * len(completion)
     return types.Datum(
         model_input=types.ModelInput.from_ints(tokens[:-1]),
-        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},
+        # lists: the official client's Datum converts them to TensorData (a before-validator)
+        loss_fn_inputs={"target_tokens": tokens[1:], "weights": weights[1:]},  # type: ignore[dict-item]
     )
