@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import pathlib
+import re
+import shutil
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,12 +34,27 @@ from .sessions import SessionService
 from .settings import Settings
 from .training import TrainingService
 
-__all__ = ["EngineLoader", "Runtime", "default_engine_loader", "handle_factory", "worker_spec"]
+__all__ = [
+    "EngineLoader",
+    "Runtime",
+    "default_engine_loader",
+    "handle_factory",
+    "remove_checkpoint_leftovers",
+    "worker_spec",
+]
 
 log = logging.getLogger(__name__)
 
 EngineLoader = Callable[[str], Any]  # base model name -> an in-process EngineCore (tests, benchmarks)
 RESTART_REASON = "the server restarted"
+
+# Hidden folders a save or a delete leaves beside a checkpoint when the process dies midway
+# (engine/checkpoint.py writes ``.<name>.tmp-<hex>`` and renames it into place, moving a replaced
+# checkpoint to ``.<name>.old-<hex>`` first; checkpoints.py renames a deleted one to
+# ``.deleted-<name>-<hex>`` before removing it). Checkpoint names never start with a dot.
+_TMP_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.tmp-[0-9a-f]+$")
+_OLD_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.old-[0-9a-f]+$")
+_DELETED_LEFTOVER = re.compile(r"^\.deleted-.+-[0-9a-f]+$")
 
 
 def residency_limits(settings: Settings) -> ResidencyLimits:
@@ -96,6 +114,47 @@ def check_models(settings: Settings) -> None:
         )
 
 
+def remove_checkpoint_leftovers(root: pathlib.Path) -> int:
+    """Remove the half-written and half-deleted checkpoint folders a killed process left under
+    ``root`` (``home/checkpoints/<run>/<kind>/<name>``); returns how many were removed.
+
+    A checkpoint being replaced when the process died may exist only as its ``.old-`` folder
+    (moved away, the new one not yet moved in): that folder is the checkpoint the database
+    still describes, so it is moved back instead. Run at startup, before any save can begin.
+    """
+    if not root.is_dir():
+        return 0
+    removed = restored = 0
+    for run_dir in _subdirs(root):
+        for kind_dir in _subdirs(run_dir):
+            entries = _subdirs(kind_dir)
+            for entry in entries:
+                old = _OLD_LEFTOVER.match(entry.name)
+                target = kind_dir / old.group("name") if old else None
+                if target is not None and not target.exists():
+                    os.rename(entry, target)
+                    restored += 1
+            for entry in _subdirs(kind_dir):
+                if any(p.match(entry.name) for p in (_TMP_LEFTOVER, _OLD_LEFTOVER, _DELETED_LEFTOVER)):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+    if removed or restored:
+        log.warning(
+            "startup: removed %d half-written or half-deleted checkpoint folder(s) under %s%s",
+            removed,
+            root,
+            f"; restored {restored} checkpoint(s) interrupted while being replaced" if restored else "",
+        )
+    return removed
+
+
+def _subdirs(path: pathlib.Path) -> list[pathlib.Path]:
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+
+
 class Runtime:
     def __init__(self, settings: Settings, engine_loader: EngineLoader | None = None) -> None:
         if engine_loader is None:
@@ -139,6 +198,7 @@ class Runtime:
             self.settings.checkpoints_dir.mkdir(parents=True, exist_ok=True)
             self.db.create_tables()
             self._recover()
+            remove_checkpoint_leftovers(self.settings.checkpoints_dir)
             self._started = True
             if self.settings.preload_models:
                 self.scheduler.warm()
