@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from . import __version__
+from .admin import admin
 from .serve import serve
 
 __all__ = ["main"]
@@ -21,3 +22,4 @@ def main() -> None:
 
 
 main.add_command(serve)
+main.add_command(admin)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ApiKeyRow",
     "Base",
     "add_missing_columns",
     "CheckpointRow",
@@ -37,6 +38,7 @@ __all__ = [
     "SamplerRow",
     "SessionRow",
     "TrainingRunRow",
+    "UsageRow",
     "as_utc",
     "utcnow",
 ]
@@ -208,6 +210,46 @@ class SamplerActivityRow(Base):
     requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     sequences: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # sampled tokens
+    first_time: Mapped[dt.datetime]
+    last_time: Mapped[dt.datetime]
+
+
+class ApiKeyRow(Base):
+    """An API key issued by ``tinker-server admin key create`` (``auth.py``). The key itself
+    is never stored, only its SHA-256; ``owner`` is the tenant id its requests act as
+    (``key-<hex>``, never one an open-mode key maps to). Rows are never deleted: a revoked
+    key keeps its row, so its tenant's data and usage stay attributed."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(sa.String(128), index=True)  # unique among keys not revoked
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # The key's limits (tenants.Quota); None: no limit.
+    max_training_runs: Mapped[int | None] = mapped_column(default=None)
+    max_lora_rank: Mapped[int | None] = mapped_column(default=None)
+    base_models: Mapped[list[str] | None] = mapped_column(default=None)
+    max_queued_requests: Mapped[int | None] = mapped_column(default=None)
+    tokens_per_minute: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+    max_checkpoint_bytes: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
+    weight: Mapped[float] = mapped_column(sa.Double, default=1.0)
+
+
+class UsageRow(Base):
+    """What one tenant (an issued key's owner, or an open-mode key's) has used: counters
+    updated by ``usage.py`` in the transaction that stores each successful result.
+    Checkpoint storage is not counted here; it is the sum of the tenant's checkpoint rows."""
+
+    __tablename__ = "usage"
+
+    owner: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    train_requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # forward_backward results
+    train_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    sample_requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    sampled_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     first_time: Mapped[dt.datetime]
     last_time: Mapped[dt.datetime]
 

@@ -258,7 +258,7 @@ class RequestObserver:
                 "route": route,
                 "status": status,
                 "duration_ms": round(seconds * 1000, 1),
-                "owner": _owner(headers),
+                "owner": _owner(scope, headers),
             }
             access_log.info(" ".join(f"{k}={v}" for k, v in fields.items()), extra={"access": fields})
 
@@ -288,8 +288,14 @@ def _route_template(scope: Scope) -> str:
     return path[: len(path) - len(concrete)] + template if path.endswith(concrete) else template
 
 
-def _owner(headers: dict[str, str]) -> str:
-    """The tenant id of the request's key (``X-API-Key``, else a bearer token); never the key."""
+def _owner(scope: Scope, headers: dict[str, str]) -> str:
+    """The tenant id of the request's key (``X-API-Key``, else a bearer token); never the key.
+    The owner authentication found (``api/deps.py`` keeps it in the scope's state) when it
+    ran; else the open-mode owner the key would map to."""
+    state = scope.get("state")
+    found = state.get("tinker_owner") if isinstance(state, dict) else None
+    if isinstance(found, str):
+        return found
     key = headers.get("x-api-key")
     if not key:
         scheme, _, token = headers.get("authorization", "").partition(" ")

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .archive import ArchiveSigner
+from .auth import Authenticator, KeyStore, check_bind, is_loopback
 from .catalog import Catalog
 from .checkpoints import CheckpointService
 from .context import Context
@@ -32,7 +33,9 @@ from .sampling import SamplingService
 from .scheduler import HandleFactory, Limits, Scheduler
 from .sessions import SessionService
 from .settings import Settings
+from .tenants import DatabaseTenants
 from .training import TrainingService
+from .usage import UsageRecorder
 
 __all__ = [
     "EngineLoader",
@@ -161,9 +164,15 @@ class Runtime:
             check_models(settings)
         self.settings = settings
         self.db = Database(settings.resolved_database_url)
+        # API keys (auth.py): a non-loopback bind needs an issued key, else startup stops here.
+        self.keys = KeyStore(self.db)
+        check_bind(settings.host, self.keys, settings.home)
+        self.auth = Authenticator(self.keys, issued_only=not is_loopback(settings.host))
+        self.tenants = DatabaseTenants(self.db)  # issued keys' quotas; other owners unlimited
         self.futures = FutureHub(self.db)
         self.run_metrics = RunMetrics(self.db)  # per-run metrics, written as results are stored
         self.futures.on_resolved.append(self.run_metrics.record)
+        self.futures.on_resolved.append(UsageRecorder().record)  # per-tenant tokens (usage.py)
         self.scheduler = Scheduler(
             settings.models,
             handle_factory(settings, engine_loader),
@@ -177,7 +186,9 @@ class Runtime:
         )
         self.scheduler.on_evicted = self._record_evictions
         self.scheduler.on_lost = self._record_lost_engine
-        ctx = Context(settings=settings, db=self.db, futures=self.futures, scheduler=self.scheduler)
+        ctx = Context(
+            settings=settings, db=self.db, futures=self.futures, scheduler=self.scheduler, tenants=self.tenants
+        )
         self.sessions = SessionService(ctx)
         self.training = TrainingService(ctx)
         self.sampling = SamplingService(ctx)

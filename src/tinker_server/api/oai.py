@@ -19,11 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 
-from ..auth import owner_for_key
 from ..engine import EngineError
 from ..errors import NotAuthenticated, ServiceError
 from ..wire import oai as w
-from .deps import RuntimeDep
+from .deps import RuntimeDep, remember_owner
 from .errors import status_for
 
 __all__ = ["router"]
@@ -91,6 +90,8 @@ class _OaiRoute(APIRoute):
 
 
 def require_oai_owner(
+    request: Request,
+    runtime: RuntimeDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
 ) -> str:
@@ -98,7 +99,9 @@ def require_oai_owner(
     key = token.strip() if scheme.lower() == "bearer" and token.strip() else x_api_key
     if key is None or not key.strip():
         raise NotAuthenticated("missing API key: send it as 'Authorization: Bearer <key>' or in the X-API-Key header")
-    return owner_for_key(key)
+    owner = runtime.auth.owner(key)
+    remember_owner(request, owner)
+    return owner
 
 
 OaiOwner = Annotated[str, Depends(require_oai_owner)]

@@ -1,14 +1,18 @@
-"""Service endpoints: health, capabilities, client configuration, telemetry, the caller's key."""
+"""Service endpoints: health, capabilities, client configuration, telemetry, the caller's key
+and its usage."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+import pydantic
 from fastapi import APIRouter, Request
 
 from .. import protocol, wire
 from ..auth import api_key_info
-from .deps import Owner, RuntimeDep
+from ..usage import read_usage
+from .deps import Caller, Owner, RuntimeDep
 
 router = APIRouter(tags=["service"])
 
@@ -42,6 +46,69 @@ def client_dynamic_config(_owner: Owner, runtime: RuntimeDep) -> dict[str, Any]:
 
 
 @router.get("/auth/apikey/me")
-def api_key_me(owner: Owner) -> wire.ApiKeyInfo:
-    """The key in use (``tinker auth login`` checks a pasted key with it)."""
-    return api_key_info(owner)
+def api_key_me(caller: Caller) -> wire.ApiKeyInfo:
+    """The key in use (``tinker auth login`` checks a pasted key with it): an issued key's
+    name and id, or the tenant an open-mode key maps to."""
+    return api_key_info(caller)
+
+
+class KeyRevoked(pydantic.BaseModel):
+    revoked: bool
+    note: str
+
+
+@router.delete("/auth/apikey/me")
+def revoke_api_key_me(caller: Caller, runtime: RuntimeDep) -> KeyRevoked:
+    """``tinker auth logout`` (0.38): revokes the key in use, when it is an issued one."""
+    if caller.key is None:
+        return KeyRevoked(revoked=False, note="this server does not issue keys in its current mode; nothing to revoke")
+    key = runtime.keys.revoke(str(caller.key.id))
+    return KeyRevoked(revoked=True, note=f"key {key.name!r} (id {key.id}) is revoked; it no longer works")
+
+
+class UsageResponse(pydantic.BaseModel):
+    """``GET /api/v1/usage`` (this server's extension): what the caller's tenant has used."""
+
+    owner: str
+    key_id: int | None
+    name: str | None
+    train_requests: int
+    train_tokens: int
+    sample_requests: int
+    sampled_tokens: int
+    checkpoints: int
+    checkpoint_bytes: int
+    first_time: dt.datetime | None
+    last_time: dt.datetime | None
+    quota: dict[str, Any]
+
+
+@router.get("/usage")
+def usage(caller: Caller, runtime: RuntimeDep) -> UsageResponse:
+    """The caller's usage: tokens trained (``forward_backward`` inputs) and sampled
+    (generated tokens) by successful requests, and its checkpoints' storage; with its
+    limits (``null``: none)."""
+    (mine,) = read_usage(runtime.db, [caller.owner])
+    quota = runtime.tenants.quota(caller.owner)
+    return UsageResponse(
+        owner=mine.owner,
+        key_id=caller.key.id if caller.key is not None else None,
+        name=caller.key.name if caller.key is not None else None,
+        train_requests=mine.train_requests,
+        train_tokens=mine.train_tokens,
+        sample_requests=mine.sample_requests,
+        sampled_tokens=mine.sampled_tokens,
+        checkpoints=mine.checkpoints,
+        checkpoint_bytes=mine.checkpoint_bytes,
+        first_time=mine.first_time,
+        last_time=mine.last_time,
+        quota={
+            "max_training_runs": quota.max_training_runs,
+            "max_lora_rank": quota.max_lora_rank,
+            "base_models": list(quota.base_models) if quota.base_models is not None else None,
+            "max_queued_requests": quota.max_queued_requests,
+            "tokens_per_minute": quota.tokens_per_minute,
+            "max_checkpoint_bytes": quota.max_checkpoint_bytes,
+            "weight": quota.weight,
+        },
+    )
