@@ -80,12 +80,13 @@ def _advance_seq(s: Any, run: TrainingRunRow, old: int, new: int) -> None:
     """Move the run's last accepted ``seq_id`` from ``old`` to ``new`` in the database, only
     if it is still ``old``: the database, not a process lock, decides which submit took an
     id, so API processes sharing it cannot both accept one (the loser gets a 400)."""
+    run_id = run.id  # read now: a failed flush expires the row
     run.last_seq_id = old  # the ORM must not write the attribute itself
     try:
         s.flush()  # the request row: its dedup key is unique, so a second acceptance of this id fails here
     except sa.exc.IntegrityError:
         raise InvalidRequest(
-            f"seq_id {new} of {run.id} was taken by a concurrent submit; submit the operations of a run in order"
+            f"seq_id {new} of {run_id} was taken by a concurrent submit; submit the operations of a run in order"
         ) from None
     if new == old:
         return
@@ -96,7 +97,7 @@ def _advance_seq(s: Any, run: TrainingRunRow, old: int, new: int) -> None:
         .execution_options(synchronize_session=False)
     )
     if int(getattr(done, "rowcount", 0) or 0) != 1:
-        raise InvalidRequest(f"seq_id {new} of {run.id} was taken by a concurrent submit; submit in order")
+        raise InvalidRequest(f"seq_id {new} of {run_id} was taken by a concurrent submit; submit in order")
     set_committed_value(run, "last_seq_id", new)
 
 
