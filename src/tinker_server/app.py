@@ -13,6 +13,7 @@ from . import __version__
 from .api import console_api, futures, metrics as metrics_api, models, oai, runs, sampling, service, sessions, training
 from .api.errors import install_error_handlers
 from .console import routes as console_routes
+from .guards import BodyLimit, HostCheck, install_log_redaction, private_files
 from .observability import Metrics, RequestObserver
 from .runtime import EngineLoader, Runtime
 from .settings import Settings
@@ -27,6 +28,8 @@ API_PREFIX = "/api/v1"
 def create_app(settings: Settings | None = None, *, engine_loader: EngineLoader | None = None) -> FastAPI:
     """The Tinker API app. ``engine_loader(model_name)`` overrides how engines are built (tests)."""
     settings = settings if settings is not None else Settings()
+    private_files(settings)  # umask 077; home, database and checkpoints owner-only
+    install_log_redaction()  # no download-link token in uvicorn's access line
     runtime = Runtime(settings, engine_loader)
 
     @contextlib.asynccontextmanager
@@ -46,6 +49,9 @@ def create_app(settings: Settings | None = None, *, engine_loader: EngineLoader 
     app.state.settings = settings
     metrics = app.state.metrics = Metrics(runtime)  # the app's own registry: apps in one process never collide
     runtime.scheduler.observe(metrics.worker)
+    # Inner to outer: body caps (413), the Host check (421), then request ids and the access log.
+    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(HostCheck, settings=settings)
     app.add_middleware(RequestObserver, metrics=metrics)  # request ids, request metrics, the access log
     install_error_handlers(app)
     for module in (service, sessions, models, training, sampling, futures, runs):

@@ -1,11 +1,17 @@
 """Signed, expiring download URLs (archives and single files) and the tars they serve.
 
 A token is ``<payload>.<signature>``: the payload is base64url JSON
-``{"r": run_id, "c": checkpoint_id, "e": expiry_unix}`` (plus ``"f": <relative
-file path>`` for a link to one file of an external export), the signature
-HMAC-SHA256 of the payload under a secret generated once per ``TINKER_HOME``
-(file ``archive_secret``). Downloads need no API key; a tampered or expired
-token is refused. A file token never opens an archive and vice versa.
+``{"r": run_id, "c": checkpoint_id, "e": expiry_unix, "k": row, "t": saved_us}``
+(plus ``"f": <relative file path>`` for a link to one file of an external export, and
+``"p": 1`` for a link minted for someone other than the owner because the checkpoint
+was public), the signature HMAC-SHA256 of the payload under a secret generated once
+per ``TINKER_HOME`` (file ``archive_secret``). Downloads need no API key; a tampered,
+malformed or expired token is refused.
+
+A link names exact content, not a name: ``k`` is the checkpoint row's key and ``t`` its
+save time (microseconds), so once the checkpoint is overwritten, or deleted and saved
+again under the same name, the old link serves nothing. A ``p`` link serves only while
+the checkpoint is still public. A file token never opens an archive and vice versa.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ class SignedArchive:
     checkpoint_id: str
     expires: float
     file: str | None = None  # relative path of one file, for external-export file links
+    content: tuple[int, int] | None = None  # (checkpoint row key, save time in microseconds)
+    public: bool = False  # minted for a non-owner because the checkpoint was public
 
 
 def _load_secret(path: pathlib.Path) -> bytes:
@@ -75,30 +83,46 @@ class ArchiveSigner:
         return self._secret
 
     def sign(
-        self, run_id: str, checkpoint_id: str, ttl_s: float, now: float | None = None, *, file: str | None = None
+        self,
+        run_id: str,
+        checkpoint_id: str,
+        ttl_s: float,
+        now: float | None = None,
+        *,
+        file: str | None = None,
+        content: tuple[int, int] | None = None,
+        public: bool = False,
     ) -> tuple[str, float]:
         expires = int((now if now is not None else time.time()) + ttl_s)
         claims: dict[str, object] = {"r": run_id, "c": checkpoint_id, "e": expires}
+        if content is not None:
+            claims["k"], claims["t"] = content
         if file is not None:
             claims["f"] = file
+        if public:
+            claims["p"] = 1
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signature = _b64(hmac.new(self.secret, payload.encode("ascii"), hashlib.sha256).digest())
         return f"{payload}.{signature}", float(expires)
 
     def verify(self, token: str, now: float | None = None) -> SignedArchive:
         payload, sep, signature = token.partition(".")
+        if not token.isascii() or len(token) > 8192:
+            raise AccessDenied("invalid download link: not a token this server made")
         expected = _b64(hmac.new(self.secret, payload.encode("ascii"), hashlib.sha256).digest())
-        if not sep or not hmac.compare_digest(signature.encode("ascii", "replace"), expected.encode("ascii")):
+        if not sep or not hmac.compare_digest(signature.encode("ascii"), expected.encode("ascii")):
             raise AccessDenied("invalid download link: the signature does not match")
         try:
             data = json.loads(_unb64(payload))
             run_id, checkpoint_id, expires = str(data["r"]), str(data["c"]), float(data["e"])
             file = str(data["f"]) if data.get("f") is not None else None
+            content = (int(data["k"]), int(data["t"])) if "k" in data else None
+            public = bool(data.get("p"))
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise AccessDenied("invalid download link") from None
         if (now if now is not None else time.time()) > expires:
             raise AccessDenied("the download link has expired; request a new one")
-        return SignedArchive(run_id, checkpoint_id, expires, file)
+        return SignedArchive(run_id, checkpoint_id, expires, file, content, public)
 
 
 def build_tar(directory: pathlib.Path, tmp_dir: pathlib.Path) -> pathlib.Path:

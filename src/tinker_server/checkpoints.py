@@ -17,16 +17,18 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
+import os
 import pathlib
 import shutil
 import threading
 import time
 import uuid
+from typing import BinaryIO
 
 import sqlalchemy as sa
 
 from . import wire
-from .archive import ArchiveSigner, build_tar
+from .archive import ArchiveSigner, SignedArchive, build_tar
 from .context import Context
 from .db import CheckpointRow, TrainingRunRow, as_utc, utcnow
 from .errors import AccessDenied, InvalidRequest, NotFound
@@ -104,12 +106,15 @@ class CheckpointService:
         )
 
     def get_run(self, owner: str, run_id: str) -> wire.TrainingRun:
-        """The owner's run, or another tenant's run that has a public checkpoint."""
+        """The owner's run; or, for another tenant, the public view of a run that has a
+        public checkpoint: base model, LoRA rank and its newest *public* checkpoints (what
+        ``create_training_client_from_state`` needs), never its private checkpoints, its
+        ``user_metadata`` or its owner (see :func:`records.training_run_model`)."""
         with self._ctx.db.session() as s:
             row = s.get(TrainingRunRow, run_id)
             if row is None or (row.owner != owner and not self._has_public(s, run_id)):
                 raise NotFound(f"training run {run_id!r} not found")
-            return training_run_model(s, row)
+            return training_run_model(s, row, public_view=row.owner != owner)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -213,11 +218,15 @@ class CheckpointService:
     # -- archives ---------------------------------------------------------------------------
 
     def archive_link(self, owner: str, run_id: str, checkpoint_id: str, base_url: str) -> tuple[str, str]:
-        """``(signed URL, Expires header)`` for downloading the checkpoint."""
+        """``(signed URL, Expires header)`` for downloading the checkpoint: bound to its
+        current content and, for a non-owner, to its publication (see ``archive.py``)."""
         ref = parse_checkpoint_id(run_id, checkpoint_id)
         with self._ctx.db.session() as s:
-            readable_checkpoint(s, ref, owner)
-        token, expires = self._signer.sign(ref.run_id, ref.checkpoint_id, self._ctx.settings.archive_url_ttl_s)
+            run, row = readable_checkpoint(s, ref, owner)
+            content, public = content_of(row), run.owner != owner
+        token, expires = self._signer.sign(
+            ref.run_id, ref.checkpoint_id, self._ctx.settings.archive_url_ttl_s, content=content, public=public
+        )
         when = dt.datetime.fromtimestamp(expires, dt.UTC)
         return f"{base_url.rstrip('/')}/api/v1/archives/{token}", email.utils.format_datetime(when, usegmt=True)
 
@@ -226,19 +235,42 @@ class CheckpointService:
         signed = self._signer.verify(token)
         if (signed.file is not None) != file_link:
             raise AccessDenied("invalid download link: " + ("not a file link" if file_link else "not an archive link"))
-        ref = parse_checkpoint_id(signed.run_id, signed.checkpoint_id)
-        with self._ctx.db.session() as s:
-            if find_checkpoint(s, ref) is None:
-                raise NotFound(f"checkpoint {ref.tinker_path} no longer exists")
+        if signed.content is None:
+            raise AccessDenied("invalid download link: it names no checkpoint content; request a new one")
+        try:
+            ref = parse_checkpoint_id(signed.run_id, signed.checkpoint_id)
+        except InvalidRequest:
+            raise AccessDenied("invalid download link") from None
+        self._check_signed(ref, signed)
         directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
         if not directory.is_dir():
             raise NotFound(f"the files of checkpoint {ref.tinker_path} are missing")
         return ref, directory, signed.file
 
+    def _check_signed(self, ref: CheckpointRef, signed: SignedArchive) -> None:
+        """404 unless the checkpoint still holds the content the link was made for (same
+        row, same save) and, for a link made because it was public, is still public."""
+        with self._ctx.db.session() as s:
+            row = find_checkpoint(s, ref)
+            if row is None or content_of(row) != signed.content or (signed.public and not row.public):
+                raise NotFound(
+                    f"checkpoint {ref.tinker_path} no longer holds what this link was made for "
+                    "(it was deleted, overwritten, expired or unpublished); request a new link"
+                )
+
     def archive_file(self, token: str) -> tuple[pathlib.Path, str]:
         """Verify ``token`` and build the tar; returns ``(temp tar path, download file name)``."""
         ref, directory, _file = self._signed_folder(token, file_link=False)
+        signed = self._signer.verify(token)
         path = build_tar(directory, self._ctx.settings.home / "tmp")
+        try:
+            # A save writes the folder and its row under FILES_LOCK: the row still naming
+            # the link's content after the tar was built means the tar holds that content.
+            with FILES_LOCK:
+                self._check_signed(ref, signed)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         filename = f"{ref.run_id}_{ref.kind}_{ref.name}.tar".replace(":", "_")
         return path, filename
 
@@ -255,7 +287,8 @@ class CheckpointService:
                 "(made by save_weights_external) have per-file URLs"
             )
         with self._ctx.db.session() as s:
-            readable_checkpoint(s, ref, owner)
+            run, row = readable_checkpoint(s, ref, owner)
+            content, public = content_of(row), run.owner != owner
         directory = checkpoint_dir(self._ctx.settings.checkpoints_dir, ref)
         files = export_files(directory)
         if not files:
@@ -265,12 +298,31 @@ class CheckpointService:
         urls: dict[str, str] = {}
         expires = now + ttl_s
         for name in files:
-            token, expires = self._signer.sign(ref.run_id, ref.checkpoint_id, ttl_s, now, file=name)
+            token, expires = self._signer.sign(
+                ref.run_id, ref.checkpoint_id, ttl_s, now, file=name, content=content, public=public
+            )
             urls[name] = f"{base_url.rstrip('/')}/api/v1/external_files/{token}"
         return wire.ExternalWeightsUrlsResponse(urls=urls, expires=dt.datetime.fromtimestamp(expires, dt.UTC))
 
-    def external_file(self, token: str) -> pathlib.Path:
-        """The one file a signed external-export link names; it never leaves the export's folder."""
+    def external_file(self, token: str) -> tuple[BinaryIO, int, str]:
+        """The one file a signed external-export link names, opened (``(file, size, name)``);
+        it never leaves the export's folder. The file is opened, then the checkpoint is
+        checked again under ``FILES_LOCK``: an overwrite replaces the folder, so the open
+        file is the content the link names."""
+        path = self._external_path(token)
+        signed = self._signer.verify(token)
+        ref = parse_checkpoint_id(signed.run_id, signed.checkpoint_id)
+        handle = path.open("rb")
+        try:
+            with FILES_LOCK:
+                self._check_signed(ref, signed)
+            size = os.fstat(handle.fileno()).st_size
+        except BaseException:
+            handle.close()
+            raise
+        return handle, size, path.name
+
+    def _external_path(self, token: str) -> pathlib.Path:
         ref, directory, name = self._signed_folder(token, file_link=True)
         assert name is not None
         root = directory.resolve()
@@ -286,6 +338,13 @@ class CheckpointService:
         if candidate.is_symlink() or not path.is_file():
             raise NotFound(f"{name} is not a file of checkpoint {ref.tinker_path}")
         return path
+
+
+def content_of(row: CheckpointRow) -> tuple[int, int]:
+    """What a signed link binds to: the row's key and its save time in microseconds (a new
+    save of the same name, or a new checkpoint after a delete, changes one of them)."""
+    saved = as_utc(row.time)
+    return int(row.pk), int(saved.timestamp()) * 1_000_000 + saved.microsecond
 
 
 def export_files(directory: pathlib.Path) -> list[str]:

@@ -26,6 +26,8 @@ from .wire.arrays import dense_from_csr
 
 __all__ = [
     "adam_config",
+    "check_sample_tokens",
+    "check_train_tokens",
     "sample_job",
     "sample_result",
     "train_data",
@@ -61,20 +63,77 @@ def _text_tokens(model_input: wire.ModelInput, where: str) -> list[int]:
     return _token_array(model_input.chunks, where).tolist()
 
 
-def _int_array(values: Sequence[int] | Sequence[float], where: str) -> np.ndarray:
-    """Token ids as int64; a value that is no int64 (huge, NaN) is refused."""
+def _int_array(values: Sequence[int] | Sequence[float], where: str, what: str = "token id") -> np.ndarray:
+    """Whole numbers as int64. A value that is no int64 (too large, fractional, NaN) is
+    refused, never truncated or wrapped."""
     try:
-        return np.asarray(values, dtype=np.int64)
+        array = np.asarray(values)
     except (OverflowError, ValueError):
-        bad = next(v for v in values if not (math.isfinite(v) and _INT64.min <= v <= _INT64.max))
-        raise InvalidRequest(f"{where}: token id {bad} is outside int64") from None
+        array = np.asarray(values, dtype=object)
+    if array.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if array.dtype.kind == "i":
+        return array.astype(np.int64, copy=False)
+    if array.dtype.kind == "f":
+        ok = np.isfinite(array)
+        ok[ok] = (array[ok] == np.floor(array[ok])) & (array[ok] >= -(2.0**63)) & (array[ok] < 2.0**63)
+        if ok.all():
+            return array.astype(np.int64)
+        bad = array[~ok].reshape(-1)[0].item()
+    else:  # unsigned beyond int64, or Python ints numpy could not hold
+        bad = next(
+            (v for v in array.reshape(-1).tolist() if not (isinstance(v, int) and _INT64.min <= v <= _INT64.max)),
+            None,
+        )
+        if bad is None:
+            return np.asarray(array.tolist(), dtype=np.int64)
+    raise InvalidRequest(f"{where}: {what} {bad!r} is not a whole number in the int64 range")
+
+
+def check_train_tokens(data: Sequence[wire.Datum] | Sequence[wire.ArrayDatum], limit: int, *, field: str) -> None:
+    """Refuse a forward/forward_backward whose datums carry more than ``limit`` tokens
+    (setting ``max_train_tokens_per_request``), before anything is queued."""
+    total = 0
+    for datum in data:
+        chunks = datum.chunks if isinstance(datum, wire.ArrayDatum) else datum.model_input.chunks
+        for chunk in chunks:
+            if isinstance(chunk, np.ndarray):
+                total += int(chunk.size)
+            elif isinstance(chunk, wire.EncodedTextChunk):
+                total += len(chunk.tokens)
+    if total > limit:
+        raise InvalidRequest(
+            f"{field}.data holds {total} tokens, more than the {limit} one request may carry on this server; "
+            "split the batch into several forward_backward calls (gradients accumulate until optim_step)"
+        )
+
+
+def check_sample_tokens(jobs: SampleJob | Sequence[SampleJob], limit: int) -> None:
+    """Refuse sampling that may cost more than ``limit`` tokens (setting
+    ``max_sample_tokens_per_request``): ``num_samples * (prompt + max_tokens)`` summed over
+    the request's jobs (an OpenAI request has one per prompt), ``max_tokens`` unset counted
+    as the engine's default."""
+    cost = 0
+    for job in [jobs] if isinstance(jobs, SampleJob) else jobs:
+        max_tokens = rules.MAX_TOKENS_WHEN_UNSET if job.max_tokens is None else max(0, job.max_tokens)
+        cost += job.num_samples * (len(job.prompt) + max_tokens)
+    if cost > limit:
+        raise InvalidRequest(
+            f"this sampling request may cost {cost} tokens (number of samples x (prompt + max_tokens)), "
+            f"more than the {limit} one request may cost on this server; ask for fewer samples or fewer "
+            "tokens per request"
+        )
 
 
 def _input_array(tensor: wire.TensorData | wire.ArrayTensor, where: str) -> tuple[np.ndarray, str]:
     """A loss input as a flat numpy array, and the dtype it was sent as."""
     if isinstance(tensor, wire.ArrayTensor):
         return tensor.array.reshape(-1), tensor.dtype
-    array = _int_array(tensor.data, where) if tensor.dtype == "int64" else np.asarray(tensor.data, dtype=np.float32)
+    array = (
+        _int_array(tensor.data, where, "int64 value")
+        if tensor.dtype == "int64"
+        else np.asarray(tensor.data, dtype=np.float32)
+    )
     if tensor.sparse_crow_indices is not None and tensor.shape is not None:
         try:
             array = dense_from_csr(
@@ -214,7 +273,7 @@ def _target_ids(tensor: wire.TensorData | None) -> np.ndarray | None:
         raise InvalidRequest(f"target_prompt_logprobs must hold int64 token ids, got {tensor.dtype}")
     if tensor.shape is None or len(tensor.shape) != 2:
         raise InvalidRequest(f"target_prompt_logprobs must be 2-D, [len(prompt) - 1, K], got shape {tensor.shape}")
-    values = np.asarray(tensor.data, dtype=np.int64)
+    values = _int_array(tensor.data, "target_prompt_logprobs", "token id")
     if tensor.sparse_crow_indices is not None or tensor.sparse_col_indices is not None:
         try:
             return dense_from_csr(

@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from . import wire
 from .db import CheckpointRow, SamplerRow, SessionRow, TrainingRunRow, as_utc, utcnow
-from .errors import InvalidRequest, NotFound
-from .paths import CheckpointRef
+from .errors import Gone, InvalidRequest, NotFound
+from .paths import CheckpointRef, parse_tinker_path
 
 __all__ = [
     "checkpoint_model",
@@ -30,6 +30,7 @@ __all__ = [
     "newest_owned",
     "page_bounds",
     "readable_checkpoint",
+    "readable_source",
     "training_run_model",
 ]
 
@@ -86,11 +87,30 @@ def readable_checkpoint(session: Session, ref: CheckpointRef, owner: str) -> tup
     return run, row
 
 
+INT64_MAX = 2**63 - 1
+
+
+def readable_source(session: Session, sampler_id: str, model_path: str, owner: str) -> CheckpointRow:
+    """The checkpoint a checkpoint sampler samples, checked on every use: once its owner
+    unpublishes or deletes it (or it expires), a sampler another tenant made from it is
+    gone (410), the same sentence whichever happened."""
+    try:
+        _run, row = readable_checkpoint(session, parse_tinker_path(model_path), owner)
+    except (NotFound, InvalidRequest):
+        raise Gone(
+            f"sampler {sampler_id} samples {model_path}, which no longer exists or is no longer "
+            "shared with you (deleted, expired or made private by its owner); create a sampler from a "
+            "checkpoint you can read"
+        ) from None
+    return row
+
+
 def page_bounds(limit: int, offset: int) -> tuple[int, int]:
-    if limit <= 0:
-        raise InvalidRequest(f"limit must be a positive integer, got {limit}")
-    if offset < 0:
-        raise InvalidRequest(f"offset must be >= 0, got {offset}")
+    """``(limit, offset)`` of a listing; both must fit a 64-bit integer (the database's)."""
+    if limit <= 0 or limit > INT64_MAX:
+        raise InvalidRequest(f"limit must be a positive integer below 2**63, got {limit}")
+    if offset < 0 or offset > INT64_MAX:
+        raise InvalidRequest(f"offset must be an integer from 0 to 2**63 - 1, got {offset}")
     return limit, offset
 
 
@@ -138,13 +158,13 @@ def checkpoint_model(row: CheckpointRow) -> wire.Checkpoint:
     )
 
 
-def _latest(session: Session, run_id: str, checkpoint_type: str) -> CheckpointRow | None:
-    return session.scalars(
-        sa.select(CheckpointRow)
-        .where(CheckpointRow.run_id == run_id, CheckpointRow.checkpoint_type == checkpoint_type, not_expired())
-        .order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())
-        .limit(1)
-    ).first()
+def _latest(session: Session, run_id: str, checkpoint_type: str, *, public_only: bool = False) -> CheckpointRow | None:
+    query = sa.select(CheckpointRow).where(
+        CheckpointRow.run_id == run_id, CheckpointRow.checkpoint_type == checkpoint_type, not_expired()
+    )
+    if public_only:
+        query = query.where(CheckpointRow.public.is_(True))
+    return session.scalars(query.order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc()).limit(1)).first()
 
 
 def _str_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
@@ -153,18 +173,36 @@ def _str_metadata(metadata: dict[str, Any] | None) -> dict[str, str] | None:
     return {str(k): v if isinstance(v, str) else str(v) for k, v in metadata.items()}
 
 
-def training_run_model(session: Session, run: TrainingRunRow) -> wire.TrainingRun:
-    last = _latest(session, run.id, "training")
-    last_sampler = _latest(session, run.id, "sampler")
+def training_run_model(session: Session, run: TrainingRunRow, *, public_view: bool = False) -> wire.TrainingRun:
+    """The run as ``GET /training_runs/{id}`` shows it. ``public_view`` (another tenant, allowed
+    because the run has a public checkpoint): what ``create_training_client_from_state`` reads
+    (base model, LoRA rank) and the newest *public* checkpoints; the owner is blank, there is
+    no ``user_metadata``, and the time is that of the newest public checkpoint, not the
+    run's last activity."""
+    last = _latest(session, run.id, "training", public_only=public_view)
+    last_sampler = _latest(session, run.id, "sampler", public_only=public_view)
+    activity = as_utc(run.last_request_time)
+    if public_view:
+        newest = _latest_public(session, run.id)
+        activity = as_utc(newest.time) if newest is not None else as_utc(run.created_at)
     return wire.TrainingRun(
         training_run_id=run.id,
         base_model=run.base_model,
-        model_owner=run.owner,
+        model_owner="" if public_view else run.owner,
         is_lora=True,
         corrupted=run.corrupted,
         lora_rank=run.lora_rank,
-        last_request_time=as_utc(run.last_request_time),
+        last_request_time=activity,
         last_checkpoint=checkpoint_model(last) if last is not None else None,
         last_sampler_checkpoint=checkpoint_model(last_sampler) if last_sampler is not None else None,
-        user_metadata=_str_metadata(run.user_metadata),
+        user_metadata=None if public_view else _str_metadata(run.user_metadata),
     )
+
+
+def _latest_public(session: Session, run_id: str) -> CheckpointRow | None:
+    return session.scalars(
+        sa.select(CheckpointRow)
+        .where(CheckpointRow.run_id == run_id, CheckpointRow.public.is_(True), not_expired())
+        .order_by(CheckpointRow.time.desc(), CheckpointRow.pk.desc())
+        .limit(1)
+    ).first()

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from . import wire
 from .context import Context
-from .convert import sample_job, sample_result
+from .convert import check_sample_tokens, sample_job, sample_result
 from .db import SamplerRow, utcnow
 from .engine.api import Sample
 from .errors import Gone, InvalidRequest, NotFound
 from .paths import checkpoint_dir, parse_tinker_path
-from .records import owned_sampler, owned_session, readable_checkpoint
+from .records import owned_sampler, owned_session, readable_checkpoint, readable_source
 from .scheduler import Task
 
 __all__ = ["SamplingService"]
@@ -86,9 +86,12 @@ class SamplingService:
                 )
             base_model, model_path = sampler.base_model, sampler.model_path
             adapter_id = sampler_id if sampler.has_adapter else None
+            if model_path is not None:
+                readable_source(s, sampler_id, model_path, owner)  # on every use: unpublish/delete cut it off
         worker = ctx.scheduler.worker(base_model)
         worker.check_capacity(sampling=True, strict=backpressure)
         job = sample_job(req, adapter_id, worker.model_info())
+        check_sample_tokens(job, ctx.settings.max_sample_tokens_per_request)
         with ctx.db.session() as s:
             request_id = ctx.futures.new_id()
             ctx.futures.add(

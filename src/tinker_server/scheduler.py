@@ -133,10 +133,13 @@ def error_category(exc: BaseException) -> str:
     return "server"
 
 
-def error_message(exc: BaseException) -> str:
-    if isinstance(exc, (EngineError, ServiceError)):
+def error_message(exc: BaseException, request_id: str | None = None) -> str:
+    """A failed future's ``error``: the sentence of a refusal (user errors, service errors,
+    a lost worker, a model that cannot load); for any other failure a generic sentence with
+    the request id, as its text may name server paths (the log has it, under that id)."""
+    if isinstance(exc, (UserInputError, AdapterNotFound, ModelLoadError, WorkerLost, ServiceError)):
         return str(exc) or type(exc).__name__
-    return f"internal server error: {type(exc).__name__}: {exc}"
+    return f"internal server error (request id {request_id or 'unknown'}); the server's log has the details"
 
 
 class WorkObserver(Protocol):
@@ -564,12 +567,13 @@ class Worker:
         if task.done.done():
             return
         category = error_category(exc)
-        message = error_message(exc)
+        message = error_message(exc, task.request_id)
         if category == "server" and not isinstance(exc, WorkerLost):
             log.error(
-                "request %s failed: %s\n%s",
+                "request %s failed: %s: %s\n%s",
                 task.request_id,
-                message,
+                type(exc).__name__,
+                exc,
                 "".join(traceback.format_exception(exc)),
             )
         if task.on_error is not None:

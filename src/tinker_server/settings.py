@@ -82,6 +82,19 @@ class Settings(BaseSettings):
     # are announced by size first, so the client can reserve memory for them.
     metadata_only_min_bytes: Annotated[int, pydantic.Field(ge=0)] = 4 * 2**20
     max_held_requests: Annotated[int, pydantic.Field(ge=1)] = 256
+    # Size caps (docs/server.md, "Limits"). Request bodies of the heavy routes (forward,
+    # forward_backward, asample, the OpenAI endpoints, the playground) may be this large,
+    # after zstd expansion too; every other body (create_session, telemetry, saves, ...)
+    # at most max_small_body_bytes. Larger: 413, refused before the body is read.
+    max_body_bytes: Annotated[int, pydantic.Field(ge=1024)] = 64 * 2**20
+    max_small_body_bytes: Annotated[int, pydantic.Field(ge=1024)] = 256 * 2**10
+    # Tokens one forward / forward_backward may carry (all datums' model inputs), and one
+    # sampling request may cost: num_samples * (prompt + max_tokens). Larger: 400.
+    max_train_tokens_per_request: Annotated[int, pydantic.Field(ge=1)] = 2**20
+    max_sample_tokens_per_request: Annotated[int, pydantic.Field(ge=1)] = 2**20
+    # Host names accepted (besides loopback names and public_base_url's host) while the
+    # server listens on a loopback address: other Host headers get 421 (DNS rebinding).
+    allowed_hosts: list[str] = []
 
     @pydantic.field_validator("home", mode="after")
     @classmethod

@@ -150,7 +150,9 @@ def test_engine_errors_become_failed_futures(api: Api, run: tuple[str, str]) -> 
     fut = api.ok("forward_backward", fb_body(model_id, 2, [datum([CRASH_TOKEN, 1, 2])]))
     failed = api.poll(fut["request_id"])
     assert failed["category"] == "server"
-    assert "ZeroDivisionError" in failed["error"]
+    # A generic sentence with the request id; the exception's text stays in the log.
+    assert failed["error"].startswith("internal server error (request id ") and fut["request_id"] in failed["error"]
+    assert "ZeroDivisionError" not in failed["error"]
     # Still serving; later ops of the run still run.
     assert api.result("forward_backward", fb_body(model_id, 3))["metrics"]["loss:sum"] == 6.0
 

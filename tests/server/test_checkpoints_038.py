@@ -361,17 +361,18 @@ def test_external_file_links_refuse_tampering(api: Api, run: str) -> None:
     for bad in (forge(f="../../weights/w/adapter_model.json"), forge(e=claims["e"] + 3600), url[:-3] + "AAA"):
         assert _fetch(api, bad).status_code == 403
     signer = ArchiveSigner(home_of(api) / "archive_secret")
-    expired, _ = signer.sign(run, "external_weights/e", -5, file=claims["f"])
+    content = (claims["k"], claims["t"])  # links name the export's exact content (archive.py)
+    expired, _ = signer.sign(run, "external_weights/e", -5, file=claims["f"], content=content)
     response = _fetch(api, f"{base}/{expired}")
     assert response.status_code == 403 and "expired" in response.json()["detail"]
     # Even a correctly signed path may not leave the export's folder.
     api.result("save_weights", save_body(run, 3, "w"))
-    escape, _ = signer.sign(run, "external_weights/e", 600, file="../../weights/w/adapter_model.json")
+    escape, _ = signer.sign(run, "external_weights/e", 600, file="../../weights/w/adapter_model.json", content=content)
     assert _fetch(api, f"{base}/{escape}").status_code == 403
-    missing, _ = signer.sign(run, "external_weights/e", 600, file="nothing.bin")
+    missing, _ = signer.sign(run, "external_weights/e", 600, file="nothing.bin", content=content)
     assert _fetch(api, f"{base}/{missing}").status_code == 404
     # Archive tokens and file tokens are not interchangeable.
-    archive_token, _ = signer.sign(run, "external_weights/e", 600)
+    archive_token, _ = signer.sign(run, "external_weights/e", 600, content=content)
     assert _fetch(api, f"{base}/{archive_token}").status_code == 403
     assert _fetch(api, f"http://testserver/api/v1/archives/{_token(url)}").status_code == 403
     # The archive route still serves external exports as a tar.

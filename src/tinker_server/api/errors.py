@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..observability import REQUEST_ID_HEADER, request_id
 
-__all__ = ["STATUS_BY_ERROR", "install_error_handlers", "status_for"]
+__all__ = ["STATUS_BY_ERROR", "install_error_handlers", "internal_error", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,12 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 _EXTRA_HEADERS: dict[int, dict[str, str]] = {429: {"Retry-After": "1"}}
+
+
+def internal_error(rid: str | None) -> str:
+    """What a 500 says: a sentence and the request id, never the exception's text (it may
+    name server paths); the server's log has the details under that id."""
+    return f"internal server error (request id {rid or 'unknown'}); the server's log has the details"
 
 
 def status_for(exc: BaseException) -> int:
@@ -105,6 +111,8 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             log.error("request %s failed: %s: %s", request_id(request), type(exc).__name__, exc)
+        if status == 500:  # engine failures: their text may hold server paths; it is in the log
+            return _error(request, status, internal_error(request_id(request)))
         return _error(request, status, str(exc) or type(exc).__name__)
 
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -117,7 +125,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("request %s: unhandled error", request_id(request), exc_info=exc)
-        return _error(request, 500, f"internal server error: {type(exc).__name__}: {exc}")
+        return _error(request, 500, internal_error(request_id(request)))
 
     app.add_exception_handler(ServiceError, domain_error)
     app.add_exception_handler(EngineError, domain_error)

@@ -10,10 +10,12 @@ checkpoint route, which would otherwise swallow them.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from .. import wire
@@ -123,8 +125,18 @@ def download_archive(token: str, runtime: RuntimeDep) -> FileResponse:
 
 
 @router.get("/external_files/{token}")
-def download_external_file(token: str, runtime: RuntimeDep) -> FileResponse:
+def download_external_file(token: str, runtime: RuntimeDep) -> StreamingResponse:
     """One file of an external export, from ``.../external_weights_urls``: no API key;
     tampered or expired → 403, export deleted → 404."""
-    path = runtime.checkpoints.external_file(token)
-    return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+    handle, size, name = runtime.checkpoints.external_file(token)
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while block := handle.read(1 << 20):
+                yield block
+
+    return StreamingResponse(
+        chunks(),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{quote(name)}"'},
+    )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 
 from .. import wire
+from ..convert import check_train_tokens
 from ..wire import codec
 from .deps import Owner, RuntimeDep
 
@@ -18,12 +19,13 @@ router = APIRouter(tags=["training"])
 async def training_body(request: Request) -> wire.ForwardRequest | wire.ForwardBackwardRequest:
     """A ``forward_backward`` body: protobuf when the Content-Type says so (0.25+ clients;
     ``forward_only`` makes it a forward), else JSON. Either may be zstd-compressed."""
-    raw = await request.body()
+    raw = await request.body()  # at most max_body_bytes (guards.BodyLimit)
     encoding = request.headers.get("content-encoding")
+    limit = request.app.state.settings.max_body_bytes  # expanded zstd bodies too
     if codec.PROTOBUF in request.headers.get("content-type", "").lower():
-        return codec.decode_training_request(raw, encoding)
+        return codec.decode_training_request(raw, encoding, limit=limit)
     try:
-        return wire.ForwardBackwardRequest.model_validate_json(codec.decompress(raw, encoding))
+        return wire.ForwardBackwardRequest.model_validate_json(codec.decompress(raw, encoding, limit=limit))
     except pydantic.ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from None
 
@@ -45,13 +47,17 @@ _TRAINING_BODY_DOCS: dict[str, Any] = {
 
 @router.post("/forward")
 def forward(body: wire.ForwardRequest, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+    check_train_tokens(body.forward_input.data, runtime.settings.max_train_tokens_per_request, field="forward_input")
     return runtime.training.forward(owner, body)
 
 
 @router.post("/forward_backward", openapi_extra=_TRAINING_BODY_DOCS)
 def forward_backward(body: TrainingBody, owner: Owner, runtime: RuntimeDep) -> wire.UntypedAPIFuture:
+    limit = runtime.settings.max_train_tokens_per_request
     if isinstance(body, wire.ForwardRequest):
+        check_train_tokens(body.forward_input.data, limit, field="forward_input")
         return runtime.training.forward(owner, body)
+    check_train_tokens(body.forward_backward_input.data, limit, field="forward_backward_input")
     return runtime.training.forward_backward(owner, body)
 
 

@@ -83,7 +83,7 @@ def _fsync_dir(path: pathlib.Path) -> None:
 
 
 def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
-    with open(path, "w") as f:
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -95,6 +95,7 @@ def _write_tensors(path: pathlib.Path, tensors: dict[str, torch.Tensor]) -> None
         str(path),
         metadata={"format": "pt"},
     )
+    os.chmod(path, 0o600)  # tenants' weights: the server's user only, whatever the umask
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
@@ -102,9 +103,10 @@ def _write_tensors(path: pathlib.Path, tensors: dict[str, torch.Tensor]) -> None
 def write_checkpoint(adapter: Adapter, directory: pathlib.Path, *, base_model: str, optimizer: bool) -> int:
     """Save ``adapter`` (and its optimizer state) to ``directory``; returns bytes written."""
     directory = pathlib.Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
+    tmp.mkdir(mode=0o700)
+    os.chmod(tmp, 0o700)  # mkdir's mode is masked by the umask, never widened
     try:
         _write_json(tmp / CONFIG_FILE, adapter_config(adapter, base_model))
         _write_tensors(tmp / WEIGHTS_FILE, dict(adapter.named_parameters()))

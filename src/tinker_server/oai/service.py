@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from ..catalog import Catalog
 from ..context import Context
+from ..convert import check_sample_tokens
 from ..db import CheckpointRow, as_utc
 from ..engine import SampleJob, TokenEvent, UserInputError, rules
 from ..engine.api import Sample
@@ -336,6 +337,7 @@ class OaiService:
                 rules.check_sample_job(job, vocab_size=int(info.vocab_size), max_context=int(info.max_context))
             except UserInputError as exc:
                 raise renamed(str(exc), names) from None
+        check_sample_tokens(jobs, self._ctx.settings.max_sample_tokens_per_request)
         worker.check_capacity(sampling=True, strict=False)
         flight = _Flight(Generation(tokenizer, decoding, prompts), stream, worker)
         for index, job in enumerate(jobs):

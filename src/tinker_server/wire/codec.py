@@ -59,12 +59,12 @@ _STOP_NAMES = {value: name for name, value in _STOP_REASONS.items()}
 
 
 def decode_training_request(
-    body: bytes, content_encoding: str | None = None
+    body: bytes, content_encoding: str | None = None, *, limit: int = MAX_DECOMPRESSED_BYTES
 ) -> ForwardRequest | ForwardBackwardRequest:
     """A protobuf ``ForwardBackwardRequest``: ``forward_only`` → :class:`ForwardRequest`."""
     message = pb.ForwardBackwardRequest()
     try:
-        message.ParseFromString(decompress(body, content_encoding))
+        message.ParseFromString(decompress(body, content_encoding, limit=limit))
     except DecodeError as exc:
         raise InvalidRequest(f"the body is not a valid protobuf ForwardBackwardRequest ({exc})") from None
     if not message.model_id:
@@ -77,8 +77,9 @@ def decode_training_request(
     return ForwardBackwardRequest(forward_backward_input=batch, model_id=message.model_id, seq_id=seq_id)
 
 
-def decompress(body: bytes, content_encoding: str | None) -> bytes:
-    """The body under its ``Content-Encoding``: none (or identity) or one zstd frame."""
+def decompress(body: bytes, content_encoding: str | None, *, limit: int = MAX_DECOMPRESSED_BYTES) -> bytes:
+    """The body under its ``Content-Encoding``: none (or identity) or one zstd frame that
+    expands to at most ``limit`` bytes (the server passes its ``max_body_bytes``)."""
     encoding = (content_encoding or "").strip().lower()
     if encoding in ("", "identity"):
         return body
@@ -88,10 +89,10 @@ def decompress(body: bytes, content_encoding: str | None) -> bytes:
         size = zstandard.frame_content_size(body)
     except zstandard.ZstdError as exc:
         raise InvalidRequest(f"the body is not a zstd frame ({exc})") from None
-    if size > MAX_DECOMPRESSED_BYTES:
-        raise InvalidRequest(f"the zstd body expands to {size} bytes, more than the {MAX_DECOMPRESSED_BYTES} allowed")
+    if size > limit:
+        raise InvalidRequest(f"the zstd body expands to {size} bytes, more than the {limit} allowed")
     try:
-        return zstandard.ZstdDecompressor().decompress(body, max_output_size=MAX_DECOMPRESSED_BYTES)
+        return zstandard.ZstdDecompressor().decompress(body, max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise InvalidRequest(f"the zstd body cannot be decompressed ({exc})") from None
 

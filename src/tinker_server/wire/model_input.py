@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 
-from ._base import Request
+from ._base import Request, StrictRequest
 
 __all__ = ["DmelChunk", "EncodedTextChunk", "ImageAssetPointerChunk", "ImageChunk", "ModelInput", "ModelInputChunk"]
 
@@ -16,7 +16,7 @@ def _b64(value: Any) -> Any:
     return base64.b64decode(value) if isinstance(value, str) else value
 
 
-class EncodedTextChunk(Request):
+class EncodedTextChunk(StrictRequest):
     tokens: list[int]
     type: Literal["encoded_text"] = "encoded_text"
 
@@ -79,7 +79,7 @@ ModelInputChunk = Annotated[
 ]
 
 
-class ModelInput(Request):
+class ModelInput(StrictRequest):
     chunks: list[ModelInputChunk]
 
     @classmethod

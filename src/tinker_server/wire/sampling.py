@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from ._base import Request, Response
+import pydantic
+
+from ._base import Int64, Request, Response, StrictRequest
 from .model_input import ModelInput
 from .tensor import TensorData
 
@@ -19,11 +21,12 @@ __all__ = [
 ]
 
 
-class SamplingParams(Request):
-    """``stop``: a string, a list of strings or a list of token ids."""
+class SamplingParams(StrictRequest):
+    """``stop``: a string, a list of strings or a list of token ids. Exactly the fields
+    of every official version (0.5.1 … 0.38); any other key is refused."""
 
     max_tokens: int | None = None
-    seed: int | None = None
+    seed: Annotated[int, pydantic.Field(ge=-(2**63), le=2**64 - 1)] | None = None
     stop: str | list[str] | list[int] | None = None
     temperature: float = 1.0
     top_k: int = -1
@@ -37,7 +40,7 @@ class SampleRequest(Request):
     base_model: str | None = None
     model_path: str | None = None
     sampling_session_id: str | None = None
-    seq_id: int | None = None
+    seq_id: Int64 | None = None
     prompt_logprobs: bool | None = None
     topk_prompt_logprobs: int = 0
     topk_sample_logprobs: int = 0  # 0.29
@@ -65,7 +68,7 @@ class SampleResponse(Response):
 
 class CreateSamplingSessionRequest(Request):
     session_id: str
-    sampling_session_seq_id: int
+    sampling_session_seq_id: Int64
     base_model: str | None = None
     model_path: str | None = None
 

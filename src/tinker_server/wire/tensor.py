@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from ._base import Request
+from ._base import Int64, NonNegativeDims, StrictRequest
 from .model_input import ModelInput
 
 __all__ = ["Datum", "TensorData", "TensorDtype"]
@@ -12,7 +12,7 @@ __all__ = ["Datum", "TensorData", "TensorDtype"]
 TensorDtype = Literal["int64", "float32"]
 
 
-class TensorData(Request):
+class TensorData(StrictRequest):
     """A row-major tensor: ``data`` and ``dtype``, ``shape`` optional (absent → 1-D).
 
     0.18+ may send a 2-D tensor in CSR form: ``data`` then holds the non-zero
@@ -24,13 +24,16 @@ class TensorData(Request):
 
     data: list[int] | list[float]
     dtype: TensorDtype
-    shape: list[int] | None = None
-    sparse_crow_indices: list[int] | None = None
-    sparse_col_indices: list[int] | None = None
+    shape: NonNegativeDims | None = None
+    sparse_crow_indices: list[Int64] | None = None
+    sparse_col_indices: list[Int64] | None = None
 
 
-class Datum(Request):
-    """One training example: input tokens and the loss function's per-token inputs."""
+class Datum(StrictRequest):
+    """One training example: input tokens and the loss function's per-token inputs.
+    ``model_input_spans`` / ``loss_fn_input_spans`` (0.38's provenance) are accepted and unused."""
 
     model_input: ModelInput
     loss_fn_inputs: dict[str, TensorData]
+    model_input_spans: Any = None
+    loss_fn_input_spans: Any = None

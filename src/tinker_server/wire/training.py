@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
 
-from ._base import Request, Response
+from ._base import Int64, Request, Response, StrictRequest
 from .arrays import ArrayDatum
 from .tensor import Datum, TensorData
 
@@ -44,9 +44,9 @@ __all__ = [
 LossConfig = dict[str, float | str]
 
 
-class LoraConfig(Request):
+class LoraConfig(StrictRequest):
     rank: int
-    seed: int | None = None
+    seed: Int64 | None = None
     train_unembed: bool = True
     train_mlp: bool = True
     train_attn: bool = True
@@ -54,7 +54,8 @@ class LoraConfig(Request):
 
 class CreateModelRequest(Request):
     session_id: str
-    model_seq_id: int
+
+    model_seq_id: Int64
     base_model: str
     user_metadata: dict[str, Any] | None = None
     lora_config: LoraConfig | None = None
@@ -92,13 +93,15 @@ class ForwardBackwardInput(Request):
 class ForwardRequest(Request):
     forward_input: ForwardBackwardInput
     model_id: str
-    seq_id: int | None = None
+
+    seq_id: Int64 | None = None
 
 
 class ForwardBackwardRequest(Request):
     forward_backward_input: ForwardBackwardInput
     model_id: str
-    seq_id: int | None = None
+
+    seq_id: Int64 | None = None
 
 
 class ForwardBackwardOutput(Response):
@@ -107,7 +110,7 @@ class ForwardBackwardOutput(Response):
     metrics: dict[str, float]
 
 
-class AdamParams(Request):
+class AdamParams(StrictRequest):
     """Adam(W) hyper-parameters; ``weight_decay`` (0.7+) is decoupled, ``grad_clip_norm`` 0 = off."""
 
     learning_rate: float = 0.0001
@@ -124,7 +127,8 @@ class OptimStepRequest(Request):
     model_id: str
     adam_params: AdamParams | None = None
     optimizer_params: dict[str, Any] | None = None
-    seq_id: int | None = None
+
+    seq_id: Int64 | None = None
 
 
 class OptimStepResponse(Response):
@@ -134,7 +138,8 @@ class OptimStepResponse(Response):
 class SaveWeightsRequest(Request):
     model_id: str
     path: str | None = None
-    seq_id: int | None = None
+
+    seq_id: Int64 | None = None
     overwrite: bool = False
     ttl_seconds: int | None = None
     user_metadata: dict[str, Any] | None = None
@@ -152,10 +157,12 @@ class LoadWeightsRequest(Request):
 
     path: str
     model_id: str | None = None
-    seq_id: int | None = None
+
+    seq_id: Int64 | None = None
     optimizer: bool = False
     session_id: str | None = None
-    model_seq_id: int | None = None
+
+    model_seq_id: Int64 | None = None
     base_model: str | None = None
     optimizer_config: dict[str, Any] | None = None
     user_metadata: dict[str, Any] | None = None
@@ -172,8 +179,9 @@ class LoadWeightsResponse(Response):
 class SaveWeightsForSamplerRequest(Request):
     model_id: str
     path: str | None = None
-    sampling_session_seq_id: int | None = None
-    seq_id: int | None = None
+
+    sampling_session_seq_id: Int64 | None = None
+    seq_id: Int64 | None = None
     # 0.38: "snapshot" (frozen copy) or "inflight" (served weights follow the run).
     kind: str = "snapshot"
     ttl_seconds: int | None = None
@@ -191,7 +199,8 @@ class SaveWeightsForSamplerResponse(Response):
 class SaveWeightsExternalRequest(Request):
     model_id: str
     path: str | None = None
-    seq_id: int | None = None
+
+    seq_id: Int64 | None = None
     ttl_seconds: int | None = None
     age_encryption_recipients: list[str] | None = None
 
@@ -250,7 +259,7 @@ class FutureRetrieveRequest(Request):
 class RetrieveFuturesTarget(Request):
     type: Literal["sampling_session"] = "sampling_session"
     sampling_session_id: str
-    cloned_sampler_id: int = 0
+    cloned_sampler_id: Int64 = 0
 
 
 class RetrieveFuturesRequest(Request):
@@ -258,7 +267,7 @@ class RetrieveFuturesRequest(Request):
     cursor. ``timeout`` 0 asks for an immediate answer; absent, the server long-polls."""
 
     target: RetrieveFuturesTarget
-    prev_cursor: int = 0
+    prev_cursor: Int64 = 0
     timeout: float | None = None
     retrieved_request_ids: list[str] = []  # noqa: RUF012 - pydantic copies a field's default per instance
 
