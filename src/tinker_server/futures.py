@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ CLONE_SEQ_BLOCK = 10**9
 TRAIN_MESSAGE = "ForwardBackwardOutput"
 SAMPLE_MESSAGE = "SampleResponse"
 QUEUE_STATE_REASON = "the request is queued or running; poll again"
+# queue_state values the clients know (0.5.1 reports them to its queue-state observer on a
+# 408; 0.7+ also log queue_state_reason).
+QUEUE_STATES = ("active", "paused_rate_limit", "paused_capacity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,29 @@ class FutureHub:
         self._db = db
         self.notifier: Notifier = notifier if notifier is not None else LocalNotifier()
         self.on_resolved: list[ResolveHook] = []
+        # Pending requests that wait for a reason the client should hear (request id ->
+        # (queue_state, queue_state_reason)); in memory, set by the services, cleared by
+        # the worker when the request starts.
+        self._queue_states: dict[str, tuple[str, str]] = {}
+        self._queue_states_lock = threading.Lock()
+
+    # -- why a pending request waits --------------------------------------------------------
+
+    def set_queue_state(self, request_id: str, state: str, reason: str) -> None:
+        if state not in QUEUE_STATES:
+            raise ValueError(f"unknown queue_state {state!r}")
+        with self._queue_states_lock:
+            self._queue_states[request_id] = (state, reason)
+
+    def clear_queue_state(self, request_id: str) -> None:
+        with self._queue_states_lock:
+            self._queue_states.pop(request_id, None)
+
+    def queue_state(self, request_id: str) -> tuple[str, str] | None:
+        """``(queue_state, queue_state_reason)`` of a pending request that waits for a
+        reason other than its turn; ``None`` otherwise."""
+        with self._queue_states_lock:
+            return self._queue_states.get(request_id)
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -151,6 +178,7 @@ class FutureHub:
         binary: RequestResultRow | None = None,
         value: Any = None,
     ) -> None:
+        self.clear_queue_state(request_id)
         model_id = None
         try:
             with self._db.session() as session:
@@ -313,19 +341,24 @@ def _json_text(result: Any) -> str:
     return json.dumps(result, separators=(",", ":"))
 
 
-def render(row: RequestRow | None, request_id: str) -> tuple[int, dict[str, Any] | None]:
+def render(
+    row: RequestRow | None, request_id: str, queue_state: tuple[str, str] | None = None
+) -> tuple[int, dict[str, Any] | None]:
     """The ``retrieve_future`` answer for a request row: ``(status, body)``.
 
-    Not finished yet → 408 with a ``TryAgainResponse``; failed → 200 with ``error``
-    and ``category`` (the only answer that carries an ``error`` key); done → 200
-    and ``None``: the result is read with :meth:`FutureHub.stored_result`.
+    Not finished yet → 408 with a ``TryAgainResponse`` (``queue_state`` ``active``, or
+    the ``(state, reason)`` the request waits for, e.g. ``paused_rate_limit`` while its
+    tenant is over its tokens per minute; every client re-polls a 408 at once); failed →
+    200 with ``error`` and ``category`` (the only answer that carries an ``error`` key);
+    done → 200 and ``None``: the result is read with :meth:`FutureHub.stored_result`.
     """
     if row is None or row.status == "pending":
+        state, reason = queue_state if queue_state is not None else ("active", QUEUE_STATE_REASON)
         return 408, {
             "type": "try_again",
             "request_id": request_id,
-            "queue_state": "active",
-            "queue_state_reason": QUEUE_STATE_REASON,
+            "queue_state": state,
+            "queue_state_reason": reason,
         }
     if row.status == "done":
         return 200, None

@@ -14,7 +14,10 @@ Creating a sampler records it and touches no engine: the first request loads wha
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import wire
+from .admission import Admission, sample_estimate
 from .context import Context
 from .convert import check_sample_tokens, sample_job, sample_result
 from .db import SamplerRow, utcnow
@@ -53,6 +56,7 @@ class SamplingService:
             else:
                 raise InvalidRequest("create_sampling_session needs a base_model or a model_path")
             ctx.scheduler.worker(base_model)  # refuses a model not served here
+            Admission.check_base_model(ctx.tenants.quota(owner), base_model)
             session_row.expired = False
             session_row.last_heartbeat = utcnow()
             s.merge(
@@ -89,9 +93,17 @@ class SamplingService:
             if model_path is not None:
                 readable_source(s, sampler_id, model_path, owner)  # on every use: unpublish/delete cut it off
         worker = ctx.scheduler.worker(base_model)
-        worker.check_capacity(sampling=True, strict=backpressure)
+        quota = ctx.tenants.quota(owner)
+        admission = ctx.scheduler.admission
+        Admission.check_base_model(quota, base_model)
+        Admission.check_queued(quota, ctx.scheduler.queued(owner))
+        worker.check_capacity(sampling=True, strict=backpressure, owner=owner)
         job = sample_job(req, adapter_id, worker.model_info())
         check_sample_tokens(job, ctx.settings.max_sample_tokens_per_request)
+        # Tokens per minute: refused with 429 + Retry-After while over (both client generations
+        # wait and resubmit a refused asample); charged at the most it may generate, settled below.
+        estimate = sample_estimate(job.num_samples, job.max_tokens)
+        charge = admission.admit(owner, quota, estimate)
         with ctx.db.session() as s:
             request_id = ctx.futures.new_id()
             ctx.futures.add(
@@ -102,11 +114,20 @@ class SamplingService:
             reload_from = checkpoint_dir(ctx.settings.checkpoints_dir, parse_tinker_path(model_path))
         # One id per sample (0.26+ clients require them); a retried submit gets new ones.
         sequence_ids = [f"{request_id}:{i}" for i in range(job.num_samples)]
+
+        def on_result(output: Any) -> Any:
+            admission.settle(charge, sum(len(seq.tokens) for seq in output.sequences))
+            return sample_result(output, sequence_ids)
+
         worker.submit(
             Task(
                 Sample(job, reload_from=reload_from),
                 request_id=request_id,
-                on_result=lambda output: sample_result(output, sequence_ids),
+                on_result=on_result,
+                on_error=lambda _exc: admission.settle(charge, 0),
+                owner=owner,
+                weight=quota.weight,
+                cost=len(job.prompt) + estimate,
             )
         )
         return wire.UntypedAPIFuture(request_id=request_id, model_id=sampler_id, sample_sequence_ids=sequence_ids)

@@ -10,10 +10,14 @@ Work arrives as :class:`Task` s, each carrying one typed engine command
 process (``on_result`` turns it into the response and records it; ``around`` wraps
 the command when something must hold across it, e.g. a files lock). Tasks with a
 ``queue_key`` (a training run id) execute strictly in submit order for that key.
-Each loop of the worker takes: all control tasks (no key), the head task of every
-run queue, and up to ``max_sample_batch`` sampling tasks. Each control task is one
-round; the forward/forward_backward heads of different runs go to the engine in one
-round (one pass through the base model), and so do the sampling tasks. When only
+Each loop of the worker takes: all control tasks (no key), the heads of run queues
+and up to ``max_sample_batch`` sampling tasks, the last two chosen by a weighted
+deficit round robin over the tasks' owners (:mod:`.fairness`), so a tenant with many
+runs or many queued samples gets its share per round, not one share per run or
+request. Each control task is one round; the forward/forward_backward heads of
+different runs (and tenants) go to the engine in one round (one pass through the base
+model), and so do the sampling tasks. A task with ``not_before`` in the future (held
+by its tenant's tokens-per-minute limit) blocks its run's queue until then. When only
 sampling tasks are queued, the worker first lets requests that are still arriving
 join the batch (see :meth:`Worker._gather_samples`).
 
@@ -39,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .admission import Admission
 from .engine import AdapterNotFound, EngineError, ModelInfo, ModelLoadError, UserInputError
 from .engine.api import (
     Command,
@@ -55,6 +60,7 @@ from .engine.api import (
     WorkerLost,
 )
 from .errors import InvalidRequest, NotFound, Overloaded, ServiceError, Unavailable
+from .fairness import CALL_COST, DEFAULT_QUANTUM, Candidate, FairShare
 from .futures import FutureHub
 
 __all__ = [
@@ -86,6 +92,7 @@ class Limits:
     max_pending_samples: int  # queued sampling requests, likewise
     max_sample_batch: int  # sampling requests handed to the engine at once
     sample_batch_window_s: float = 0.0  # see Worker._gather_samples
+    fair_quantum: int = DEFAULT_QUANTUM  # work units (tokens) per tenant per round (fairness.py)
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,24 @@ class Task:
     around: Callable[[Callable[[], Any]], Any] | None = None
     done: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
     queued_at: float = 0.0  # time.monotonic() when submitted (set by Worker.submit)
+    # The tenant (owner id) whose request this is, its fair-share weight and the work's
+    # cost in tokens (fairness.py); tasks without an owner share one anonymous tenant.
+    owner: str | None = None
+    weight: float = 1.0
+    cost: int = 0
+    # time.monotonic() before which the task may not start (its tenant's tokens per minute).
+    not_before: float = 0.0
+    tracked: bool = False  # counted in Scheduler.queued(owner) until it finishes
+
+    @property
+    def tenant(self) -> str:
+        return self.owner or ""
+
+    @property
+    def work(self) -> int:
+        """The cost the fair share charges: the task's tokens, at least :data:`CALL_COST`
+        for a call that is not forward/backward or sampling."""
+        return self.cost if self.batched else max(self.cost, CALL_COST)
 
     @property
     def batched(self) -> bool:
@@ -216,6 +241,12 @@ class Worker:
         self._runs: dict[str, deque[Task]] = {}
         self._samples: deque[Task] = deque()
         self._pending = 0
+        # Queued (not taken) tasks per owner: all kinds, and sampling only (per-tenant shares).
+        self._owner_pending: dict[str, int] = {}
+        self._owner_samples: dict[str, int] = {}
+        self._weights: dict[str, float] = {}  # the newest weight each owner's tasks carried
+        self._train_share: FairShare[Task] = FairShare(limits.fair_quantum, self._weight)
+        self._sample_share: FairShare[Task] = FairShare(limits.fair_quantum, self._weight)
         self._running = 0  # tasks taken by the current round
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -243,14 +274,58 @@ class Worker:
             waiting = len(self._control) + sum(len(queue) for queue in self._runs.values())
             return QueueSnapshot(waiting, len(self._samples), self._running, self.loaded)
 
-    def check_capacity(self, *, sampling: bool = False, strict: bool = True) -> None:
-        """Raise :class:`Overloaded` when the queue is full."""
-        if sampling:
-            limit = self._max_pending_samples if strict else 4 * self._max_pending_samples
-            if len(self._samples) >= limit:
-                raise Overloaded(f"the sampling queue of {self.model_name} is full; retry shortly")
-        if self._pending >= self._max_pending:
-            raise Overloaded(f"the request queue of {self.model_name} is full; retry shortly")
+    def check_capacity(self, *, sampling: bool = False, strict: bool = True, owner: str | None = None) -> None:
+        """Raise :class:`Overloaded` when the queue is full.
+
+        With ``owner``, the limits are shared between the tenants with queued work: a
+        tenant is refused once it holds its share (the limit divided by the number of
+        tenants with queued work, itself counted), and a tenant under its share is
+        admitted even when others filled the queue, up to twice the limit in all. So one
+        tenant alone may fill the queue, and a newcomer still finds room.
+        """
+        with self._cond:
+            if sampling:
+                limit = self._max_pending_samples if strict else 4 * self._max_pending_samples
+                self._check_share(len(self._samples), limit, self._owner_samples, owner, "sampling queue")
+            self._check_share(self._pending, self._max_pending, self._owner_pending, owner, "request queue")
+
+    def _check_share(self, total: int, limit: int, counts: dict[str, int], owner: str | None, what: str) -> None:
+        if owner is None:
+            if total >= limit:
+                raise Overloaded(f"the {what} of {self.model_name} is full; retry shortly")
+            return
+        mine = counts.get(owner, 0)
+        tenants = 1 + sum(1 for other, n in counts.items() if n > 0 and other != owner)
+        share = max(1, -(-limit // tenants))
+        if mine >= share:
+            raise Overloaded(
+                f"your requests fill your share of the {what} of {self.model_name} "
+                f"({mine} of {limit}, shared by {tenants} tenant(s)); retry shortly"
+            )
+        if total >= 2 * limit:
+            raise Overloaded(f"the {what} of {self.model_name} is full; retry shortly")
+
+    def _weight(self, owner: str) -> float:
+        return self._weights.get(owner, 1.0)
+
+    def _queued(self, task: Task) -> None:  # lock held: the task joined a queue
+        self._pending += 1
+        tenant = task.tenant
+        self._owner_pending[tenant] = self._owner_pending.get(tenant, 0) + 1
+        if isinstance(task.command, Sample):
+            self._owner_samples[tenant] = self._owner_samples.get(tenant, 0) + 1
+
+    def _dequeued(self, task: Task) -> None:  # lock held: the task left its queue
+        self._pending -= 1
+        tenant = task.tenant
+        for counts in (
+            (self._owner_pending, self._owner_samples) if isinstance(task.command, Sample) else (self._owner_pending,)
+        ):
+            left = counts.get(tenant, 0) - 1
+            if left > 0:
+                counts[tenant] = left
+            else:
+                counts.pop(tenant, None)
 
     def warm(self) -> None:
         """Start loading the model now (in the worker thread) if it is not loaded."""
@@ -286,8 +361,9 @@ class Worker:
                 self._samples.remove(task)
             except ValueError:
                 return False
-            self._pending -= 1
-            return True
+            self._dequeued(task)
+        self._untrack(task)
+        return True
 
     def submit(self, task: Task) -> Task:
         with self._cond:
@@ -300,10 +376,21 @@ class Worker:
                 self._runs.setdefault(task.queue_key, deque()).append(task)
             else:
                 self._control.append(task)
-            self._pending += 1
+            self._queued(task)
+            if task.owner is not None:
+                self._weights[task.owner] = task.weight
             self._ensure_thread()
             self._cond.notify()
+        if self._scheduler is not None and task.owner is not None and not task.tracked:
+            task.tracked = True
+            self._scheduler._track(task.owner, 1)
         return task
+
+    def _untrack(self, task: Task) -> None:
+        """The task is finished (or gone): it no longer counts for its owner."""
+        if task.tracked and self._scheduler is not None and task.owner is not None:
+            task.tracked = False
+            self._scheduler._track(task.owner, -1)
 
     def _ensure_thread(self) -> None:  # lock held
         if self._thread is None:
@@ -316,6 +403,7 @@ class Worker:
             self._cond.notify_all()
             leftovers = self._take_all()
         for task in leftovers:
+            self._untrack(task)
             if not task.done.done():
                 task.done.set_exception(Unavailable("the server shut down before this request ran"))
         if self._thread is not None:
@@ -331,7 +419,8 @@ class Worker:
         self._control.clear()
         self._samples.clear()
         self._runs.clear()
-        self._pending -= len(tasks)
+        for task in tasks:
+            self._dequeued(task)
         return tasks
 
     # -- the worker thread ------------------------------------------------------------------
@@ -339,24 +428,42 @@ class Worker:
     def _take(self) -> tuple[list[Task], list[Task], list[Task], list[Task]] | None:
         with self._cond:
             self._running = 0
-            while not (self._control or self._runs or self._samples or self._stopping):
-                self._cond.wait()
+            while True:
+                if self._stopping:
+                    return None
+                now = time.monotonic()
+                if self._control or self._samples or any(q[0].not_before <= now for q in self._runs.values()):
+                    break
+                # Nothing to do, or only runs held by their tenant's tokens per minute.
+                wake = min((q[0].not_before for q in self._runs.values()), default=None)
+                self._cond.wait(None if wake is None else max(0.001, wake - now))
             self._gather_samples()
             if self._stopping:
                 return None
             control = list(self._control)
             self._control.clear()
+            now = time.monotonic()
+            heads = [q[0] for q in self._runs.values() if q[0].not_before <= now]
             calls: list[Task] = []
             forwards: list[Task] = []
-            for key in list(self._runs):
-                queue = self._runs[key]
-                head = queue.popleft()
+            for head in self._train_share.select([Candidate(t, t.tenant, t.work) for t in heads]):
+                assert head.queue_key is not None
+                queue = self._runs[head.queue_key]
+                queue.popleft()
                 if not queue:
-                    del self._runs[key]
+                    del self._runs[head.queue_key]
                 (forwards if isinstance(head.command, ForwardBackward) else calls).append(head)
-            samples = [self._samples.popleft() for _ in range(min(len(self._samples), self._max_sample_batch))]
+            samples = self._sample_share.select(
+                [Candidate(t, t.tenant, t.work) for t in self._samples], self._max_sample_batch
+            )
+            if samples:
+                taken = set(map(id, samples))
+                self._samples = deque(t for t in self._samples if id(t) not in taken)
+            for task in [*control, *calls, *forwards, *samples]:
+                self._dequeued(task)
+                if task.request_id is not None:
+                    self._futures.clear_queue_state(task.request_id)
             self._running = len(control) + len(calls) + len(forwards) + len(samples)
-            self._pending -= self._running
             return control, calls, forwards, samples
 
     def _gather_samples(self) -> None:
@@ -541,11 +648,13 @@ class Worker:
         with self._cond:
             queued = [t for q in self._runs.values() for t in q]
             self._runs.clear()
-            self._pending -= len(queued)
+            for task in queued:
+                self._dequeued(task)
         for task in [*tasks, *queued]:
             self._fail(task, exc)
 
     def _finish(self, task: Task, output: Any) -> None:
+        self._untrack(task)
         if task.done.done():
             return
         try:
@@ -564,6 +673,7 @@ class Worker:
             task.done.set_result(payload)
 
     def _fail(self, task: Task, exc: BaseException) -> None:
+        self._untrack(task)
         if task.done.done():
             return
         category = error_category(exc)
@@ -604,7 +714,23 @@ class Scheduler:
         self.models = list(models)
         self.on_evicted: EventSink | None = None
         self.on_lost: LossSink | None = None
+        self._owner_lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}  # per owner: tasks queued or running, every model
+        self.admission = Admission()  # the tenants' quotas and token windows (admission.py)
         self._workers = {name: Worker(name, factory, futures, limits, self) for name in self.models}
+
+    def queued(self, owner: str) -> int:
+        """The owner's tasks queued or running now, on every base model."""
+        with self._owner_lock:
+            return self._in_flight.get(owner, 0)
+
+    def _track(self, owner: str, delta: int) -> None:
+        with self._owner_lock:
+            count = self._in_flight.get(owner, 0) + delta
+            if count > 0:
+                self._in_flight[owner] = count
+            else:
+                self._in_flight.pop(owner, None)
 
     def worker(self, model_name: str) -> Worker:
         try:

@@ -23,10 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import wire
+from .admission import Admission, QuotaExceeded
 from .checkpoints import FILES_LOCK, expiry, validate_ttl
 from .context import Context
 from .convert import adam_config, train_data, train_result
-from .db import CheckpointRow, SamplerRow, TrainingRunRow, as_utc, utcnow
+from .db import CheckpointRow, SamplerRow, TrainingRunRow, utcnow
 from .engine import LoraSpec, UserInputError, rules
 from .engine.api import (
     Command,
@@ -40,7 +41,7 @@ from .engine.api import (
 )
 from .errors import Gone, InvalidRequest, Overloaded
 from .paths import CheckpointRef, checkpoint_dir, parse_tinker_path, validate_checkpoint_name
-from .records import find_checkpoint, owned_run, owned_session, readable_checkpoint
+from .records import find_checkpoint, not_expired, owned_run, owned_session, readable_checkpoint
 from .reorder import ReorderFull, SeqReorder
 from .scheduler import Task, Worker
 from .sessions import check_not_finished
@@ -62,14 +63,15 @@ def _exists_message(ref: CheckpointRef) -> str:
 def _seq_ordered(
     method: Callable[[Any, str, Any], wire.UntypedAPIFuture],
 ) -> Callable[[Any, str, Any], wire.UntypedAPIFuture]:
-    """For an operation that takes a ``seq_id``: when it is refused with a 400, that id is used
-    up (the client moves on to the next), so it must not hold later submits back."""
+    """For an operation that takes a ``seq_id``: when it is refused with a 400 (or a quota's
+    403), that id is used up (the client moves on to the next), so it must not hold later
+    submits back."""
 
     @functools.wraps(method)
     def submit(self: TrainingService, owner: str, req: Any) -> wire.UntypedAPIFuture:
         try:
             return method(self, owner, req)
-        except InvalidRequest:
+        except (InvalidRequest, QuotaExceeded):
             self._use_up(owner, getattr(req, "model_id", None), getattr(req, "seq_id", None))
             raise
 
@@ -103,6 +105,25 @@ def _advance_seq(s: Any, run: TrainingRunRow, old: int, new: int) -> None:
 
 def _future(request_id: str, model_id: str | None) -> wire.UntypedAPIFuture:
     return wire.UntypedAPIFuture(request_id=request_id, model_id=model_id)
+
+
+def loaded_runs(s: Any, owner: str) -> int:
+    """The owner's training runs not unloaded (the quota's concurrent training runs)."""
+    query = sa.select(sa.func.count()).select_from(TrainingRunRow)
+    return int(s.scalar(query.where(TrainingRunRow.owner == owner, TrainingRunRow.unloaded_reason.is_(None))) or 0)
+
+
+def stored_bytes(s: Any, owner: str) -> int:
+    """The size of the owner's checkpoints that have not expired (the quota's storage)."""
+    query = sa.select(sa.func.coalesce(sa.func.sum(CheckpointRow.size_bytes), 0))
+    return int(s.scalar(query.where(CheckpointRow.owner == owner, not_expired())) or 0)
+
+
+def command_tokens(command: Command) -> int:
+    """The tokens a training command puts through the engine (forward/forward_backward inputs)."""
+    if isinstance(command, ForwardBackward):
+        return sum(len(d.tokens) for d in command.data)
+    return 0
 
 
 class TrainingService:
@@ -170,7 +191,12 @@ class TrainingService:
             if model_seq_id < 0:
                 raise InvalidRequest(f"model_seq_id must be >= 0, got {model_seq_id}")
             worker = ctx.scheduler.worker(base_model)
-            worker.check_capacity()
+            quota = ctx.tenants.quota(owner)
+            Admission.check_base_model(quota, base_model)
+            Admission.check_lora_rank(quota, int(lora_config["rank"]))
+            Admission.check_training_runs(quota, loaded_runs(s, owner))
+            Admission.check_queued(quota, ctx.scheduler.queued(owner))
+            worker.check_capacity(owner=owner)
             now = utcnow()
             session_row.expired = False
             session_row.last_heartbeat = now
@@ -209,6 +235,8 @@ class TrainingService:
                 queue_key=run_id,
                 on_result=lambda _: response(run_id).model_dump(mode="json"),
                 on_error=on_error,
+                owner=owner,
+                weight=quota.weight,
             )
         )
         return _future(request_id, run_id)
@@ -232,6 +260,7 @@ class TrainingService:
                 DropAdapter(model_id),
                 request_id=request_id,
                 queue_key=model_id,
+                owner=owner,
                 on_result=lambda _: wire.UnloadModelResponse(model_id=model_id, type="unload_model").model_dump(
                     mode="json"
                 ),
@@ -286,13 +315,36 @@ class TrainingService:
                         "operations of a training client must be submitted in order"
                     )
                 worker = ctx.scheduler.worker(run.base_model)
-                worker.check_capacity()
+                quota = ctx.tenants.quota(owner)
+                Admission.check_queued(quota, ctx.scheduler.queued(owner))
+                worker.check_capacity(owner=owner)
                 task = build(run, worker, s)
                 ready = self._accept(s, run, owner, kind, seq_id, dedup_key, task)
+                self._admit(owner, quota, task)
             # Queued under the lock, after the rows are committed: the run's queue keeps seq_id order.
             for item in ready:
                 worker.submit(item)
         return _future(task.request_id or "", model_id)
+
+    def _admit(self, owner: str, quota: Any, task: Task) -> None:
+        """Tag an accepted task with its tenant and cost, and hold it while the tenant is over
+        its tokens per minute: the request stays accepted (so a run's seq_ids stay in order)
+        and its polls answer ``queue_state: paused_rate_limit`` until it may start."""
+        ctx = self._ctx
+        task.owner, task.weight = owner, quota.weight
+        task.cost = command_tokens(task.command)
+        if task.cost <= 0 or quota.tokens_per_minute is None:
+            return
+        admission = ctx.scheduler.admission
+        delay = admission.schedule(owner, quota, task.cost) - admission.now()
+        if delay > 0.001 and task.request_id is not None:
+            task.not_before = time.monotonic() + delay
+            ctx.futures.set_queue_state(
+                task.request_id,
+                "paused_rate_limit",
+                f"this API key's limit of {quota.tokens_per_minute} tokens per minute is reached; the request "
+                f"is accepted and starts in about {max(1, round(delay))} s",
+            )
 
     def _accept(
         self, s: Any, run: TrainingRunRow, owner: str, kind: str, seq_id: int | None, dedup_key: str | None, task: Task
@@ -433,6 +485,12 @@ class TrainingService:
 
     # -- weights ----------------------------------------------------------------------------
 
+    def _check_storage(self, s: Any, owner: str) -> None:
+        """A save is refused while the tenant's checkpoints fill its storage quota."""
+        quota = self._ctx.tenants.quota(owner)
+        if quota.max_checkpoint_bytes is not None:
+            Admission.check_storage(quota, stored_bytes(s, owner))
+
     def _record_checkpoint(
         self,
         ref: CheckpointRef,
@@ -445,7 +503,8 @@ class TrainingService:
         """Insert or replace the checkpoint's row (worker thread, under ``FILES_LOCK``).
 
         A replaced checkpoint takes the new save's time, size, expiry and
-        user_metadata; it stays public if it was, unless it had already expired.
+        user_metadata, and becomes private: publishing is a decision about weights, so
+        new weights under a published name are not shared until published again.
         """
         with self._ctx.db.session() as s:
             row = find_checkpoint(s, ref, include_expired=True)
@@ -467,8 +526,7 @@ class TrainingService:
                     )
                 )
             else:
-                if row.expires_at is not None and as_utc(row.expires_at) <= now:
-                    row.public = False  # an expired checkpoint is gone; this is a new one
+                row.public = False  # new weights: never shared without a publish call
                 row.time = now
                 row.size_bytes = size
                 row.expires_at = expires_at
@@ -518,6 +576,7 @@ class TrainingService:
             refuse_existing = "overwrite" in req.model_fields_set and not req.overwrite
             if refuse_existing and find_checkpoint(s, ref) is not None:
                 raise InvalidRequest(_exists_message(ref))
+            self._check_storage(s, owner)
             return self._save_task(
                 owner,
                 ref,
@@ -544,6 +603,7 @@ class TrainingService:
                 raise InvalidRequest("save_weights_for_sampler needs a name (path) or a sampling_session_seq_id")
             if req.path is not None:
                 ref = CheckpointRef(run.id, "sampler_weights", validate_checkpoint_name(req.path))
+                self._check_storage(s, owner)
                 return self._save_task(
                     owner,
                     ref,
@@ -571,7 +631,7 @@ class TrainingService:
         ``tinker://<run>/external_weights/<name>``; its files are fetched through
         signed per-file URLs (``…/external_weights_urls``). Saving a name again replaces it."""
 
-        def build(run: TrainingRunRow, worker: Worker, _s: Any) -> Task:
+        def build(run: TrainingRunRow, worker: Worker, s: Any) -> Task:
             if req.age_encryption_recipients:
                 raise InvalidRequest(
                     "age_encryption_recipients: encrypted exports are not supported by this server; "
@@ -580,6 +640,7 @@ class TrainingService:
             ttl_seconds = validate_ttl(req.ttl_seconds)
             name = req.path if req.path is not None else f"ckpt-{req.seq_id if req.seq_id is not None else 0:06d}"
             ref = CheckpointRef(run.id, "external_weights", validate_checkpoint_name(name))
+            self._check_storage(s, owner)
             return self._save_task(
                 owner,
                 ref,

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..observability import REQUEST_ID_HEADER, request_id
 
-__all__ = ["STATUS_BY_ERROR", "install_error_handlers", "internal_error", "status_for"]
+__all__ = ["STATUS_BY_ERROR", "install_error_handlers", "internal_error", "retry_after", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,13 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 _EXTRA_HEADERS: dict[int, dict[str, str]] = {429: {"Retry-After": "1"}}
+
+
+def retry_after(exc: BaseException) -> str:
+    """The ``Retry-After`` of a 429: the seconds a rate limit names (1-60, what the
+    clients' retry layers honour), else 1."""
+    header = getattr(exc, "retry_after_header", None)
+    return header if isinstance(header, str) else "1"
 
 
 def internal_error(rid: str | None) -> str:
@@ -111,9 +118,10 @@ def install_error_handlers(app: FastAPI) -> None:
         status = status_for(exc)
         if status >= 500:
             log.error("request %s failed: %s: %s", request_id(request), type(exc).__name__, exc)
+        headers = {"Retry-After": retry_after(exc)} if status == 429 else None
         if status == 500:  # engine failures: their text may hold server paths; it is in the log
-            return _error(request, status, internal_error(request_id(request)))
-        return _error(request, status, str(exc) or type(exc).__name__)
+            return _error(request, status, internal_error(request_id(request)), headers)
+        return _error(request, status, str(exc) or type(exc).__name__, headers)
 
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -33,7 +33,7 @@ async def retrieve_future(
         raise NotFound(f"unknown request_id {body.request_id!r}")
     if row.status == "pending":
         row = await runtime.futures.wait(body.request_id, runtime.settings.long_poll_s)
-    status, content = render(row, body.request_id)
+    status, content = render(row, body.request_id, runtime.futures.queue_state(body.request_id))
     if content is not None or row is None:
         return JSONResponse(content, status_code=status)
     stored = await asyncio.to_thread(runtime.futures.stored_result, row)

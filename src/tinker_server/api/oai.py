@@ -23,7 +23,7 @@ from ..engine import EngineError
 from ..errors import NotAuthenticated, ServiceError
 from ..wire import oai as w
 from .deps import RuntimeDep, remember_owner
-from .errors import status_for
+from .errors import retry_after, status_for
 
 __all__ = ["router"]
 
@@ -83,7 +83,7 @@ class _OaiRoute(APIRoute):
                 return await handler(request)
             except Exception as exc:  # noqa: BLE001 - every error leaves as an OpenAI error body
                 status, body = _error_for(exc)
-                headers = {"Retry-After": "1"} if status == 429 else None
+                headers = {"Retry-After": retry_after(exc)} if status == 429 else None
                 return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
         return run

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import pathlib
 import secrets
 import threading
@@ -32,6 +33,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..admission import Admission, Charge, sample_estimate
 from ..catalog import Catalog
 from ..context import Context
 from ..convert import check_sample_tokens
@@ -168,7 +170,7 @@ class OaiService:
             req, n, max_tokens, "max_tokens", hidden, logprobs=req.logprobs is not None, top=req.logprobs or 0
         )
         names = Names(prompt="prompt", max_tokens="max_tokens", logprobs="logprobs")
-        flight = self._start(target, tokenizer, prompts, decoding, names, stream=bool(req.stream))
+        flight = self._start(owner, target, tokenizer, prompts, decoding, names, stream=bool(req.stream))
         rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
 
         def chunk(deltas: list[Delta]) -> list[w.Completion]:
@@ -239,7 +241,7 @@ class OaiService:
             req, n, max_tokens, limit_name, hidden, logprobs=bool(req.logprobs), top=req.top_logprobs or 0
         )
         names = Names(prompt="messages", max_tokens=limit_name, logprobs="top_logprobs")
-        flight = self._start(target, tokenizer, [prompt], decoding, names, stream=bool(req.stream))
+        flight = self._start(owner, target, tokenizer, [prompt], decoding, names, stream=bool(req.stream))
         rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
 
         def logprobs(entries: list[Entry]) -> w.ChatLogprobs | None:
@@ -300,6 +302,7 @@ class OaiService:
 
     def _start(
         self,
+        owner: str,
         target: _Target,
         tokenizer: Tokenizer,
         prompts: list[list[int]],
@@ -308,7 +311,9 @@ class OaiService:
         *,
         stream: bool,
     ) -> _Flight:
-        """Check every job by the engine's rules, then queue them all on the base model's worker."""
+        """Check every job by the engine's rules and the key's quota, then queue them all on the
+        base model's worker. Over the tokens per minute or the queued requests: 429 with
+        ``Retry-After`` (what OpenAI clients wait on)."""
         worker = self._ctx.scheduler.worker(target.base_model)
         info = worker.model_info()  # loaded: the tokenizer came from it
         limit = self._ctx.settings.max_pending_samples
@@ -338,13 +343,25 @@ class OaiService:
             except UserInputError as exc:
                 raise renamed(str(exc), names) from None
         check_sample_tokens(jobs, self._ctx.settings.max_sample_tokens_per_request)
-        worker.check_capacity(sampling=True, strict=False)
+        scheduler = self._ctx.scheduler
+        quota = self._ctx.tenants.quota(owner)
+        Admission.check_base_model(quota, target.base_model)
+        Admission.check_queued(quota, scheduler.queued(owner))
+        worker.check_capacity(sampling=True, strict=False, owner=owner)
+        estimates = [sample_estimate(job.num_samples, job.max_tokens) for job in jobs]
+        charge = scheduler.admission.admit(owner, quota, sum(estimates))
         flight = _Flight(Generation(tokenizer, decoding, prompts), stream, worker)
-        for index, job in enumerate(jobs):
+        for index, (job, estimate) in enumerate(zip(jobs, estimates, strict=True)):
             if stream:
                 job.on_token = flight.sink(index)
-            task = worker.submit(Task(Sample(job, reload_from=target.reload_from)))
-            flight.watch(index, task)
+            task = Task(
+                Sample(job, reload_from=target.reload_from),
+                owner=owner,
+                weight=quota.weight,
+                cost=len(job.prompt) + estimate,
+            )
+            task.done.add_done_callback(functools.partial(_settle, scheduler.admission, charge, estimate))
+            flight.watch(index, worker.submit(task))
         return flight
 
 
@@ -409,6 +426,13 @@ class _Flight:
 
 
 # -- rendering -------------------------------------------------------------------------------
+
+
+def _settle(admission: Admission, charge: Charge | None, estimate: int, done: Any) -> None:
+    """A job finished: its part of the request's token charge becomes what it generated."""
+    output = None if done.cancelled() or done.exception() is not None else done.result()
+    used = sum(len(seq.tokens) for seq in output.sequences) if output is not None else 0
+    admission.adjust(charge, used - estimate)
 
 
 def _usage(generation: Generation) -> w.Usage:
