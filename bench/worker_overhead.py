@@ -30,8 +30,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-
 from sampling import machine_info
+
 from tinker_server.engine import DEFAULT_MODEL, AdamConfig, LoraSpec, SampleJob, TrainDatum
 from tinker_server.engine.api import (
     Command,
@@ -60,7 +60,9 @@ def _timed(handle: EngineHandle, commands: list[Command]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
-        "--home", type=pathlib.Path, default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker"))
+        "--home",
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get("TINKER_HOME", pathlib.Path.home() / ".tinker")),
     )
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--rounds", type=int, default=8, help="timed rounds (after one warm-up)")
