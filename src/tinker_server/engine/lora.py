@@ -137,7 +137,7 @@ class Router:
     """Holds the row -> adapter assignment of the forward pass in progress."""
 
     def __init__(self) -> None:
-        self.groups: list[tuple[Adapter, torch.Tensor | None]] = []
+        self.groups: list[tuple[Adapter, RowSelection]] = []
 
     @contextlib.contextmanager
     def route(self, row_adapters: Sequence[Adapter | None], device: torch.device | str = "cpu") -> Iterator[None]:
@@ -150,9 +150,11 @@ class Router:
             self.groups = previous
 
 
-def _group_rows(
-    row_adapters: Sequence[Adapter | None], device: torch.device
-) -> list[tuple[Adapter, torch.Tensor | None]]:
+# The rows of one adapter: None (every row), a slice (consecutive rows), or row indices.
+RowSelection = torch.Tensor | slice | None
+
+
+def _group_rows(row_adapters: Sequence[Adapter | None], device: torch.device) -> list[tuple[Adapter, RowSelection]]:
     rows_of: dict[int, list[int]] = {}
     adapter_of: dict[int, Adapter] = {}
     for row, adapter in enumerate(row_adapters):
@@ -160,10 +162,12 @@ def _group_rows(
             continue
         rows_of.setdefault(id(adapter), []).append(row)
         adapter_of[id(adapter)] = adapter
-    groups: list[tuple[Adapter, torch.Tensor | None]] = []
+    groups: list[tuple[Adapter, RowSelection]] = []
     for key, rows in rows_of.items():
         if len(rows) == len(row_adapters):
             groups.append((adapter_of[key], None))  # all rows: no gather / scatter
+        elif rows[-1] - rows[0] + 1 == len(rows):
+            groups.append((adapter_of[key], slice(rows[0], rows[-1] + 1)))  # consecutive rows
         else:
             groups.append((adapter_of[key], torch.tensor(rows, dtype=torch.long, device=device)))
     return groups
@@ -194,12 +198,12 @@ class LoraLinear(nn.Module):
         # Everything runs on 2-D (tokens, features) views: on CPU a 3-D input to a Linear
         # whose weight is frozen or small takes a bmm path that copies the transposed
         # weight on every call (for a LoRA B of lm_head that is megabytes per token).
+        groups = self._router.groups
+        if groups and all(isinstance(rows, slice) for _, rows in groups):
+            return self._forward_segments(x)
         flat = x.reshape(-1, x.shape[-1])
-        if self.packed is not None and not torch.is_grad_enabled():
-            out = packed_linear(flat, self.packed, self.base.bias)
-        else:
-            out = self.base(flat)
-        for adapter, rows in self._router.groups:
+        out = self._base(flat)
+        for adapter, rows in groups:
             pair = adapter.weights.get(self.path)
             if pair is None:
                 continue
@@ -212,15 +216,60 @@ class LoraLinear(nn.Module):
             # A float32 base makes the casts no-ops.
             a, b = _compute_copies(adapter, self.path, *pair, out.dtype)
             if rows is None:
-                # out + scaling * (x A^T) B^T in one fused product
-                out = torch.addmm(out, torch.mm(flat.to(out.dtype), a.t()), b.t(), alpha=adapter.scaling)
+                # out += scaling * (x A^T) B^T in one fused product, in place: out is this
+                # layer's fresh output, which no backward needs (and not a view).
+                out.addmm_(torch.mm(flat.to(out.dtype), a.t()), b.t(), alpha=adapter.scaling)
                 continue
+            if isinstance(rows, slice):  # consecutive rows beside scattered ones: index them too
+                rows = torch.arange(rows.start, rows.stop, device=x.device)
             xs = x.index_select(0, rows).reshape(-1, x.shape[-1]).to(out.dtype)
             # Scale the rank-r intermediate, not the (wider) output.
             delta = torch.mm(torch.mm(xs, a.t()) * adapter.scaling, b.t())
             per_row = out.view(x.shape[0], -1, self.out_features)
             out = per_row.index_add(0, rows, delta.view(len(rows), -1, self.out_features)).view(out.shape)
         return out.view(*x.shape[:-1], self.out_features)
+
+    def _base(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None and not torch.is_grad_enabled():
+            return packed_linear(flat, self.packed, self.base.bias)
+        return self.base(flat)
+
+    def _forward_segments(self, x: torch.Tensor) -> torch.Tensor:
+        """Several adapters, each on consecutive rows (how a batch of several runs' requests
+        is laid out): each segment computes its base and LoRA products together, and the
+        segments are joined once. Adding each adapter's delta into the whole output instead
+        costs a copy of all of it per adapter, forward and backward (for lm_head, tokens x
+        vocabulary floats each time), which made a batch of 4 runs slower than 4 passes."""
+        rows = x.shape[0]
+        spans = sorted(
+            ((rows_.start, rows_.stop, adapter) for adapter, rows_ in self._router.groups if isinstance(rows_, slice)),
+            key=lambda span: span[0],
+        )
+        # Consecutive row ranges covering the batch, each with its adapter or None; cut with
+        # one split (its backward joins the gradients once, where slicing would allocate a
+        # zero-filled gradient of the whole input per range).
+        ranges: list[tuple[int, Adapter | None]] = []
+        position = 0
+        for start, stop, adapter in spans:
+            if start > position:
+                ranges.append((start - position, None))
+            ranges.append((stop - start, adapter))
+            position = stop
+        if position < rows:
+            ranges.append((rows - position, None))
+        per_row = x.reshape(rows, -1, x.shape[-1])
+        pieces: list[torch.Tensor] = []
+        for segment, (_, adapter) in zip(per_row.split([n for n, _ in ranges]), ranges, strict=True):
+            flat = segment.reshape(-1, x.shape[-1])
+            out = self._base(flat)
+            pair = None if adapter is None else adapter.weights.get(self.path)
+            if adapter is not None and pair is not None:
+                a, b = _compute_copies(adapter, self.path, *pair, out.dtype)
+                # A fresh tensor (not a view): adding in place copies nothing, here or in backward.
+                out.addmm_(torch.mm(flat.to(out.dtype), a.t()), b.t(), alpha=adapter.scaling)
+            pieces.append(out)
+        joined = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        return joined.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"path={self.path!r}, in={self.in_features}, out={self.out_features}"

@@ -190,6 +190,12 @@ def _run_microbatch(
     checkpoint_above: int | None,
 ) -> None:
     device = parts.device
+    # Rows of one adapter next to each other (padding depends only on the widest row): each
+    # LoRA layer then works on consecutive rows per adapter (see lora.LoraLinear).
+    first_row: dict[int, int] = {}
+    for i, (r, _, _) in enumerate(batch):
+        first_row.setdefault(id(requests[r].adapter), i)
+    batch = sorted(batch, key=lambda item: (first_row[id(requests[item[0]].adapter)], item[0], item[1]))
     width = max(row.length for _, _, row in batch)
     if checkpointing is not None:
         checkpointing.enabled = grad and checkpoint_above is not None and len(batch) * width > checkpoint_above
