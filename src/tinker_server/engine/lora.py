@@ -259,14 +259,14 @@ class LoraLinear(nn.Module):
             ranges.append((rows - position, None))
         per_row = x.reshape(rows, -1, x.shape[-1])
         pieces: list[torch.Tensor] = []
-        for segment, (_, adapter) in zip(per_row.split([n for n, _ in ranges]), ranges, strict=True):
+        for segment, (_, owner) in zip(per_row.split([n for n, _ in ranges]), ranges, strict=True):
             flat = segment.reshape(-1, x.shape[-1])
             out = self._base(flat)
-            pair = None if adapter is None else adapter.weights.get(self.path)
-            if adapter is not None and pair is not None:
-                a, b = _compute_copies(adapter, self.path, *pair, out.dtype)
+            pair = None if owner is None else owner.weights.get(self.path)
+            if owner is not None and pair is not None:
+                a, b = _compute_copies(owner, self.path, *pair, out.dtype)
                 # A fresh tensor (not a view): adding in place copies nothing, here or in backward.
-                out.addmm_(torch.mm(flat.to(out.dtype), a.t()), b.t(), alpha=adapter.scaling)
+                out.addmm_(torch.mm(flat.to(out.dtype), a.t()), b.t(), alpha=owner.scaling)
             pieces.append(out)
         joined = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         return joined.view(*x.shape[:-1], self.out_features)
