@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import console_api, futures, metrics as metrics_api, models, oai, runs, sampling, service, sessions, training
-from .api.errors import install_error_handlers
+from .api.errors import ERROR_RESPONSES, install_error_handlers
 from .console import routes as console_routes
 from .guards import BodyLimit, HostCheck, install_log_redaction, private_files
 from .observability import Metrics, RequestObserver
@@ -55,9 +55,10 @@ def create_app(settings: Settings | None = None, *, engine_loader: EngineLoader 
     app.add_middleware(RequestObserver, metrics=metrics)  # request ids, request metrics, the access log
     install_error_handlers(app)
     for module in (service, sessions, models, training, sampling, futures, runs):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(console_api.router, prefix=API_PREFIX)  # /api/v1/console: the JSON the console reads
+        app.include_router(module.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
+    # /api/v1/console: the JSON the console reads
+    app.include_router(console_api.router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     app.include_router(console_routes.router)  # /console: the web console
-    app.include_router(oai.router)  # /oai/api/v1: the OpenAI-compatible endpoints
+    app.include_router(oai.router, responses=ERROR_RESPONSES)  # /oai/api/v1: the OpenAI-compatible endpoints
     app.include_router(metrics_api.router)  # /metrics: Prometheus, no API key
     return app

@@ -105,3 +105,4 @@ def test_no_operation_answers_5xx(app: Any, capsys: pytest.CaptureFixture[str]) 
         for label, codes in gaps.items():
             print(f"  {label}: {codes} (documents {sorted(documented[label])})")
     assert not failures, "\n".join(failures[:20])
+    assert not gaps, f"status codes answered but not documented: {gaps}"

@@ -29,7 +29,14 @@ from ..errors import (
 )
 from ..observability import REQUEST_ID_HEADER, request_id
 
-__all__ = ["STATUS_BY_ERROR", "install_error_handlers", "internal_error", "retry_after", "status_for"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "STATUS_BY_ERROR",
+    "install_error_handlers",
+    "internal_error",
+    "retry_after",
+    "status_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,33 @@ STATUS_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 _EXTRA_HEADERS: dict[int, dict[str, str]] = {429: {"Retry-After": "1"}}
+
+_ERROR_BODY: dict[str, Any] = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "title": "Error",
+            "properties": {"detail": {"type": "string"}, "request_id": {"type": "string"}},
+            "required": ["detail"],
+        }
+    }
+}
+# The error statuses any route may answer, for the OpenAPI document (one entry per route).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": _ERROR_BODY}
+    for status, description in (
+        (400, "the request is malformed or asks for something invalid; `detail` says what"),
+        (401, "no API key, or one this server does not accept"),
+        (403, "a signed link that is not (or no longer) valid, or a limit of the key"),
+        (404, "no such thing, or it belongs to another tenant"),
+        (410, "gone: an unloaded run or sampler, an expired or finished session"),
+        (413, "the request body is over the size limit"),
+        (421, "the Host header names no address this server answers on"),
+        (429, "over a queue or rate limit; retry after `Retry-After` seconds"),
+        (500, "internal server error; the server's log has the details"),
+        (503, "the server or the base model is not available right now"),
+    )
+}
 
 
 def retry_after(exc: BaseException) -> str:
