@@ -1,7 +1,7 @@
 """FakeEngine: a tiny pure-numpy stand-in for the engine, for scheduler/API tests.
 
 Implements the engine interface (create/copy/drop adapters, forward_backward(_many),
-optim_step, save/load, sample) with trivial deterministic math: an adapter is one
+optim_step, save/load, sample, gradient checkpoints) with trivial deterministic math: an adapter is one
 float ``w``; the logprob of every target token is ``-(w - 1)**2 - 1``; backward
 accumulates ``d loss / d w``; optim_step does ``w -= lr * grad``. ``calls`` records
 what the engine was asked to do, in order, and ``gate`` can hold the worker.
@@ -47,6 +47,7 @@ class FakeEngine:
         self.tokenizer = None
         self.adapters: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, Any]] = []
+        self.grad_checkpoints: dict[str, float] = {}  # gradient_checkpoint("open") copies
         self.gate = threading.Event()
         self.gate.set()
 
@@ -70,6 +71,7 @@ class FakeEngine:
         self.calls.append(("drop_adapter", adapter_id))
         self._get(adapter_id)
         del self.adapters[adapter_id]
+        self.grad_checkpoints.pop(adapter_id, None)
 
     def has_adapter(self, adapter_id: str) -> bool:
         return adapter_id in self.adapters
@@ -118,6 +120,20 @@ class FakeEngine:
                     raise
                 out.append(UserInputError("crashed in a batch"))
         return out
+
+    def gradient_checkpoint(self, adapter_id: str, action: str) -> None:
+        self.calls.append(("gradient_checkpoint", (adapter_id, action)))
+        if action == "open":
+            adapter = self._get(adapter_id)
+            self.grad_checkpoints[adapter_id] = adapter["grad"]
+        elif action == "restore":
+            if adapter_id in self.grad_checkpoints and adapter_id in self.adapters:
+                self.adapters[adapter_id]["grad"] = self.grad_checkpoints[adapter_id]
+            self.grad_checkpoints.pop(adapter_id, None)
+        elif action == "close":
+            self.grad_checkpoints.pop(adapter_id, None)
+        else:
+            raise UserInputError(f"unknown gradient checkpoint action {action!r}")
 
     def optim_step(self, adapter_id: str, params: AdamConfig) -> dict[str, float]:
         self.calls.append(("optim_step", adapter_id))

@@ -35,6 +35,7 @@ __all__ = [
     "EngineHandle",
     "Evicted",
     "ForwardBackward",
+    "GradientCheckpoint",
     "LoadAdapter",
     "OptimStep",
     "Outcome",
@@ -110,6 +111,18 @@ class ForwardBackward:
 
 
 @dataclass(frozen=True)
+class GradientCheckpoint:
+    """Keep, restore or discard a copy of a training adapter's accumulated gradients, so
+    that a request run as several :class:`ForwardBackward` parts (in successive rounds)
+    is all or nothing: ``open`` copies the gradients now (replacing an open copy),
+    ``restore`` puts the copy back and forgets it (no-op without one), ``close`` forgets
+    it. Dropping or loading the adapter forgets it too. Result: ``None``."""
+
+    adapter_id: str
+    action: Literal["open", "restore", "close"]
+
+
+@dataclass(frozen=True)
 class OptimStep:
     """One AdamW step from the accumulated gradients. Result: metrics (``dict[str, float]``)."""
 
@@ -127,7 +140,17 @@ class Sample:
     reload_from: pathlib.Path | None = None
 
 
-Command = CreateAdapter | CopyAdapter | DropAdapter | LoadAdapter | SaveAdapter | ForwardBackward | OptimStep | Sample
+Command = (
+    CreateAdapter
+    | CopyAdapter
+    | DropAdapter
+    | LoadAdapter
+    | SaveAdapter
+    | ForwardBackward
+    | GradientCheckpoint
+    | OptimStep
+    | Sample
+)
 Outcome = None | int | LoraSpec | TrainOutput | SampleOutput | dict | EngineError
 
 
@@ -168,6 +191,7 @@ class EngineCore(Protocol):
     def load_adapter(self, adapter_id: str, directory: pathlib.Path, *, optimizer: bool) -> LoraSpec: ...
     def save_adapter(self, adapter_id: str, directory: pathlib.Path, *, optimizer: bool) -> int: ...
     def optim_step(self, adapter_id: str, params: AdamConfig) -> dict[str, float]: ...
+    def gradient_checkpoint(self, adapter_id: str, action: str) -> None: ...
     def forward_backward_many(
         self, items: Sequence[tuple[str, list[TrainDatum], str, dict[str, float | str] | None, bool]]
     ) -> list[TrainOutput | EngineError]: ...

@@ -11,6 +11,7 @@ import pathlib
 import threading
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import nn
 
 from . import checkpoint, lora, sampling, train
@@ -106,6 +107,8 @@ class Engine:
         self._checkpointing = train.LayerCheckpointing(decoder) if activation_checkpointing is not False else None
         self._checkpoint_above = {True: 0, False: None, None: train.AUTO_CHECKPOINT_TOKENS}[activation_checkpointing]
         self._adapters: dict[str, lora.Adapter] = {}
+        # Copies of adapters' gradients kept while a request runs in parts (gradient_checkpoint).
+        self._grad_checkpoints: dict[str, tuple[lora.Adapter, list[torch.Tensor | None]]] = {}
         self._lock = threading.RLock()
 
     def _pack_base_weights(self) -> int:
@@ -148,6 +151,7 @@ class Engine:
         with self._lock:
             self._get(adapter_id)
             del self._adapters[adapter_id]
+            self._grad_checkpoints.pop(adapter_id, None)
 
     def has_adapter(self, adapter_id: str) -> bool:
         with self._lock:
@@ -256,6 +260,28 @@ class Engine:
                 p.grad = old if p.grad is None else old.add_(p.grad)
         return [(i, o) for (i, _), o in zip(prepared, outputs, strict=True)]
 
+    def gradient_checkpoint(self, adapter_id: str, action: str) -> None:
+        """Make a request run as several forward_backward calls all or nothing.
+
+        ``open``: keep a copy of the adapter's accumulated gradients (replacing a kept one);
+        ``restore``: put the kept copy back and forget it (no-op when none is kept, or the
+        adapter was replaced since); ``close``: forget the kept copy.
+        """
+        with self._lock:
+            if action == "open":
+                adapter = self._get(adapter_id)
+                grads = [None if p.grad is None else p.grad.detach().clone() for p in adapter.parameters()]
+                self._grad_checkpoints[adapter_id] = (adapter, grads)
+            elif action == "restore":
+                kept = self._grad_checkpoints.pop(adapter_id, None)
+                if kept is not None and self._adapters.get(adapter_id) is kept[0]:
+                    for p, grad in zip(kept[0].parameters(), kept[1], strict=True):
+                        p.grad = grad
+            elif action == "close":
+                self._grad_checkpoints.pop(adapter_id, None)
+            else:
+                raise UserInputError(f"unknown gradient checkpoint action {action!r}")
+
     def optim_step(self, adapter_id: str, params: AdamConfig) -> dict[str, float]:
         """Apply AdamW from the accumulated gradients, then clear them."""
         with self._lock:
@@ -296,6 +322,7 @@ class Engine:
                     k: (m.to(self._device), v.to(self._device)) for k, (m, v) in ckpt.optim_state.items()
                 }
             self._adapters[adapter_id] = adapter
+            self._grad_checkpoints.pop(adapter_id, None)
             return ckpt.spec
 
     # ------------------------------------------------------------------ sampling

@@ -19,6 +19,7 @@ from .api import (
     EngineCore,
     Evicted,
     ForwardBackward,
+    GradientCheckpoint,
     LoadAdapter,
     OptimStep,
     Outcome,
@@ -105,6 +106,9 @@ class EngineHost:
                 return int(core.save_adapter(command.adapter_id, command.directory, optimizer=command.optimizer))
             if isinstance(command, OptimStep):
                 return core.optim_step(command.adapter_id, command.params)
+            if isinstance(command, GradientCheckpoint):
+                core.gradient_checkpoint(command.adapter_id, command.action)
+                return None
             raise EngineError(f"unknown engine command {type(command).__name__}")
         except (EngineError, *COMPUTE_ERRORS) as exc:
             return _as_error(exc, type(command).__name__)
