@@ -182,6 +182,7 @@ class Runtime:
                 max_pending_samples=settings.max_pending_samples,
                 max_sample_batch=settings.max_sample_batch,
                 sample_batch_window_s=settings.sample_batch_window_s,
+                max_tokens_per_round=settings.effective_max_tokens_per_round,
             ),
         )
         self.scheduler.on_evicted = self._record_evictions

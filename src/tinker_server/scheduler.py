@@ -21,6 +21,17 @@ by its tenant's tokens-per-minute limit) blocks its run's queue until then. When
 sampling tasks are queued, the worker first lets requests that are still arriving
 join the batch (see :meth:`Worker._gather_samples`).
 
+A forward/forward_backward whose datums hold more than ``max_tokens_per_round``
+tokens is run in parts of whole datums (:func:`split_forward_backward`), one part per
+round its run's queue is picked in: the task stays at the head of that queue until its
+last part ran, so other runs' and tenants' work goes in between (as the fair share
+picks) and nothing else of its run does. Its result is the parts' merged
+(:func:`merge_train_outputs`: outputs in datum order, ``:sum`` metrics added), the same
+as unsplit; with backward, a :class:`~.engine.api.GradientCheckpoint` opened before the
+first part and restored when a part fails makes it all or nothing (the future fails once,
+with that part's error, and no later part runs). A result whose metrics cannot be merged
+exactly makes the worker restore the gradients and run the request whole.
+
 What the engine reports besides results (adapters it evicted) and the loss of its
 process go to ``Scheduler.on_evicted`` / ``Scheduler.on_lost``, which the runtime
 sets to record them in the database.
@@ -40,11 +51,11 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .admission import Admission
-from .engine import AdapterNotFound, EngineError, ModelInfo, ModelLoadError, UserInputError
+from .engine import AdapterNotFound, EngineError, ModelInfo, ModelLoadError, TrainDatum, TrainOutput, UserInputError
 from .engine.api import (
     Command,
     CopyAdapter,
@@ -53,6 +64,7 @@ from .engine.api import (
     EngineHandle,
     Evicted,
     ForwardBackward,
+    GradientCheckpoint,
     LoadAdapter,
     OptimStep,
     Sample,
@@ -72,6 +84,8 @@ __all__ = [
     "WorkObserver",
     "Worker",
     "error_category",
+    "merge_train_outputs",
+    "split_forward_backward",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,6 +107,9 @@ class Limits:
     max_sample_batch: int  # sampling requests handed to the engine at once
     sample_batch_window_s: float = 0.0  # see Worker._gather_samples
     fair_quantum: int = DEFAULT_QUANTUM  # work units (tokens) per tenant per round (fairness.py)
+    # A forward/forward_backward with more input tokens runs in parts of whole datums, one
+    # per round of its run's queue (None: never split).
+    max_tokens_per_round: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,61 @@ class QueueSnapshot:
     waiting_samples: int  # queued sampling requests
     running: int  # tasks of the batch the engine is working on
     loaded: bool  # the engine is loaded
+
+
+# How a metric's values over the parts of a split request merge exactly, by the reduction
+# its key names (``"loss:sum"``); a key with another reduction is not split-safe.
+METRIC_MERGES: dict[str, Callable[[list[float]], float]] = {"sum": sum, "max": max, "min": min}
+
+
+def split_forward_backward(command: ForwardBackward, max_tokens: int) -> list[ForwardBackward] | None:
+    """``command`` as consecutive parts of whole datums of at most ``max_tokens`` input tokens
+    each (a datum larger than that is a part alone); ``None`` when it fits in one part."""
+    parts: list[list[TrainDatum]] = []
+    size = 0
+    for datum in command.data:
+        if not parts or (size + len(datum.tokens) > max_tokens and size > 0):
+            parts.append([])
+            size = 0
+        parts[-1].append(datum)
+        size += len(datum.tokens)
+    if len(parts) < 2:
+        return None
+    return [replace(command, data=part) for part in parts]
+
+
+def merge_train_outputs(outputs: list[TrainOutput]) -> TrainOutput | None:
+    """The result of a request run in parts, from its parts' results (in order): the same as
+    running it whole. ``None`` when a metric cannot be merged exactly (its reduction is not in
+    :data:`METRIC_MERGES`, or the parts report different metrics)."""
+    keys = list(outputs[0].metrics)
+    if any(list(out.metrics) != keys for out in outputs):
+        return None
+    metrics: dict[str, float] = {}
+    for key in keys:
+        name, _, reduction = key.rpartition(":")
+        merge = METRIC_MERGES.get(reduction)
+        if not name or merge is None:
+            return None
+        metrics[key] = float(merge([out.metrics[key] for out in outputs]))
+    return TrainOutput(loss_fn_outputs=[item for out in outputs for item in out.loss_fn_outputs], metrics=metrics)
+
+
+@dataclass(eq=False)
+class _Split:
+    """A task's command run in parts: the parts, the part the next round runs, the results so far."""
+
+    parts: list[ForwardBackward]
+    next: int = 0
+    outputs: list[TrainOutput] = field(default_factory=list)
+    checkpoint: bool = False  # a GradientCheckpoint of the adapter is open in the engine
+
+    def tokens(self) -> int:
+        return sum(len(d.tokens) for d in self.parts[self.next].data)
+
+
+# A part of a split task ran and the task goes back to the head of its run's queue.
+_MORE: Any = object()
 
 
 @dataclass(eq=False)
@@ -130,6 +202,8 @@ class Task:
     # time.monotonic() before which the task may not start (its tenant's tokens per minute).
     not_before: float = 0.0
     tracked: bool = False  # counted in Scheduler.queued(owner) until it finishes
+    # Set by the worker when the command runs in parts (Limits.max_tokens_per_round).
+    split: _Split | None = field(default=None, repr=False)
 
     @property
     def tenant(self) -> str:
@@ -137,9 +211,16 @@ class Task:
 
     @property
     def work(self) -> int:
-        """The cost the fair share charges: the task's tokens, at least :data:`CALL_COST`
-        for a call that is not forward/backward or sampling."""
+        """The cost the fair share charges: the task's tokens (of its next part when it runs
+        in parts), at least :data:`CALL_COST` for a call that is not forward/backward or sampling."""
+        if self.split is not None:
+            return self.split.tokens()
         return self.cost if self.batched else max(self.cost, CALL_COST)
+
+    @property
+    def engine_command(self) -> Command:
+        """What the next round runs: the command, or its next part."""
+        return self.command if self.split is None else self.split.parts[self.split.next]
 
     @property
     def batched(self) -> bool:
@@ -235,6 +316,7 @@ class Worker:
         self._max_pending_samples = limits.max_pending_samples
         self._max_sample_batch = limits.max_sample_batch
         self._sample_batch_window_s = limits.sample_batch_window_s
+        self._max_tokens_per_round = limits.max_tokens_per_round
         self._lone_waits = 0  # gathering waits in a row that no other request joined
         self._cond = threading.Condition()
         self._control: deque[Task] = deque()
@@ -370,6 +452,14 @@ class Worker:
             if self._stopping:
                 raise Unavailable("the server is shutting down")
             task.queued_at = time.monotonic()
+            if (
+                self._max_tokens_per_round is not None
+                and task.split is None
+                and task.queue_key is not None
+                and isinstance(task.command, ForwardBackward)
+            ):
+                parts = split_forward_backward(task.command, self._max_tokens_per_round)
+                task.split = _Split(parts) if parts is not None else None
             if isinstance(task.command, Sample):
                 self._samples.append(task)
             elif task.queue_key is not None:
@@ -567,7 +657,8 @@ class Worker:
         handle = self.handle
         now = time.monotonic()
         for task in tasks:
-            self.observer.queue_wait(now - task.queued_at)
+            if task.split is None or task.split.next == 0:  # a split task waited before its first part
+                self.observer.queue_wait(now - task.queued_at)
         command = tasks[0].command
         if isinstance(command, ForwardBackward):
             kind = "forward_backward" if any(t.command.backward for t in tasks) else "forward"  # type: ignore[union-attr]
@@ -577,19 +668,30 @@ class Worker:
             kind = COMMAND_KINDS.get(type(command), type(command).__name__)
 
         def run() -> None:
+            live = self._open_splits(tasks)
+            if not live:
+                return
             start = time.perf_counter()
             try:
-                report = handle.run([t.command for t in tasks])
+                report = handle.run([t.engine_command for t in live])
             finally:
                 self.observer.engine_step(kind, time.perf_counter() - start)
             if report.events:
                 self._report_evictions(report.events)
-            self._count_tokens(tasks, report.outcomes)
-            for task, outcome in zip(tasks, report.outcomes, strict=True):
-                if isinstance(outcome, BaseException):
+            outcomes = report.outcomes
+            if any(t.split is not None for t in live):
+                outcomes = self._advance_splits(live, outcomes)
+            self._count_tokens(live, outcomes)
+            again: list[Task] = []
+            for task, outcome in zip(live, outcomes, strict=True):
+                if outcome is _MORE:
+                    again.append(task)
+                elif isinstance(outcome, BaseException):
                     self._fail(task, outcome)
                 else:
                     self._finish(task, outcome)
+            if again:
+                self._requeue(again)
 
         around = tasks[0].around if len(tasks) == 1 else None
         try:
@@ -600,8 +702,101 @@ class Worker:
         except WorkerLost as exc:
             self._lost(tasks, exc)
         except BaseException as exc:  # noqa: BLE001
+            split = [t for t in tasks if t.split is not None and t.split.checkpoint]
+            if split:
+                with contextlib.suppress(BaseException):  # best effort: the round failed anyway
+                    self._end_splits(split, restore=True)
             for task in tasks:
                 self._fail(task, exc)
+
+    def _open_splits(self, tasks: list[Task]) -> list[Task]:
+        """Open a gradient checkpoint for each split forward_backward about to run its first
+        part (a round of its own, before the parts'); a task whose checkpoint cannot be
+        opened fails before any of its parts runs. The tasks left to run."""
+        opening = [t for t in tasks if t.split is not None and t.split.next == 0 and t.command.backward]  # type: ignore[union-attr]
+        if not opening:
+            return tasks
+        assert self.handle is not None
+        commands: list[Command] = [GradientCheckpoint(t.command.adapter_id, "open") for t in opening]  # type: ignore[union-attr]
+        report = self.handle.run(commands)
+        failed: set[int] = set()
+        for task, outcome in zip(opening, report.outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed.add(id(task))
+                self._fail(task, outcome)
+            else:
+                task.split.checkpoint = True  # type: ignore[union-attr]
+        return [t for t in tasks if id(t) not in failed]
+
+    def _advance_splits(self, tasks: list[Task], outcomes: list[Any]) -> list[Any]:
+        """The outcomes of a round's split tasks' parts, as the tasks' outcomes: :data:`_MORE`
+        while parts are left, the merged result after the last, or the error of a failed
+        part. Before any task finishes, the gradients of a failed one are restored and the
+        checkpoints of the others closed."""
+        out = list(outcomes)
+        restore: list[Task] = []
+        close: list[Task] = []
+        for i, (task, outcome) in enumerate(zip(tasks, outcomes, strict=True)):
+            split = task.split
+            if split is None:
+                continue
+            if isinstance(outcome, BaseException):
+                restore.append(task)
+                continue
+            split.outputs.append(outcome)
+            split.next += 1
+            if split.next < len(split.parts):
+                out[i] = _MORE
+                continue
+            merged = merge_train_outputs(split.outputs)
+            if merged is None:
+                # Not mergeable exactly: undo the parts and run the request whole.
+                log.warning(
+                    "%s: the parts' metrics of %s do not merge; running it whole", self.model_name, task.request_id
+                )
+                restore.append(task)
+                out[i] = _MORE
+                continue
+            close.append(task)
+            out[i] = merged
+        self._end_splits(restore, restore=True)
+        self._end_splits(close, restore=False)
+        for i, task in enumerate(tasks):
+            if task in restore and out[i] is _MORE:
+                task.split = None
+        return out
+
+    def _end_splits(self, tasks: list[Task], *, restore: bool) -> None:
+        """Restore (or only close) the gradient checkpoints the split ``tasks`` opened."""
+        commands: list[Command] = [
+            GradientCheckpoint(t.command.adapter_id, "restore" if restore else "close")  # type: ignore[union-attr]
+            for t in tasks
+            if t.split is not None and t.split.checkpoint
+        ]
+        for task in tasks:
+            if task.split is not None:
+                task.split.checkpoint = False
+        if not commands:
+            return
+        assert self.handle is not None
+        report = self.handle.run(commands)
+        for command, outcome in zip(commands, report.outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("%s: %s of %s failed: %s", self.model_name, command.action, command.adapter_id, outcome)  # type: ignore[union-attr]
+
+    def _requeue(self, tasks: list[Task]) -> None:
+        """Split tasks with parts left go back to the head of their runs' queues (nothing
+        else of their runs ran meanwhile: only this thread takes tasks)."""
+        with self._cond:
+            stopping = self._stopping
+            if not stopping:
+                for task in tasks:
+                    assert task.queue_key is not None
+                    self._runs.setdefault(task.queue_key, deque()).appendleft(task)
+                    self._queued(task)
+        if stopping:  # the engine goes away with its adapters
+            for task in tasks:
+                self._fail(task, Unavailable("the server shut down before this request ran"))
 
     def _count_tokens(self, tasks: list[Task], outcomes: list[Any]) -> None:
         """Record the round's tokens before any task finishes, so a client that has its
@@ -610,7 +805,10 @@ class Worker:
             trained = sum(
                 len(d.tokens)
                 for t, out in zip(tasks, outcomes, strict=True)
-                if isinstance(t.command, ForwardBackward) and t.command.backward and not isinstance(out, BaseException)
+                if isinstance(t.command, ForwardBackward)
+                and t.command.backward
+                and out is not _MORE
+                and not isinstance(out, BaseException)
                 for d in t.command.data
             )
             if trained:

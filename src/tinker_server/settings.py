@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     archive_url_ttl_s: Annotated[float, pydantic.Field(gt=0)] = 900.0
     public_base_url: str | None = None
     max_tokens_per_microbatch: Annotated[int, pydantic.Field(ge=1)] = 2048
+    # A forward / forward_backward with more input tokens than this runs in parts of whole
+    # datums, one per scheduling round, so other runs' and tenants' work goes in between;
+    # None: 4 * max_tokens_per_microbatch.
+    max_tokens_per_round: Annotated[int | None, pydantic.Field(ge=1)] = None
     # CPU threads for torch (torch.set_num_threads); None keeps torch's default (one per core).
     # On a machine shared with other busy processes, fewer threads avoid OpenMP stalls.
     torch_threads: Annotated[int | None, pydantic.Field(ge=1)] = None
@@ -135,6 +139,11 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """``database_url``, or a SQLite file under ``home``."""
         return self.database_url or f"sqlite:///{self.home / 'tinker.db'}"
+
+    @property
+    def effective_max_tokens_per_round(self) -> int:
+        """``max_tokens_per_round``, or four micro-batches' worth when unset."""
+        return self.max_tokens_per_round or 4 * self.max_tokens_per_microbatch
 
     @property
     def checkpoints_dir(self) -> pathlib.Path:
