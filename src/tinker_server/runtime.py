@@ -10,6 +10,8 @@ import os
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -105,16 +107,30 @@ def handle_factory(settings: Settings, engine_loader: EngineLoader | None = None
 
 
 def check_models(settings: Settings) -> None:
-    """Every served model must be known to the engine or be a local model directory."""
-    from .engine import known_models
+    """Every served model must be known to the engine, a local model directory or a hub id in
+    the Hugging Face cache; a directory's architecture is checked from its config (in a
+    subprocess: this process imports no transformers), so an unsupported one is refused at
+    startup with a sentence naming it."""
+    from .engine.names import known_models, model_directory
 
     known = set(known_models())
-    unknown = [m for m in settings.models if m not in known and not pathlib.Path(m).expanduser().is_dir()]
+    directories = {m: model_directory(m) for m in settings.models if m not in known}
+    unknown = [m for m, path in directories.items() if path is None]
     if unknown:
         raise ValueError(
             f"models: unknown model(s) {', '.join(unknown)}; known models: {', '.join(sorted(known))} "
-            "(or give a local model directory)"
+            "(or give a local model directory, or a hub id in the Hugging Face cache)"
         )
+    for name, path in directories.items():
+        checked = subprocess.run(
+            [sys.executable, "-m", "tinker_server.engine.worker", "--check", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if checked.returncode != 0:
+            reason = (checked.stderr.strip().splitlines() or ["the check failed"])[-1]
+            raise ValueError(f"models: {name} cannot be served: {reason}")
 
 
 def remove_checkpoint_leftovers(root: pathlib.Path) -> int:

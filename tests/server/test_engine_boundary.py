@@ -196,3 +196,21 @@ def test_two_api_processes_sharing_a_database_never_both_accept_a_seq_id(
         for r in answers.values():
             if r.status_code != 200:
                 assert r.status_code == 400 and "concurrent submit" in r.json()["detail"], r.text
+
+
+def test_an_unsupported_architecture_is_refused_at_startup(tmp_path: pathlib.Path) -> None:
+    """A served model directory whose config is no causal language model: the server refuses
+    to start with a sentence naming the architecture (checked from the config, in a
+    subprocess, so the API process still imports no transformers)."""
+    import pytest
+    from transformers import T5Config
+
+    from tinker_server.runtime import Runtime
+    from tinker_server.settings import Settings
+
+    model_dir = tmp_path / "t5-tiny"
+    T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, vocab_size=64).save_pretrained(model_dir)
+    with pytest.raises(ValueError, match=r"t5-tiny cannot be served: .*architecture t5 .*not a causal language model"):
+        Runtime(Settings(home=tmp_path / "home", models=[str(model_dir)]))
+    with pytest.raises(ValueError, match="unknown model"):
+        Runtime(Settings(home=tmp_path / "home", models=["nobody/not-in-any-cache"]))

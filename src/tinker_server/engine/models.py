@@ -32,7 +32,7 @@ import torch
 
 from .errors import ModelLoadError
 from .messages import ModelInfo
-from .names import DEFAULT_MODEL, TINY_MODEL, known_models
+from .names import DEFAULT_MODEL, TINY_MODEL, hf_cache_snapshot, known_models
 from .tiny import build_tiny_model, ensure_tiny_tokenizer, make_portable_tokenizer_dir
 
 if TYPE_CHECKING:
@@ -136,6 +136,13 @@ def check_architecture(model: torch.nn.Module, *, what: str) -> None:
         )
 
 
+def check_model_directory(path: pathlib.Path) -> None:
+    """Refuse, from its config alone (no weights loaded), a model directory the engine cannot
+    serve: not a causal language model, or multimodal. (Layers LoRA cannot target are found
+    when the model loads.)"""
+    _causal_lm_class(path, what=str(path))
+
+
 def _causal_lm_class(path: pathlib.Path, *, what: str) -> type:
     """The transformers causal-LM class for the model directory ``path`` (refusing other kinds)."""
     from transformers import AutoConfig
@@ -199,7 +206,7 @@ def _resolve_hf(
             raise ModelLoadError(f"{local} is a directory but has no config.json (not a Hugging Face model)")
         return _load_dir(local, torch_dtype, what=str(local)), local, "local"
 
-    snapshot = _hf_cache_snapshot(model_name)
+    snapshot = hf_cache_snapshot(model_name)
     if snapshot is not None:
         return _load_dir(snapshot, torch_dtype, what=f"{model_name} (HF cache)"), snapshot, "hf-cache"
 
@@ -232,22 +239,6 @@ def _load_dir(path: pathlib.Path, torch_dtype: torch.dtype, *, what: str) -> Pre
         return _from_pretrained(path, torch_dtype, what=what)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load {what}: {exc}") from exc
-
-
-def _hf_cache_snapshot(model_name: str) -> pathlib.Path | None:
-    """The cached snapshot directory of a hub repo id, or None (never goes online)."""
-    if model_name.count("/") != 1:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-    except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
-        return None
-    try:
-        path = pathlib.Path(snapshot_download(model_name, local_files_only=True))
-    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
-        return None
-    return path if (path / "config.json").exists() else None
 
 
 def find_smollm2_gguf() -> pathlib.Path | None:

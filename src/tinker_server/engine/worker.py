@@ -9,6 +9,9 @@ Protocol (pickled tuples ``(kind, payload)``):
   resident adapters))``, or ``("crash", text)`` when the round raised unexpectedly;
 * in ``("stop", None)`` or end of file → exit.
 
+``python -m tinker_server.engine.worker --check DIR`` only checks a model directory's config
+(exit 1 with the reason on stderr when the engine cannot serve it).
+
 The worker ignores SIGINT: the server that started it decides when it stops.
 """
 
@@ -95,8 +98,23 @@ def serve(conn: Connection) -> None:
         conn.send(("done", (report, host.resident())))
 
 
+def check(model_dir: str) -> int:
+    """``--check DIR``: refuse a model directory the engine cannot serve, from its config
+    (what ``tinker serve`` runs at startup, so the API process needs no transformers)."""
+    from .models import check_model_directory
+
+    try:
+        check_model_directory(pathlib.Path(model_dir))
+    except ModelLoadError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "--check":
+        sys.exit(check(args[1]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s engine-worker %(message)s")
     conn = Connection(int(args[0]))
