@@ -11,8 +11,9 @@ so a failure here never loses the result):
 
 Checkpoint storage is not a counter: it is the sum of ``size_bytes`` over the owner's
 checkpoint rows, read when asked, so saves, deletes and expiries are always reflected.
-The counters are what the server did for the tenant since its first request (the
-OpenAI-compatible endpoints are not counted yet).
+The counters are what the server did for the tenant since its first request; the
+OpenAI-compatible endpoints' requests (no futures) are counted by :func:`add_sampled` as
+each prompt's samples finish.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from . import wire
 from .db import ApiKeyRow, CheckpointRow, Database, UsageRow, as_utc, utcnow
 from .futures import Finished
 
-__all__ = ["Usage", "UsageRecorder", "read_usage", "storage_bytes", "trained_tokens"]
+__all__ = ["Usage", "UsageRecorder", "add_sampled", "read_usage", "storage_bytes", "trained_tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class UsageRecorder:
             return
         with session.begin_nested():
             _add(session, finished.owner, train, sampled, is_train=is_train)
+
+
+def add_sampled(db: Database, owner: str, tokens: int) -> None:
+    """Count one sampling request that has no future (the OpenAI-compatible endpoints)."""
+    with db.session() as session:
+        _add(session, owner, 0, tokens, is_train=False)
 
 
 def _add(session: Session, owner: str, train: int, sampled: int, *, is_train: bool) -> None:

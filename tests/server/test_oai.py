@@ -590,3 +590,21 @@ def test_unknown_parameters_are_ignored(client: Any) -> None:
         model=TINY_MODEL, prompt=PROMPT, max_tokens=2, extra_body={"some_new_option": {"a": 1}, "user": "me"}
     )
     assert out.choices[0].finish_reason in ("stop", "length")
+
+
+def test_completions_count_in_the_tenants_usage(server: Server) -> None:
+    """Tokens generated through the OpenAI endpoints count in the key's usage, like Tinker samples."""
+    key = "tml-oai-usage"
+    oai_client = server.client(key)
+
+    def sampled() -> int:
+        answer = httpx.get(f"{server.url}/api/v1/usage", headers={"X-API-Key": key}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return int(answer.json()["sampled_tokens"])
+
+    before = sampled()
+    out = oai_client.completions.create(model=TINY_MODEL, prompt=[PROMPT, "The cat sat"], n=2, max_tokens=4, seed=7)
+    deadline = time.monotonic() + 10
+    while sampled() - before != out.usage.completion_tokens:  # counted as each prompt's samples finish
+        assert time.monotonic() < deadline, (sampled() - before, out.usage.completion_tokens)
+        time.sleep(0.05)

@@ -21,8 +21,10 @@ parameter names. Tokenizing and detokenizing run in worker threads
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
+import logging
 import pathlib
 import secrets
 import threading
@@ -45,12 +47,15 @@ from ..paths import checkpoint_dir, parse_tinker_path
 from ..records import not_expired, readable_checkpoint
 from ..sampling import SamplingService
 from ..scheduler import Task, Worker
+from ..usage import add_sampled
 from ..wire import oai as w
 from .generation import Decoding, Delta, Entry, Generation
 from .params import Names, chat_messages, completion_prompts, decoding_of, refuse_unsupported, renamed
 from .text import Tokenizer
 
 __all__ = ["OaiService"]
+
+log = logging.getLogger(__name__)
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # the OpenAI completions default
 BASE_MODEL_OWNER = "tinker-server"
@@ -361,8 +366,18 @@ class OaiService:
                 cost=len(job.prompt) + estimate,
             )
             task.done.add_done_callback(functools.partial(_settle, scheduler.admission, charge, estimate))
+            task.done.add_done_callback(functools.partial(self._count_usage, owner))
             flight.watch(index, worker.submit(task))
         return flight
+
+    def _count_usage(self, owner: str, done: concurrent.futures.Future[Any]) -> None:
+        """A finished prompt's generated tokens go into the tenant's usage (as Tinker samples do)."""
+        if done.cancelled() or done.exception() is not None:
+            return
+        try:
+            add_sampled(self._ctx.db, owner, sum(len(seq.tokens) for seq in done.result().sequences))
+        except Exception:  # usage accounting never fails the request it counts
+            log.exception("counting the usage of an OpenAI-compatible request failed")
 
 
 class _Flight:
