@@ -15,7 +15,7 @@ import tinker
 
 from .conftest import TINY_MODEL, adam, datum, serve
 
-CONFIGS = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "tml-tenant-a": {"rank": 4, "seed": 1, "train_mlp": False},
     "tml-tenant-b": {"rank": 16, "seed": 2, "train_attn": False, "train_unembed": False},
 }
