@@ -4,11 +4,13 @@ home (the database under ``--home``, or ``TINKER_DATABASE_URL``); no server need
     tinker-server admin key create NAME [--max-training-runs N] [--max-lora-rank N]
         [--base-model M ...] [--max-queued-requests N] [--tokens-per-minute N]
         [--max-checkpoint-bytes N] [--weight W]
+    tinker-server admin key quota NAME_OR_ID [the same limits as create]
     tinker-server admin key list [--json]
     tinker-server admin key revoke NAME_OR_ID
     tinker-server admin usage [--key NAME_OR_ID] [--json]
 
-A running server sees a new or revoked key on its next request.
+A running server sees a new or revoked key on its next request, and new limits within a
+few seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -104,20 +106,27 @@ def key() -> None:
     """Issue, list and revoke API keys."""
 
 
-@key.command("create")
-@click.argument("name")
-@click.option("--max-training-runs", type=click.IntRange(min=1), help="Training runs loaded at once.")
-@click.option("--max-lora-rank", type=click.IntRange(min=1), help="Largest LoRA rank.")
-@click.option("--base-model", "base_models", multiple=True, help="A base model the key may use; repeat for several.")
-@click.option("--max-queued-requests", type=click.IntRange(min=1), help="Requests queued or running at once.")
-@click.option("--tokens-per-minute", type=click.IntRange(min=1), help="Trained plus sampled tokens per minute.")
-@click.option("--max-checkpoint-bytes", type=ByteSize(), help="Storage of its checkpoints (e.g. 10GB).")
-@click.option(
-    "--weight", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Fair share."
-)
-@_HOME
-def create(
-    name: str,
+def _quota_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The limits of a key, as options (``key create`` and ``key quota``)."""
+    options = [
+        click.option("--max-training-runs", type=click.IntRange(min=1), help="Training runs loaded at once."),
+        click.option("--max-lora-rank", type=click.IntRange(min=1), help="Largest LoRA rank."),
+        click.option(
+            "--base-model", "base_models", multiple=True, help="A base model the key may use; repeat for several."
+        ),
+        click.option("--max-queued-requests", type=click.IntRange(min=1), help="Requests queued or running at once."),
+        click.option("--tokens-per-minute", type=click.IntRange(min=1), help="Trained plus sampled tokens per minute."),
+        click.option("--max-checkpoint-bytes", type=ByteSize(), help="Storage of its checkpoints (e.g. 10GB)."),
+        click.option(
+            "--weight", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Fair share."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _quota(
     max_training_runs: int | None,
     max_lora_rank: int | None,
     base_models: tuple[str, ...],
@@ -125,12 +134,10 @@ def create(
     tokens_per_minute: int | None,
     max_checkpoint_bytes: int | None,
     weight: float,
-    home: pathlib.Path | None,
-) -> None:
-    """Issue a key named NAME and print it (only this once)."""
+) -> Quota:
     from .tenants import Quota
 
-    quota = Quota(
+    return Quota(
         max_training_runs=max_training_runs,
         max_lora_rank=max_lora_rank,
         base_models=tuple(base_models) if base_models else None,
@@ -139,6 +146,15 @@ def create(
         max_checkpoint_bytes=max_checkpoint_bytes,
         weight=weight,
     )
+
+
+@key.command("create")
+@click.argument("name")
+@_quota_options
+@_HOME
+def create(name: str, home: pathlib.Path | None, **limits: Any) -> None:
+    """Issue a key named NAME and print it (only this once)."""
+    quota = _quota(**limits)
     with _keys(home) as keys:
         created = keys.create(name, quota)
     issued = created.key
@@ -149,6 +165,19 @@ def create(
         "(TINKER_API_KEY); a lost key cannot be recovered, only revoked and replaced.",
         err=True,
     )
+
+
+@key.command("quota")
+@click.argument("name_or_id")
+@_quota_options
+@_HOME
+def set_quota(name_or_id: str, home: pathlib.Path | None, **limits: Any) -> None:
+    """Replace the limits of a key (by name or id); options left out mean no limit. A running
+    server applies them within a few seconds."""
+    quota = _quota(**limits)
+    with _keys(home) as keys:
+        updated = keys.set_quota(name_or_id, quota)
+    click.echo(f"Key {updated.name!r} (id {updated.id}): {_quota_text(updated.quota)}.")
 
 
 @key.command("list")

@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -154,13 +155,7 @@ class KeyStore:
                 key_hash=hash_key(secret),
                 owner=KEY_OWNER_PREFIX + secrets.token_hex(8),
                 created_at=utcnow(),
-                max_training_runs=quota.max_training_runs,
-                max_lora_rank=quota.max_lora_rank,
-                base_models=list(quota.base_models) if quota.base_models is not None else None,
-                max_queued_requests=quota.max_queued_requests,
-                tokens_per_minute=quota.tokens_per_minute,
-                max_checkpoint_bytes=quota.max_checkpoint_bytes,
-                weight=quota.weight,
+                **_quota_columns(quota),
             )
             s.add(row)
             s.flush()
@@ -176,6 +171,15 @@ class KeyStore:
         newest revoked one)."""
         with self.db.session() as s:
             return IssuedKey.of(self._find(s, name_or_id))
+
+    def set_quota(self, name_or_id: str, quota: Quota) -> IssuedKey:
+        """Replace a key's limits (the server applies them within its few-second cache)."""
+        _check_quota(quota)
+        with self.db.session() as s:
+            row = self._find(s, name_or_id)
+            for column, value in _quota_columns(quota).items():
+                setattr(row, column, value)
+            return IssuedKey.of(row)
 
     def revoke(self, name_or_id: str) -> IssuedKey:
         """Revoke a key (idempotent: a revoked key keeps its first revocation time)."""
@@ -227,6 +231,19 @@ class KeyStore:
             return False
         with self.db.session() as s:
             return s.scalar(sa.select(ApiKeyRow.id).limit(1)) is not None
+
+
+def _quota_columns(quota: Quota) -> dict[str, Any]:
+    """A quota as the key table stores it."""
+    return {
+        "max_training_runs": quota.max_training_runs,
+        "max_lora_rank": quota.max_lora_rank,
+        "base_models": list(quota.base_models) if quota.base_models is not None else None,
+        "max_queued_requests": quota.max_queued_requests,
+        "tokens_per_minute": quota.tokens_per_minute,
+        "max_checkpoint_bytes": quota.max_checkpoint_bytes,
+        "weight": quota.weight,
+    }
 
 
 def _check_quota(quota: Quota) -> None:

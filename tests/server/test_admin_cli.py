@@ -206,3 +206,20 @@ def test_real_server_issued_mode_and_revocation(tmp_path: pathlib.Path) -> None:
         assert _run(home, "key", "revoke", "team").returncode == 0
         gone = httpx.get(caps, headers={"X-API-Key": secret}, timeout=30)
         assert gone.status_code == 401 and "revoked" in gone.json()["detail"]
+
+
+def test_key_quota_replaces_the_limits(tmp_path: pathlib.Path) -> None:
+    home = tmp_path / "home"
+    runner = CliRunner()
+    created = runner.invoke(main, ["admin", "key", "create", "bob", "--max-lora-rank", "8", "--home", str(home)])
+    assert created.exit_code == 0, created.output
+    changed = runner.invoke(
+        main,
+        ["admin", "key", "quota", "bob", "--tokens-per-minute", "900", "--weight", "3", "--home", str(home)],
+    )
+    assert changed.exit_code == 0, changed.output
+    assert "Key 'bob'" in changed.stdout
+    store = KeyStore(Database(f"sqlite:///{home / 'tinker.db'}"))
+    assert store.get("bob").quota == Quota(tokens_per_minute=900, weight=3.0)  # the rank limit is gone
+    missing = runner.invoke(main, ["admin", "key", "quota", "nobody", "--home", str(home)])
+    assert missing.exit_code != 0 and "no key named" in missing.output
