@@ -292,7 +292,6 @@ def _quota_text(quota: Quota) -> str:
 
 
 def _key_json(item: IssuedKey) -> dict[str, Any]:
-    from dataclasses import asdict
 
     return {
         "id": item.id,
@@ -300,7 +299,7 @@ def _key_json(item: IssuedKey) -> dict[str, Any]:
         "tenant": item.owner,
         "created_at": item.created_at.isoformat(),
         "revoked_at": item.revoked_at.isoformat() if item.revoked_at is not None else None,
-        "quota": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(item.quota).items()},
+        "quota": item.quota.as_dict(),
     }
 
 

@@ -25,7 +25,6 @@ import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -155,7 +154,7 @@ class KeyStore:
                 key_hash=hash_key(secret),
                 owner=KEY_OWNER_PREFIX + secrets.token_hex(8),
                 created_at=utcnow(),
-                **_quota_columns(quota),
+                **quota.as_dict(),
             )
             s.add(row)
             s.flush()
@@ -177,7 +176,7 @@ class KeyStore:
         _check_quota(quota)
         with self.db.session() as s:
             row = self._find(s, name_or_id)
-            for column, value in _quota_columns(quota).items():
+            for column, value in quota.as_dict().items():
                 setattr(row, column, value)
             return IssuedKey.of(row)
 
@@ -231,19 +230,6 @@ class KeyStore:
             return False
         with self.db.session() as s:
             return s.scalar(sa.select(ApiKeyRow.id).limit(1)) is not None
-
-
-def _quota_columns(quota: Quota) -> dict[str, Any]:
-    """A quota as the key table stores it."""
-    return {
-        "max_training_runs": quota.max_training_runs,
-        "max_lora_rank": quota.max_lora_rank,
-        "base_models": list(quota.base_models) if quota.base_models is not None else None,
-        "max_queued_requests": quota.max_queued_requests,
-        "tokens_per_minute": quota.tokens_per_minute,
-        "max_checkpoint_bytes": quota.max_checkpoint_bytes,
-        "weight": quota.weight,
-    }
 
 
 def _check_quota(quota: Quota) -> None:

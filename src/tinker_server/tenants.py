@@ -14,8 +14,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -46,6 +46,11 @@ class Quota:
     tokens_per_minute: int | None = None  # trained plus sampled tokens, over a sliding minute
     max_checkpoint_bytes: int | None = None  # storage of its checkpoints
     weight: float = 1.0  # its share of the engine against other tenants (fair scheduling)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The limits by name, JSON-ready (``base_models`` a list): the key table's columns,
+        and what ``admin key list --json`` and ``GET /api/v1/usage`` show."""
+        return {f.name: list(v) if isinstance(v, tuple) else v for f in fields(self) for v in [getattr(self, f.name)]}
 
 
 UNLIMITED = Quota()

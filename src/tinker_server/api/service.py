@@ -102,13 +102,5 @@ def usage(caller: Caller, runtime: RuntimeDep) -> UsageResponse:
         checkpoint_bytes=mine.checkpoint_bytes,
         first_time=mine.first_time,
         last_time=mine.last_time,
-        quota={
-            "max_training_runs": quota.max_training_runs,
-            "max_lora_rank": quota.max_lora_rank,
-            "base_models": list(quota.base_models) if quota.base_models is not None else None,
-            "max_queued_requests": quota.max_queued_requests,
-            "tokens_per_minute": quota.tokens_per_minute,
-            "max_checkpoint_bytes": quota.max_checkpoint_bytes,
-            "weight": quota.weight,
-        },
+        quota=quota.as_dict(),
     )
