@@ -292,7 +292,6 @@ def _quota_text(quota: Quota) -> str:
 
 
 def _key_json(item: IssuedKey) -> dict[str, Any]:
-
     return {
         "id": item.id,
         "name": item.name,
