@@ -210,7 +210,7 @@ class Runtime:
         self.training = TrainingService(ctx)
         self.sampling = SamplingService(ctx)
         self.catalog = Catalog(ctx)
-        self.oai = OaiService(ctx, self.sampling, self.catalog)  # the OpenAI-compatible endpoints
+        self.oai = OaiService(ctx, self.catalog)  # the OpenAI-compatible endpoints
         self.checkpoints = CheckpointService(ctx, ArchiveSigner(settings.home / "archive_secret"))
         self._started = False
         self._start_lock = threading.Lock()

@@ -252,7 +252,7 @@ class WorkObserver(Protocol):
     """What a worker reports about its work (the server's metrics); called from its thread.
 
     ``kind`` of an engine step: ``load_model``, ``forward``, ``forward_backward`` (a batch
-    with at least one backward), ``sample``, or one of :data:`TIMED_CALLS`.
+    with at least one backward), ``sample``, or one of the names in :data:`COMMAND_KINDS`.
     """
 
     def queue_wait(self, seconds: float) -> None: ...  # one task, from queued to started
@@ -290,7 +290,6 @@ COMMAND_KINDS: dict[type, str] = {
     SaveAdapter: "save_adapter",
     OptimStep: "optim_step",
 }
-TIMED_CALLS = frozenset(COMMAND_KINDS.values())
 
 
 EventSink = Callable[[str, list[Evicted]], None]  # (base model, evictions)

@@ -285,11 +285,12 @@ class TrainingService:
         rejected with a 400 uses its ``seq_id`` up, so it leaves no gap behind.
         """
         ctx = self._ctx
-        with ctx.db.session() as s:
-            base_model = owned_run(s, model_id, owner).base_model
-        # The request is checked against the model's info: wait for it (outside the lock)
-        # while the model loads, so a cold model checks exactly as a warm one.
-        ctx.scheduler.worker(base_model).model_info()
+        if not all(ctx.scheduler.worker(m).loaded for m in ctx.scheduler.models):
+            # The request is checked against the model's info: while its model loads, wait for
+            # it outside the lock, so a cold model checks exactly as a warm one.
+            with ctx.db.session() as s:
+                base_model = owned_run(s, model_id, owner).base_model
+            ctx.scheduler.worker(base_model).model_info()
         with self._lock:
             with ctx.db.session() as s:
                 run = owned_run(s, model_id, owner)

@@ -23,7 +23,6 @@ from .packed import pack_weights
 
 __all__ = ["Engine", "load_engine"]
 
-_COMPUTE_ERRORS = COMPUTE_ERRORS
 
 FbItem = tuple[str, list[TrainDatum], str, "Mapping[str, float | str] | None", bool]
 
@@ -244,7 +243,7 @@ class Engine:
         except BaseException as exc:
             for p in params:
                 p.grad = stash[id(p)]
-            if not isinstance(exc, (EngineError, *_COMPUTE_ERRORS)):
+            if not isinstance(exc, (EngineError, *COMPUTE_ERRORS)):
                 raise
             if len(prepared) == 1:
                 error = exc if isinstance(exc, EngineError) else EngineError(f"forward_backward failed: {exc}")
@@ -354,7 +353,7 @@ class Engine:
             return []
         try:
             outputs = sampling.run_jobs(self._parts, self.tokenizer, [job for _, job in prepared])
-        except (EngineError, *_COMPUTE_ERRORS) as exc:
+        except (EngineError, *COMPUTE_ERRORS) as exc:
             if len(prepared) == 1:
                 error = exc if isinstance(exc, EngineError) else EngineError(f"sampling failed: {exc}")
                 return [(prepared[0][0], error)]

@@ -50,7 +50,6 @@ __all__ = [
     "attach_lora",
     "new_adapter",
     "peft_key",
-    "validate_spec",
 ]
 
 LORA_ALPHA = 32.0
@@ -318,10 +317,6 @@ def attach_lora(model: nn.Module, router: Router) -> dict[str, LoraLinear]:
     return layers
 
 
-def validate_spec(spec: LoraSpec) -> None:
-    check_lora_spec(spec)  # the rule is the engine's one, in .rules
-
-
 def targeted(spec: LoraSpec) -> tuple[str, ...]:
     """Short names of the layers the spec targets."""
     names: tuple[str, ...] = ()
@@ -340,7 +335,7 @@ def new_adapter(layers: dict[str, LoraLinear], spec: LoraSpec, device: torch.dev
     The same seed gives bit-identical weights: ``A`` matrices are drawn in layer
     order from one CPU ``torch.Generator`` seeded with ``spec.seed``.
     """
-    validate_spec(spec)
+    check_lora_spec(spec)
     names = set(targeted(spec))
     seed = spec.seed if spec.seed is not None else secrets.randbits(63)
     gen = torch.Generator().manual_seed(seed % (2**63))

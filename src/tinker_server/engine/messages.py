@@ -90,7 +90,7 @@ class SampleJob:
     ``adapter_id=None`` samples the base model. ``temperature=0`` is greedy.
     ``top_k=-1`` and ``top_p=1`` switch those filters off. ``max_tokens=None``
     generates until a stop condition, the context limit or the engine's cap
-    (:data:`~tinker_server.engine.sampling.MAX_TOKENS_WHEN_UNSET`).
+    (:data:`~tinker_server.engine.rules.MAX_TOKENS_WHEN_UNSET`).
 
     Extra outputs (all off by default; ``P = len(prompt)``):
 
@@ -106,7 +106,7 @@ class SampleJob:
       independently from the next-token distribution after ``prompt[:i + 1]`` at the
       job's temperature (seeded by the job's seed), and their logprobs under it.
 
-    ``k`` is at most :data:`~tinker_server.engine.sampling.MAX_TOPK_LOGPROBS` for
+    ``k`` is at most :data:`~tinker_server.engine.rules.MAX_TOPK_LOGPROBS` for
     ``topk_sample_logprobs`` and ``prompt_alt_tokens_k``.
 
     ``on_token`` (optional) is told of every generated token while the batch decodes,

@@ -24,11 +24,7 @@ from .lora import Adapter
 from .messages import AdamConfig
 from .rules import UNSUPPORTED_OPTIMIZERS, check_adam
 
-__all__ = ["UNSUPPORTED_OPTIMIZERS", "adamw_step", "validate_adam"]
-
-
-def validate_adam(cfg: AdamConfig) -> None:
-    check_adam(cfg)  # the rule is the engine's one, in .rules
+__all__ = ["UNSUPPORTED_OPTIMIZERS", "adamw_step"]
 
 
 @torch.no_grad()
@@ -38,7 +34,7 @@ def adamw_step(adapter: Adapter, cfg: AdamConfig) -> dict[str, float]:
     Returns metrics: ``grad_norm:mean`` (global L2 norm before clipping),
     ``learning_rate:mean`` and ``step:max`` (the adapter's step count after this one).
     """
-    validate_adam(cfg)
+    check_adam(cfg)
     named = list(adapter.named_parameters())
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in named]
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item() if grads else 0.0

@@ -32,7 +32,7 @@ decoded text of the generated tokens; that token is included. The EOS token
 does not stop generation unless it is in ``stop_token_ids`` (Tinker clients pass
 their renderer's stop sequences explicitly). Otherwise a row ends with
 ``"length"`` after ``max_tokens`` tokens (``None``: up to the context limit, at
-most :data:`MAX_TOKENS_WHEN_UNSET`).
+most :data:`~.rules.MAX_TOKENS_WHEN_UNSET`).
 
 Streaming: a job's ``on_token`` sink hears of each token right after its decode
 step (a :class:`TokenEvent`), so a server can send text before the batch ends.
@@ -57,7 +57,7 @@ from .errors import UserInputError
 from .lora import Adapter
 from .messages import SampledSequence, SampleJob, SampleOutput, TokenEvent
 from .models import ModelParts
-from .rules import MAX_NUM_SAMPLES, MAX_TOKENS_WHEN_UNSET, MAX_TOPK_LOGPROBS, check_sample_job
+from .rules import check_sample_job
 
 if TYPE_CHECKING:
     from transformers import DynamicCache, PreTrainedTokenizerBase
@@ -67,7 +67,7 @@ TopkPromptLogprobs = list[list[tuple[int, float]] | None]
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_NUM_SAMPLES", "MAX_TOKENS_WHEN_UNSET", "MAX_TOPK_LOGPROBS", "PreparedJob", "prepare_job", "run_jobs"]
+__all__ = ["PreparedJob", "prepare_job", "run_jobs"]
 
 PROMPT_LOGPROB_CHUNK = 1024  # prompt positions per lm_head call when computing prompt logprobs
 MAX_KV_CACHE_BYTES = 4 * 2**30  # key/value cache of one decode batch; larger requests run in several

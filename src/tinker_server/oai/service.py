@@ -45,7 +45,6 @@ from ..engine.api import Sample
 from ..errors import InvalidRequest, NotFound
 from ..paths import checkpoint_dir, parse_tinker_path
 from ..records import not_expired, readable_checkpoint
-from ..sampling import SamplingService
 from ..scheduler import Task, Worker
 from ..usage import add_sampled
 from ..wire import oai as w
@@ -71,9 +70,8 @@ class _Target:
 
 
 class OaiService:
-    def __init__(self, ctx: Context, sampling: SamplingService, catalog: Catalog) -> None:
+    def __init__(self, ctx: Context, catalog: Catalog) -> None:
         self._ctx = ctx
-        self._sampling = sampling
         self._catalog = catalog
         self._tokenizers: dict[str, Tokenizer] = {}
         self._lock = threading.Lock()
